@@ -1,0 +1,318 @@
+//! The agent's handle on the eBPF object: loading, writing compiled policy
+//! into the maps, attaching with tcx, sweeping idle flows, reading counters.
+
+use std::{collections::HashMap as StdHashMap, net::IpAddr, time::Duration};
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+};
+use ipnet::IpNet;
+use sg_common::{
+    ADDR_KEY_POLICY_BITS, AddrKey4, AddrKey6, CtKey, CtVal, IFACE_HOST_SIDE, IfaceCfg, PortKey,
+    PortVal, Reason, STATS_SLOTS, Stats, timeout_ns,
+};
+
+use crate::{
+    compile::Compiled,
+    config::{AttachMode, Timeouts},
+};
+
+/// The eBPF object, embedded at build time.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg"));
+
+pub const PROG_INGRESS: &str = "sg_tc_ingress";
+pub const PROG_EGRESS: &str = "sg_tc_egress";
+
+/// Spare entries per CPU list, so that replacing an expired entry (which
+/// briefly needs a second node) never makes a full list evict.
+const CT_SLACK_PER_CPU: u32 = 64;
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    ifaces: HashMap<MapData, u32, IfaceCfg>,
+    addr4: LpmTrie<MapData, AddrKey4, u32>,
+    addr6: LpmTrie<MapData, AddrKey6, u32>,
+    ports: LpmTrie<MapData, PortKey, PortVal>,
+    ct: HashMap<MapData, CtKey, CtVal>,
+    ct_removed: Array<MapData, u64>,
+    stats: PerCpuArray<MapData, Stats>,
+    next_policy: u32,
+    next_class: u32,
+    next_slot: u32,
+    links: StdHashMap<u32, Vec<(&'static str, SchedClassifierLinkId)>>,
+}
+
+/// An interface as the datapath knows it.
+pub struct IfaceSpec<'a> {
+    pub name: &'a str,
+    pub ifindex: u32,
+    pub attach: AttachMode,
+    pub timeouts: Timeouts,
+}
+
+impl Datapath {
+    /// Loads the programs and creates the maps, sized for `max_flows`.
+    pub fn load(max_flows: u32) -> Result<Self> {
+        raise_memlock();
+        let ncpus = aya::util::nr_cpus().map_err(|(f, e)| anyhow!("{f}: {e}"))? as u32;
+        let ct_entries = max_flows
+            .checked_add(CT_SLACK_PER_CPU)
+            .and_then(|n| n.checked_mul(ncpus))
+            .context("conntrack.max_flows is too large for this many CPUs")?;
+        let limit = max_flows as u64;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("CT", ct_entries)
+            .override_global("CT_LIMIT", &limit, true)
+            .override_global("NR_CPUS", &ncpus, true)
+            .load(OBJECT)
+            .context("loading the eBPF object")?;
+        for name in [PROG_INGRESS, PROG_EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("loading program {name} (verifier)"))?;
+        }
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing from the object"))
+        };
+        Ok(Datapath {
+            ifaces: HashMap::try_from(take("IFACES")?)?,
+            addr4: LpmTrie::try_from(take("ADDR4")?)?,
+            addr6: LpmTrie::try_from(take("ADDR6")?)?,
+            ports: LpmTrie::try_from(take("PORTS")?)?,
+            ct: HashMap::try_from(take("CT")?)?,
+            ct_removed: Array::try_from(take("CT_REMOVED")?)?,
+            stats: PerCpuArray::try_from(take("STATS")?)?,
+            ebpf,
+            next_policy: 1,
+            next_class: 1,
+            next_slot: 1,
+            links: StdHashMap::new(),
+        })
+    }
+
+    /// Writes `compiled` under fresh ids, then points the interface at it in
+    /// one map update.
+    pub fn install(&mut self, iface: &IfaceSpec<'_>, compiled: &Compiled) -> Result<()> {
+        let class_base = self.next_class;
+        for (i, entries) in compiled.classes.iter().enumerate() {
+            let class = class_base + i as u32;
+            for e in entries {
+                let key = Key::new(
+                    e.prefix_len,
+                    PortKey {
+                        class,
+                        proto: e.proto,
+                        port_be: e.port.to_be_bytes(),
+                        _pad: 0,
+                    },
+                );
+                self.ports
+                    .insert(&key, PortVal { flags: e.flags }, 0)
+                    .context("writing the port trie")?;
+            }
+        }
+        self.next_class += compiled.classes.len() as u32;
+        let mut policy = [0u32; 4];
+        for (idx, addrs) in compiled.addrs.iter().enumerate() {
+            if addrs.is_empty() {
+                continue;
+            }
+            let id = self.next_policy;
+            self.next_policy += 1;
+            policy[idx] = id;
+            for a in addrs {
+                let class = class_base + a.class as u32;
+                let bits = ADDR_KEY_POLICY_BITS + a.net.prefix_len() as u32;
+                match a.net {
+                    IpNet::V4(n) => self.addr4.insert(
+                        &Key::new(
+                            bits,
+                            AddrKey4 {
+                                policy: id,
+                                addr: n.network().octets(),
+                            },
+                        ),
+                        class,
+                        0,
+                    ),
+                    IpNet::V6(n) => self.addr6.insert(
+                        &Key::new(
+                            bits,
+                            AddrKey6 {
+                                policy: id,
+                                addr: n.network().octets(),
+                            },
+                        ),
+                        class,
+                        0,
+                    ),
+                }
+                .context("writing the address trie")?;
+            }
+        }
+        let slot = match self.ifaces.get(&iface.ifindex, 0) {
+            Ok(old) => old.stats_slot,
+            Err(_) => {
+                let s = self.next_slot;
+                if s >= STATS_SLOTS {
+                    return Err(anyhow!("more than {} interfaces", STATS_SLOTS - 1));
+                }
+                self.next_slot += 1;
+                s
+            }
+        };
+        let cfg = IfaceCfg {
+            policy,
+            stats_slot: slot,
+            flags: if iface.attach == AttachMode::Host {
+                IFACE_HOST_SIDE
+            } else {
+                0
+            },
+            all_response: compiled.all_response,
+            tcp_established: iface.timeouts.tcp_established,
+            udp_stream: iface.timeouts.udp_stream,
+            udp: iface.timeouts.udp,
+        };
+        self.ifaces
+            .insert(iface.ifindex, cfg, 0)
+            .with_context(|| format!("configuring interface {}", iface.name))?;
+        Ok(())
+    }
+
+    /// Attaches both programs to `name` with tcx.
+    pub fn attach(&mut self, name: &str, ifindex: u32) -> Result<()> {
+        let mut links = Vec::new();
+        for (prog_name, hook) in [
+            (PROG_INGRESS, TcAttachType::Ingress),
+            (PROG_EGRESS, TcAttachType::Egress),
+        ] {
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(prog_name)
+                .context("program missing")?
+                .try_into()?;
+            let id = prog
+                .attach(name, hook)
+                .with_context(|| format!("attaching {prog_name} to {name} with tcx"))?;
+            links.push((prog_name, id));
+        }
+        self.links.insert(ifindex, links);
+        Ok(())
+    }
+
+    /// Detaches everything this agent attached.
+    pub fn detach_all(&mut self) {
+        for (_, links) in self.links.drain() {
+            for (prog_name, id) in links {
+                if let Some(Ok(prog)) = self
+                    .ebpf
+                    .program_mut(prog_name)
+                    .map(<&mut SchedClassifier>::try_from)
+                    && let Err(e) = prog.detach(id)
+                {
+                    log::warn!("detaching {prog_name}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Deletes tracked flows idle past their timeout; returns how many.
+    pub fn sweep(&mut self) -> Result<u64> {
+        let now = boottime_ns();
+        let cfgs: StdHashMap<u32, IfaceCfg> = self.ifaces.iter().filter_map(|r| r.ok()).collect();
+        let mut stale = Vec::new();
+        for item in self.ct.iter() {
+            let Ok((k, v)) = item else { continue };
+            let expired = match cfgs.get(&k.ifindex) {
+                Some(cfg) => now.saturating_sub(v.last_seen_ns) > timeout_ns(cfg, v.state, v.flags),
+                // The interface is gone: its flows can never pass again.
+                None => true,
+            };
+            if expired {
+                stale.push(k);
+            }
+        }
+        let mut removed = 0;
+        for k in stale {
+            if self.ct.remove(&k).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            let total = self.ct_removed.get(&0, 0)? + removed;
+            self.ct_removed.set(0, total, 0)?;
+        }
+        Ok(removed)
+    }
+
+    /// Counters of an interface (inbound, outbound), summed over CPUs.
+    pub fn stats(&self, ifindex: u32) -> Result<[Stats; 2]> {
+        let slot = self.ifaces.get(&ifindex, 0)?.stats_slot;
+        let mut out = [Stats::default(); 2];
+        for (dir, s) in out.iter_mut().enumerate() {
+            for cpu in self.stats.get(&(slot * 2 + dir as u32), 0)?.iter() {
+                s.accepted_packets += cpu.accepted_packets;
+                s.accepted_bytes += cpu.accepted_bytes;
+                s.rejected_packets += cpu.rejected_packets;
+                s.rejected_bytes += cpu.rejected_bytes;
+                s.flows_created += cpu.flows_created;
+                s.flows_refused += cpu.flows_refused;
+                for r in Reason::ALL {
+                    s.drops[r as usize] += cpu.drops[r as usize];
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Tracked flows of an interface, for logs and tests.
+    pub fn flows(&self, ifindex: u32) -> Vec<(CtKey, CtVal)> {
+        self.ct
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, _)| k.ifindex == ifindex)
+            .collect()
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+/// The clock `bpf_ktime_get_boot_ns` reads.
+pub fn boottime_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME");
+    Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32).as_nanos() as u64
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so large
+/// tables load there too (harmless on newer kernels).
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall on a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!("could not lift RLIMIT_MEMLOCK");
+    }
+}
+
+/// Renders a conntrack key's address for logs.
+pub fn ct_addr(family: u8, a: &[u8; 16]) -> IpAddr {
+    if family == sg_common::FAMILY_V4 {
+        IpAddr::from([a[0], a[1], a[2], a[3]])
+    } else {
+        IpAddr::from(*a)
+    }
+}

@@ -1,0 +1,320 @@
+//! Types shared by the eBPF datapath (`sg-ebpf`) and the agent (`sg-agent`).
+//!
+//! Everything here is `#[repr(C)]` with explicit padding: the kernel compares
+//! map keys byte for byte, so a padding byte left uninitialised would make two
+//! equal keys differ. Each type has a size assertion beside it so that a layout
+//! change is a compile error rather than a verifier or lookup mystery.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Version of the map layout. Pins live under `/sys/fs/bpf/sg/v{LAYOUT_VERSION}`;
+/// bump it whenever a key or value below changes, since aya reuses a pinned map
+/// without checking its layout.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Direction of a packet relative to the workload behind the interface.
+pub const DIR_INBOUND: u8 = 0;
+pub const DIR_OUTBOUND: u8 = 1;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// `IfaceCfg::flags`: the program sits on the host side of a veth (or a tap)
+/// whose peer is the workload, so the host side's egress is the workload's
+/// inbound.
+pub const IFACE_HOST_SIDE: u32 = 1 << 0;
+/// `IfaceCfg::flags`: ICMP errors whose embedded header belongs to a tracked
+/// flow pass (Linux's RELATED). Off by default, as on AWS.
+pub const IFACE_RELATED_ICMP: u32 = 1 << 1;
+
+/// Index into `IfaceCfg::policy`.
+#[inline(always)]
+pub const fn policy_index(dir: u8, family: u8) -> usize {
+    (dir as usize) * 2 + if family == FAMILY_V6 { 1 } else { 0 }
+}
+
+/// Bit of `IfaceCfg::all_response`: the direction allows all traffic of the
+/// protocol on all ports to `0.0.0.0/0` (or `::/0`), which is what makes flows
+/// started in the *other* direction untracked (SEMANTICS §3).
+#[inline(always)]
+pub const fn all_response_bit(dir: u8, family: u8, proto: u8) -> u32 {
+    let p = if proto == PROTO_UDP { 1 } else { 0 };
+    1 << (policy_index(dir, family) * 2 + p)
+}
+
+/// Per-interface settings, keyed by ifindex in `IFACES`.
+///
+/// A policy change writes a new `IfaceCfg` naming freshly written policy ids in
+/// one map update, so each packet sees either the whole old or the whole new
+/// policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceCfg {
+    /// Address-trie ids, indexed by [`policy_index`]. 0 means "no rules".
+    pub policy: [u32; 4],
+    /// Row of `STATS` for this interface (two rows: inbound, outbound).
+    pub stats_slot: u32,
+    /// `IFACE_*` flags.
+    pub flags: u32,
+    /// [`all_response_bit`]s.
+    pub all_response: u32,
+    /// Idle timeouts in seconds (SEMANTICS §3).
+    pub tcp_established: u32,
+    pub udp_stream: u32,
+    pub udp: u32,
+}
+const _: () = assert!(size_of::<IfaceCfg>() == 40);
+
+/// Data of an IPv4 address-trie key; the trie key's prefix length is
+/// `32 + cidr_len` so that the policy id always matches exactly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrKey4 {
+    /// The prefix always covers all of it, so its byte order does not matter.
+    pub policy: u32,
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<AddrKey4>() == 8);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrKey6 {
+    pub policy: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<AddrKey6>() == 20);
+
+/// Prefix length, in bits, of the policy id in an address-trie key.
+pub const ADDR_KEY_POLICY_BITS: u32 = 32;
+
+/// Data of a port-trie key. Prefix lengths:
+/// - 32: the class, all protocols;
+/// - 40: the class and protocol, all ports (or all ICMP types);
+/// - 40 + k: the first k bits of the big-endian destination port (for ICMP,
+///   `type << 8 | code`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortKey {
+    pub class: u32,
+    pub proto: u8,
+    pub port_be: [u8; 2],
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<PortKey>() == 8);
+
+pub const PORT_KEY_CLASS_BITS: u32 = 32;
+pub const PORT_KEY_PROTO_BITS: u32 = 40;
+pub const PORT_KEY_FULL_BITS: u32 = 56;
+
+/// `PortVal::flags`: the matching traffic is allowed.
+pub const PORT_ALLOW: u32 = 1 << 0;
+/// `PortVal::flags`: a flow started by this traffic is untracked: a rule with
+/// a `/0` peer allows it and the opposite direction allows all responses.
+pub const PORT_UNTRACKED: u32 = 1 << 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortVal {
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<PortVal>() == 4);
+
+/// Connection-tracking key: the same for both directions of a flow, because it
+/// names the workload's (local) end and the peer's (remote) end rather than
+/// source and destination. IPv4 addresses use the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub ifindex: u32,
+    pub family: u8,
+    pub proto: u8,
+    /// TCP/UDP: ports in network order. ICMP query/reply: the identifier in
+    /// `local_port`, 0 in `remote_port`. Other protocols: 0.
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u16,
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+}
+const _: () = assert!(size_of::<CtKey>() == 44);
+
+/// TCP states kept by the tracker (SEMANTICS §3).
+pub const TCP_SYN_SENT: u8 = 1;
+pub const TCP_ESTABLISHED: u8 = 2;
+pub const TCP_FIN_WAIT: u8 = 3;
+pub const TCP_CLOSED: u8 = 4;
+pub const TCP_RESET: u8 = 5;
+
+/// `CtVal::flags`: the flow was started by a packet the workload sent.
+pub const CT_ORIG_OUTBOUND: u8 = 1 << 0;
+/// A packet has been seen in the reply direction.
+pub const CT_SEEN_REPLY: u8 = 1 << 1;
+/// UDP: more than one request/response seen (the `udp_stream` timeout applies).
+pub const CT_UDP_STREAM: u8 = 1 << 2;
+/// TCP: FIN seen from the flow's originator / from the responder.
+pub const CT_FIN_ORIG: u8 = 1 << 3;
+pub const CT_FIN_REPLY: u8 = 1 << 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtVal {
+    /// `bpf_ktime_get_boot_ns` of the last packet, refreshed in place at most
+    /// once per [`CT_REFRESH_NS`].
+    pub last_seen_ns: u64,
+    pub created_ns: u64,
+    pub state: u8,
+    pub flags: u8,
+    /// ICMP: the request type that opened the flow.
+    pub icmp_type: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(size_of::<CtVal>() == 24);
+
+/// Refresh granularity of `CtVal::last_seen_ns`: rewriting it on every packet
+/// would bounce its cache line between CPUs for no gain in precision worth
+/// having against timeouts counted in seconds.
+pub const CT_REFRESH_NS: u64 = 250_000_000;
+
+/// Timeouts the program applies besides the configurable ones
+/// (SEMANTICS §3, marked "ours").
+pub const TIMEOUT_TCP_SYN_S: u32 = 120;
+pub const TIMEOUT_TCP_CLOSED_S: u32 = 120;
+pub const TIMEOUT_TCP_RESET_S: u32 = 10;
+pub const TIMEOUT_ICMP_S: u32 = 30;
+pub const TIMEOUT_OTHER_S: u32 = 600;
+/// How long a non-first fragment may follow its datagram's first fragment
+/// (Linux's `ipfrag_time`).
+pub const TIMEOUT_FRAG_S: u32 = 30;
+
+/// Non-TCP states, so that the timeout follows from the state alone.
+pub const CT_STATE_UDP: u8 = 16;
+pub const CT_STATE_ICMP: u8 = 17;
+pub const CT_STATE_OTHER: u8 = 18;
+
+/// Idle timeout of a tracked flow in its state, in nanoseconds. Shared by the
+/// datapath (is the entry live?) and the agent's sweeper (may it go?).
+#[inline(always)]
+pub fn timeout_ns(cfg: &IfaceCfg, state: u8, flags: u8) -> u64 {
+    let s = match state {
+        TCP_SYN_SENT => TIMEOUT_TCP_SYN_S,
+        TCP_ESTABLISHED | TCP_FIN_WAIT => cfg.tcp_established,
+        TCP_CLOSED => TIMEOUT_TCP_CLOSED_S,
+        TCP_RESET => TIMEOUT_TCP_RESET_S,
+        CT_STATE_UDP => {
+            if flags & CT_UDP_STREAM != 0 {
+                cfg.udp_stream
+            } else {
+                cfg.udp
+            }
+        }
+        CT_STATE_ICMP => TIMEOUT_ICMP_S,
+        _ => TIMEOUT_OTHER_S,
+    };
+    s as u64 * 1_000_000_000
+}
+
+/// Key of the fragment table: a datagram whose first fragment passed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragKey {
+    pub ifindex: u32,
+    pub id: u32,
+    pub family: u8,
+    pub proto: u8,
+    pub _pad: u16,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+const _: () = assert!(size_of::<FragKey>() == 44);
+
+/// Per-interface, per-direction counters (`STATS` row), summed over CPUs by
+/// the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub accepted_packets: u64,
+    pub accepted_bytes: u64,
+    pub rejected_packets: u64,
+    pub rejected_bytes: u64,
+    /// Flows inserted into the tracking table.
+    pub flows_created: u64,
+    /// New flows refused because the tracking table was at its allowance.
+    pub flows_refused: u64,
+    /// Rejects by reason, indexed by `Reason as usize`.
+    pub drops: [u64; REASON_COUNT],
+}
+const _: () = assert!(size_of::<Stats>() == 48 + 8 * REASON_COUNT);
+
+/// Why a packet was dropped.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// No rule of the interface's groups allows it.
+    NoRule = 0,
+    /// A header is cut short or a length field lies.
+    Malformed = 1,
+    /// Neither IPv4, IPv6 nor ARP.
+    UnsupportedL2 = 2,
+    /// A non-first fragment whose first fragment was not seen to pass.
+    Fragment = 3,
+    /// The tracking table is at its allowance; the new flow is refused.
+    TableFull = 4,
+    /// The interface has no configuration (the agent is mid-setup): fail closed.
+    NoConfig = 5,
+    /// A map operation failed.
+    MapError = 6,
+    /// More IPv6 extension headers than the walk's bound.
+    ExtHeaders = 7,
+}
+pub const REASON_COUNT: usize = 8;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT] = [
+        Reason::NoRule,
+        Reason::Malformed,
+        Reason::UnsupportedL2,
+        Reason::Fragment,
+        Reason::TableFull,
+        Reason::NoConfig,
+        Reason::MapError,
+        Reason::ExtHeaders,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::NoRule => "no_rule",
+            Reason::Malformed => "malformed",
+            Reason::UnsupportedL2 => "unsupported_l2",
+            Reason::Fragment => "fragment",
+            Reason::TableFull => "table_full",
+            Reason::NoConfig => "no_config",
+            Reason::MapError => "map_error",
+            Reason::ExtHeaders => "ext_headers",
+        }
+    }
+}
+
+/// Rows of `STATS`: slot 0 is for interfaces the program has no slot for.
+pub const STATS_SLOTS: u32 = 1024;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, with explicit padding and no
+    // pointers, so any byte pattern is a valid value.
+    unsafe impl aya::Pod for IfaceCfg {}
+    unsafe impl aya::Pod for AddrKey4 {}
+    unsafe impl aya::Pod for AddrKey6 {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for PortVal {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtVal {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for Stats {}
+}

@@ -1,0 +1,714 @@
+//! sg's datapath: allow-only, stateful security-group enforcement at tcx.
+//!
+//! Order of work, after Cilium's `bpf_lxc.c`: parse, look the flow up in the
+//! tracking table (one lookup for both directions), and only for a packet of
+//! no tracked flow consult the policy (two trie lookups, whatever the number of
+//! rules), then create state. Every error is a counted drop.
+#![no_std]
+#![no_main]
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_F_NO_COMMON_LRU, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_ktime_get_boot_ns, generated::bpf_map_lookup_percpu_elem},
+    macros::{classifier, map},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    programs::TcContext,
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+};
+use sg_common::*;
+
+#[map]
+static IFACES: HashMap<u32, IfaceCfg> = HashMap::with_max_entries(STATS_SLOTS, 0);
+
+#[map]
+static ADDR4: LpmTrie<AddrKey4, u32> = LpmTrie::with_max_entries(1 << 20, 0);
+
+#[map]
+static ADDR6: LpmTrie<AddrKey6, u32> = LpmTrie::with_max_entries(1 << 20, 0);
+
+#[map]
+static PORTS: LpmTrie<PortKey, PortVal> = LpmTrie::with_max_entries(1 << 20, 0);
+
+/// Sized by the agent at load time (`set_max_entries`) to the allowance times
+/// the number of CPUs: with `BPF_F_NO_COMMON_LRU` each CPU's LRU list holds
+/// `max_entries / ncpus`, so that headroom means no list ever has to evict a
+/// live flow while the count stays within the allowance.
+#[map]
+static CT: LruHashMap<CtKey, CtVal> = LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+
+/// Flows inserted, counted per CPU: the BPF target has no atomic
+/// read-modify-write in Rust, and per-CPU cells need none.
+#[map]
+static CT_INSERTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Flows the agent's sweeper deleted; the agent is its only writer.
+#[map]
+static CT_REMOVED: Array<u64> = Array::with_max_entries(1, 0);
+
+#[map]
+static FRAGS: LruHashMap<FragKey, u64> = LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU);
+
+#[map]
+static STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(STATS_SLOTS * 2, 0);
+
+/// The tracking table's allowance, patched by the agent at load time.
+#[unsafe(no_mangle)]
+static CT_LIMIT: u64 = 65536;
+
+/// Possible CPUs (the per-CPU cells to sum), patched by the agent at load time.
+#[unsafe(no_mangle)]
+static NR_CPUS: u32 = 1;
+
+/// Bound of the per-CPU sum, for the verifier.
+const MAX_CPUS: u32 = 256;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_ARP: u16 = 0x0806;
+
+/// Bound of the IPv6 extension-header walk.
+const MAX_EXT_HEADERS: usize = 8;
+
+#[classifier]
+pub fn sg_tc_ingress(ctx: TcContext) -> i32 {
+    run(&ctx, true)
+}
+
+#[classifier]
+pub fn sg_tc_egress(ctx: TcContext) -> i32 {
+    run(&ctx, false)
+}
+
+#[inline(always)]
+fn run(ctx: &TcContext, hook_ingress: bool) -> i32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let len = ctx.len() as u64;
+    let Some(cfg) = (unsafe { IFACES.get(&ifindex) }) else {
+        count(
+            0,
+            if hook_ingress { 0 } else { 1 },
+            len,
+            Err(Reason::NoConfig),
+        );
+        return TC_ACT_SHOT;
+    };
+    // Copy what we need so that a concurrent policy swap (a new IfaceCfg
+    // element) cannot mix two policies within this packet.
+    let cfg = *cfg;
+    let inbound = hook_ingress != (cfg.flags & IFACE_HOST_SIDE != 0);
+    let dir = if inbound { DIR_INBOUND } else { DIR_OUTBOUND };
+    let verdict = decide(ctx, ifindex, &cfg, dir);
+    count(cfg.stats_slot, dir as u32, len, verdict);
+    match verdict {
+        Ok(_) => TC_ACT_OK,
+        Err(_) => TC_ACT_SHOT,
+    }
+}
+
+/// What a pass did to the tracking table, for the counters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Plain,
+    NewFlow,
+}
+
+#[inline(always)]
+fn count(slot: u32, dir: u32, len: u64, verdict: Result<Pass, Reason>) {
+    let idx = slot.min(STATS_SLOTS - 1) * 2 + dir;
+    let Some(s) = STATS.get_ptr_mut(idx) else {
+        return;
+    };
+    // SAFETY: per-CPU value of this CPU; nothing else writes it meanwhile.
+    let s = unsafe { &mut *s };
+    match verdict {
+        Ok(p) => {
+            s.accepted_packets += 1;
+            s.accepted_bytes += len;
+            if p == Pass::NewFlow {
+                s.flows_created += 1;
+            }
+        }
+        Err(r) => {
+            s.rejected_packets += 1;
+            s.rejected_bytes += len;
+            if r == Reason::TableFull {
+                s.flows_refused += 1;
+            }
+            let i = r as usize;
+            if i < REASON_COUNT {
+                s.drops[i] += 1;
+            }
+        }
+    }
+}
+
+/// The parts of a packet the decision needs.
+struct Pkt {
+    family: u8,
+    proto: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    /// Destination / source port in network order (ICMP: `[type, code]` in
+    /// `dport`, the query identifier in `sport`).
+    sport: [u8; 2],
+    dport: [u8; 2],
+    tcp_flags: u8,
+    /// 0: not a fragment; 1: first fragment; 2: a later fragment (no L4 header).
+    frag: u8,
+    frag_id: u32,
+}
+
+const FRAG_NONE: u8 = 0;
+const FRAG_FIRST: u8 = 1;
+const FRAG_LATER: u8 = 2;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+#[inline(always)]
+fn load<T>(ctx: &TcContext, off: usize) -> Result<T, Reason> {
+    ctx.load::<T>(off).map_err(|_| Reason::Malformed)
+}
+
+#[inline(always)]
+fn decide(ctx: &TcContext, ifindex: u32, cfg: &IfaceCfg, dir: u8) -> Result<Pass, Reason> {
+    let eth: EthHdr = load(ctx, 0)?;
+    let pkt = match u16::from_be(eth.ether_type) {
+        ETH_P_IP => parse_v4(ctx)?,
+        ETH_P_IPV6 => {
+            let p = parse_v6(ctx)?;
+            // Neighbour discovery (ICMPv6 133-137) always passes (SEMANTICS §5).
+            if p.proto == PROTO_ICMPV6 && p.frag == FRAG_NONE && (133..=137).contains(&p.dport[0]) {
+                return Ok(Pass::Plain);
+            }
+            p
+        }
+        ETH_P_ARP => return Ok(Pass::Plain),
+        _ => return Err(Reason::UnsupportedL2),
+    };
+    if pkt.frag == FRAG_LATER {
+        return later_fragment(ifindex, cfg, dir, &pkt);
+    }
+    let verdict = decide_l4(ifindex, cfg, dir, &pkt);
+    if verdict.is_ok() && pkt.frag == FRAG_FIRST {
+        let key = frag_key(ifindex, &pkt);
+        let now = unsafe { bpf_ktime_get_boot_ns() };
+        if FRAGS.insert(&key, &now, BPF_ANY as u64).is_err() {
+            return Err(Reason::MapError);
+        }
+    }
+    verdict
+}
+
+#[inline(always)]
+fn frag_key(ifindex: u32, p: &Pkt) -> FragKey {
+    FragKey {
+        ifindex,
+        id: p.frag_id,
+        family: p.family,
+        proto: p.proto,
+        _pad: 0,
+        src: p.src,
+        dst: p.dst,
+    }
+}
+
+/// A fragment without the transport header: it follows its first fragment, or
+/// passes when a rule allows its protocol on all ports from that peer.
+#[inline(always)]
+fn later_fragment(ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> Result<Pass, Reason> {
+    let key = frag_key(ifindex, p);
+    if let Some(t) = unsafe { FRAGS.get(&key) } {
+        let now = unsafe { bpf_ktime_get_boot_ns() };
+        if now.wrapping_sub(*t) <= TIMEOUT_FRAG_S as u64 * 1_000_000_000 {
+            return Ok(Pass::Plain);
+        }
+    }
+    let remote = if dir == DIR_INBOUND { &p.src } else { &p.dst };
+    match policy(
+        cfg,
+        dir,
+        p.family,
+        remote,
+        p.proto,
+        [0, 0],
+        PORT_KEY_PROTO_BITS,
+    ) {
+        Some(_) => Ok(Pass::Plain),
+        None => Err(Reason::Fragment),
+    }
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &TcContext) -> Result<Pkt, Reason> {
+    let ip: Ipv4Hdr = load(ctx, EthHdr::LEN)?;
+    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl {
+        return Err(Reason::Malformed);
+    }
+    if EthHdr::LEN + tot_len > ctx.len() as usize {
+        return Err(Reason::Malformed);
+    }
+    let frags = u16::from_be_bytes(ip.frags);
+    let offset = frags & 0x1fff;
+    let more = frags & 0x2000 != 0;
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src[..4].copy_from_slice(&ip.src_addr);
+    dst[..4].copy_from_slice(&ip.dst_addr);
+    let mut pkt = Pkt {
+        family: FAMILY_V4,
+        proto: ip.proto,
+        src,
+        dst,
+        sport: [0, 0],
+        dport: [0, 0],
+        tcp_flags: 0,
+        frag: if offset != 0 {
+            FRAG_LATER
+        } else if more {
+            FRAG_FIRST
+        } else {
+            FRAG_NONE
+        },
+        frag_id: u16::from_be_bytes(ip.id) as u32,
+    };
+    if pkt.frag != FRAG_LATER {
+        parse_l4(
+            ctx,
+            EthHdr::LEN + (ihl & 0x3c),
+            EthHdr::LEN + tot_len,
+            &mut pkt,
+        )?;
+    }
+    Ok(pkt)
+}
+
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+
+#[inline(always)]
+fn parse_v6(ctx: &TcContext) -> Result<Pkt, Reason> {
+    let ip: Ipv6Hdr = load(ctx, EthHdr::LEN)?;
+    if ip.vcf[0] >> 4 != 6 {
+        return Err(Reason::Malformed);
+    }
+    let end = EthHdr::LEN + Ipv6Hdr::LEN + u16::from_be_bytes(ip.payload_len) as usize;
+    if end > ctx.len() as usize {
+        return Err(Reason::Malformed);
+    }
+    let mut pkt = Pkt {
+        family: FAMILY_V6,
+        proto: ip.next_hdr,
+        src: ip.src_addr,
+        dst: ip.dst_addr,
+        sport: [0, 0],
+        dport: [0, 0],
+        tcp_flags: 0,
+        frag: FRAG_NONE,
+        frag_id: 0,
+    };
+    let mut off = EthHdr::LEN + Ipv6Hdr::LEN;
+    let mut done = false;
+    for _ in 0..MAX_EXT_HEADERS {
+        match pkt.proto {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH => {
+                let h: [u8; 2] = load(ctx, off)?;
+                let len = if pkt.proto == NEXTHDR_AUTH {
+                    (h[1] as usize + 2) * 4
+                } else {
+                    (h[1] as usize + 1) * 8
+                };
+                pkt.proto = h[0];
+                off += len;
+            }
+            NEXTHDR_FRAGMENT => {
+                let h: [u8; 8] = load(ctx, off)?;
+                let fo = u16::from_be_bytes([h[2], h[3]]);
+                pkt.proto = h[0];
+                pkt.frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                off += 8;
+                if fo & 0xfff8 != 0 {
+                    pkt.frag = FRAG_LATER;
+                } else if fo & 1 != 0 {
+                    pkt.frag = FRAG_FIRST;
+                }
+            }
+            _ => {
+                done = true;
+                break;
+            }
+        }
+        if off > end {
+            return Err(Reason::Malformed);
+        }
+        if pkt.frag == FRAG_LATER {
+            return Ok(pkt);
+        }
+    }
+    if !done {
+        return Err(Reason::ExtHeaders);
+    }
+    parse_l4(ctx, off, end, &mut pkt)?;
+    Ok(pkt)
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, off: usize, end: usize, pkt: &mut Pkt) -> Result<(), Reason> {
+    match pkt.proto {
+        PROTO_TCP => {
+            if off + TcpHdr::LEN > end {
+                return Err(Reason::Malformed);
+            }
+            let h: [u8; 14] = load(ctx, off)?;
+            if (h[12] >> 4) < 5 {
+                return Err(Reason::Malformed);
+            }
+            pkt.sport = [h[0], h[1]];
+            pkt.dport = [h[2], h[3]];
+            pkt.tcp_flags = h[13];
+        }
+        PROTO_UDP => {
+            if off + 8 > end {
+                return Err(Reason::Malformed);
+            }
+            let h: [u8; 4] = load(ctx, off)?;
+            pkt.sport = [h[0], h[1]];
+            pkt.dport = [h[2], h[3]];
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            if off + 8 > end {
+                return Err(Reason::Malformed);
+            }
+            let h: [u8; 6] = load(ctx, off)?;
+            pkt.dport = [h[0], h[1]];
+            // The identifier keys query/reply pairs; other messages key by
+            // addresses alone.
+            if icmp_reply_of(pkt.family, h[0]).is_some()
+                || icmp_request_of(pkt.family, h[0]).is_some()
+            {
+                pkt.sport = [h[4], h[5]];
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// For an ICMP query type, the type of its reply.
+#[inline(always)]
+fn icmp_reply_of(family: u8, t: u8) -> Option<u8> {
+    match (family, t) {
+        (FAMILY_V4, 8) => Some(0),
+        (FAMILY_V4, 13) => Some(14),
+        (FAMILY_V4, 15) => Some(16),
+        (FAMILY_V4, 17) => Some(18),
+        (FAMILY_V6, 128) => Some(129),
+        _ => None,
+    }
+}
+
+/// For an ICMP reply type, the type of its query.
+#[inline(always)]
+fn icmp_request_of(family: u8, t: u8) -> Option<u8> {
+    match (family, t) {
+        (FAMILY_V4, 0) => Some(8),
+        (FAMILY_V4, 14) => Some(13),
+        (FAMILY_V4, 16) => Some(15),
+        (FAMILY_V4, 18) => Some(17),
+        (FAMILY_V6, 129) => Some(128),
+        _ => None,
+    }
+}
+
+/// Allow flags of the policy for `(dir, family)` towards `remote` for
+/// `(proto, port)`, the port trie consulted up to `prefix` bits.
+#[inline(always)]
+fn policy(
+    cfg: &IfaceCfg,
+    dir: u8,
+    family: u8,
+    remote: &[u8; 16],
+    proto: u8,
+    port: [u8; 2],
+    prefix: u32,
+) -> Option<u32> {
+    let id = cfg.policy[policy_index(dir, family) & 3];
+    if id == 0 {
+        return None;
+    }
+    let class = if family == FAMILY_V4 {
+        let mut addr = [0u8; 4];
+        addr.copy_from_slice(&remote[..4]);
+        let k = Key::new(ADDR_KEY_POLICY_BITS + 32, AddrKey4 { policy: id, addr });
+        *ADDR4.get(&k)?
+    } else {
+        let k = Key::new(
+            ADDR_KEY_POLICY_BITS + 128,
+            AddrKey6 {
+                policy: id,
+                addr: *remote,
+            },
+        );
+        *ADDR6.get(&k)?
+    };
+    let k = Key::new(
+        prefix,
+        PortKey {
+            class,
+            proto,
+            port_be: port,
+            _pad: 0,
+        },
+    );
+    let v = PORTS.get(&k)?;
+    if v.flags & PORT_ALLOW != 0 {
+        Some(v.flags)
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn decide_l4(ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> Result<Pass, Reason> {
+    let inbound = dir == DIR_INBOUND;
+    let (local, remote, lport, rport) = if inbound {
+        (p.dst, p.src, p.dport, p.sport)
+    } else {
+        (p.src, p.dst, p.sport, p.dport)
+    };
+    let is_icmp = p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6;
+    let key = CtKey {
+        ifindex,
+        family: p.family,
+        proto: p.proto,
+        // ICMP queries key by identifier alone; the type travels in `dport`.
+        local_port: if is_icmp {
+            u16::from_ne_bytes(p.sport)
+        } else {
+            u16::from_ne_bytes(lport)
+        },
+        remote_port: if is_icmp {
+            0
+        } else {
+            u16::from_ne_bytes(rport)
+        },
+        _pad: 0,
+        local,
+        remote,
+    };
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+
+    let existing = CT.get_ptr_mut(&key);
+    if let Some(ct) = existing {
+        // SAFETY: LRU values stay valid under RCU for the program's run; a
+        // racing writer can at worst make a refresh land twice.
+        let ct = unsafe { &mut *ct };
+        if now.wrapping_sub(ct.last_seen_ns) <= timeout_ns(cfg, ct.state, ct.flags)
+            && icmp_fits(p, ct, dir)
+        {
+            refresh(ct, p, dir, now);
+            return Ok(Pass::Plain);
+        }
+    }
+
+    // No live tracked flow: the policy decides.
+    let flags = policy(
+        cfg,
+        dir,
+        p.family,
+        &remote,
+        p.proto,
+        p.dport,
+        PORT_KEY_FULL_BITS,
+    )
+    .ok_or(Reason::NoRule)?;
+    if p.proto == PROTO_TCP || p.proto == PROTO_UDP {
+        if flags & PORT_UNTRACKED != 0 {
+            return Ok(Pass::Plain);
+        }
+        // A packet of an untracked flow started in the other direction (a
+        // response) also keeps no state: the other direction would have let
+        // the reversed packet start an untracked flow.
+        let other = if inbound { DIR_OUTBOUND } else { DIR_INBOUND };
+        if cfg.all_response & all_response_bit(dir, p.family, p.proto) != 0
+            && let Some(f) = policy(
+                cfg,
+                other,
+                p.family,
+                &remote,
+                p.proto,
+                p.sport,
+                PORT_KEY_FULL_BITS,
+            )
+            && f & PORT_UNTRACKED != 0
+        {
+            return Ok(Pass::Plain);
+        }
+        // A lone RST opens nothing.
+        if p.proto == PROTO_TCP && p.tcp_flags & TCP_RST != 0 {
+            return Ok(Pass::Plain);
+        }
+    }
+    create(&key, existing.is_some(), p, dir, now)
+}
+
+#[inline(always)]
+fn icmp_fits(p: &Pkt, ct: &CtVal, dir: u8) -> bool {
+    if p.proto != PROTO_ICMP && p.proto != PROTO_ICMPV6 || ct.icmp_type == 0xff {
+        return true;
+    }
+    let from_orig = (ct.flags & CT_ORIG_OUTBOUND != 0) == (dir == DIR_OUTBOUND);
+    if from_orig {
+        p.dport[0] == ct.icmp_type
+    } else {
+        icmp_reply_of(p.family, ct.icmp_type) == Some(p.dport[0])
+    }
+}
+
+/// Advances a tracked flow in place: no `bpf_map_update_elem` per packet.
+#[inline(always)]
+fn refresh(ct: &mut CtVal, p: &Pkt, dir: u8, now: u64) {
+    let from_orig = (ct.flags & CT_ORIG_OUTBOUND != 0) == (dir == DIR_OUTBOUND);
+    let mut flags = ct.flags;
+    let mut state = ct.state;
+    if !from_orig {
+        flags |= CT_SEEN_REPLY;
+    }
+    if p.proto == PROTO_TCP {
+        let f = p.tcp_flags;
+        if f & TCP_RST != 0 {
+            state = TCP_RESET;
+        } else {
+            if state == TCP_SYN_SENT && !from_orig && f & TCP_ACK != 0 {
+                state = TCP_ESTABLISHED;
+            }
+            if f & TCP_FIN != 0 {
+                flags |= if from_orig { CT_FIN_ORIG } else { CT_FIN_REPLY };
+                state = if flags & CT_FIN_ORIG != 0 && flags & CT_FIN_REPLY != 0 {
+                    TCP_CLOSED
+                } else {
+                    TCP_FIN_WAIT
+                };
+            }
+            // A new SYN on a closed or reset tuple reopens it.
+            if (state == TCP_CLOSED || state == TCP_RESET) && f & TCP_SYN != 0 && f & TCP_ACK == 0 {
+                state = TCP_SYN_SENT;
+                flags &= CT_ORIG_OUTBOUND;
+            }
+        }
+    } else if p.proto == PROTO_UDP && ct.flags & CT_SEEN_REPLY != 0 {
+        flags |= CT_UDP_STREAM;
+    }
+    if flags != ct.flags || state != ct.state {
+        ct.flags = flags;
+        ct.state = state;
+    }
+    if now.wrapping_sub(ct.last_seen_ns) >= CT_REFRESH_NS {
+        ct.last_seen_ns = now;
+    }
+}
+
+#[inline(always)]
+fn create(key: &CtKey, replace: bool, p: &Pkt, dir: u8, now: u64) -> Result<Pass, Reason> {
+    let state = match p.proto {
+        PROTO_TCP => {
+            if p.tcp_flags & TCP_SYN != 0 && p.tcp_flags & TCP_ACK == 0 {
+                TCP_SYN_SENT
+            } else {
+                // Picked up mid-stream (a flow older than the table entry).
+                TCP_ESTABLISHED
+            }
+        }
+        PROTO_UDP => CT_STATE_UDP,
+        PROTO_ICMP | PROTO_ICMPV6 => CT_STATE_ICMP,
+        _ => CT_STATE_OTHER,
+    };
+    let icmp_type = if state == CT_STATE_ICMP && icmp_reply_of(p.family, p.dport[0]).is_some() {
+        p.dport[0]
+    } else {
+        0xff
+    };
+    let val = CtVal {
+        last_seen_ns: now,
+        created_ns: now,
+        state,
+        flags: if dir == DIR_OUTBOUND {
+            CT_ORIG_OUTBOUND
+        } else {
+            0
+        },
+        icmp_type,
+        _pad: [0; 5],
+    };
+    if replace {
+        // An expired entry of the same tuple: reuse its slot, count unchanged.
+        return CT
+            .insert(key, &val, BPF_ANY as u64)
+            .map(|_| Pass::NewFlow)
+            .map_err(|_| Reason::MapError);
+    }
+    if flows_in_use() >= unsafe { core::ptr::read_volatile(&CT_LIMIT) } {
+        return Err(Reason::TableFull);
+    }
+    match CT.insert(key, &val, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            let n = CT_INSERTED.get_ptr_mut(0).ok_or(Reason::MapError)?;
+            // SAFETY: this CPU's cell; nothing else writes it meanwhile.
+            unsafe { *n += 1 };
+            Ok(Pass::NewFlow)
+        }
+        // Another CPU created it meanwhile: the flow is tracked either way.
+        Err(_) if CT.get_ptr(key).is_some() => Ok(Pass::Plain),
+        Err(_) => Err(Reason::MapError),
+    }
+}
+
+/// Tracked flows in the table: inserted on every CPU less swept by the agent.
+#[inline(always)]
+fn flows_in_use() -> u64 {
+    let ncpus = unsafe { core::ptr::read_volatile(&NR_CPUS) };
+    let key = 0u32;
+    let mut inserted = 0u64;
+    for cpu in 0..MAX_CPUS {
+        if cpu >= ncpus {
+            break;
+        }
+        // SAFETY: the map pointer is the relocated map; the key is a u32 index.
+        let p = unsafe {
+            bpf_map_lookup_percpu_elem(
+                &CT_INSERTED as *const _ as *mut c_void,
+                &key as *const u32 as *const c_void,
+                cpu,
+            )
+        };
+        if !p.is_null() {
+            inserted += unsafe { *(p as *const u64) };
+        }
+    }
+    let removed = CT_REMOVED.get(0).copied().unwrap_or(0);
+    inserted.saturating_sub(removed)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
