@@ -4,8 +4,10 @@
 //! tracking table (one lookup for both directions), and only for a packet of
 //! no tracked flow consult the policy (two trie lookups, whatever the number of
 //! rules), then create state. Every error is a counted drop.
-#![no_std]
-#![no_main]
+// Built for the BPF target by sg-agent's build.rs. On the host (clippy, a
+// workspace check) it is an ordinary binary that only refuses to run.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 
 use core::ffi::c_void;
 
@@ -90,7 +92,7 @@ fn run(ctx: &TcContext, hook_ingress: bool) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let len = ctx.len() as u64;
-    let Some(cfg) = (unsafe { IFACES.get(&ifindex) }) else {
+    let Some(cfg) = (unsafe { IFACES.get(ifindex) }) else {
         count(
             0,
             if hook_ingress { 0 } else { 1 },
@@ -202,7 +204,7 @@ fn decide(ctx: &TcContext, ifindex: u32, cfg: &IfaceCfg, dir: u8) -> Result<Pass
     if verdict.is_ok() && pkt.frag == FRAG_FIRST {
         let key = frag_key(ifindex, &pkt);
         let now = unsafe { bpf_ktime_get_boot_ns() };
-        if FRAGS.insert(&key, &now, BPF_ANY as u64).is_err() {
+        if FRAGS.insert(key, now, BPF_ANY as u64).is_err() {
             return Err(Reason::MapError);
         }
     }
@@ -227,7 +229,7 @@ fn frag_key(ifindex: u32, p: &Pkt) -> FragKey {
 #[inline(always)]
 fn later_fragment(ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> Result<Pass, Reason> {
     let key = frag_key(ifindex, p);
-    if let Some(t) = unsafe { FRAGS.get(&key) } {
+    if let Some(t) = unsafe { FRAGS.get(key) } {
         let now = unsafe { bpf_ktime_get_boot_ns() };
         if now.wrapping_sub(*t) <= TIMEOUT_FRAG_S as u64 * 1_000_000_000 {
             return Ok(Pass::Plain);
@@ -512,7 +514,7 @@ fn decide_l4(ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> Result<Pass, Rea
     };
     let now = unsafe { bpf_ktime_get_boot_ns() };
 
-    let existing = CT.get_ptr_mut(&key);
+    let existing = CT.get_ptr_mut(key);
     if let Some(ct) = existing {
         // SAFETY: LRU values stay valid under RCU for the program's run; a
         // racing writer can at worst make a refresh land twice.
@@ -657,14 +659,14 @@ fn create(key: &CtKey, replace: bool, p: &Pkt, dir: u8, now: u64) -> Result<Pass
     if replace {
         // An expired entry of the same tuple: reuse its slot, count unchanged.
         return CT
-            .insert(key, &val, BPF_ANY as u64)
+            .insert(key, val, BPF_ANY as u64)
             .map(|_| Pass::NewFlow)
             .map_err(|_| Reason::MapError);
     }
     if flows_in_use() >= unsafe { core::ptr::read_volatile(&CT_LIMIT) } {
         return Err(Reason::TableFull);
     }
-    match CT.insert(key, &val, BPF_NOEXIST as u64) {
+    match CT.insert(key, val, BPF_NOEXIST as u64) {
         Ok(()) => {
             let n = CT_INSERTED.get_ptr_mut(0).ok_or(Reason::MapError)?;
             // SAFETY: this CPU's cell; nothing else writes it meanwhile.
@@ -703,10 +705,16 @@ fn flows_in_use() -> u64 {
     inserted.saturating_sub(removed)
 }
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("sg-ebpf is a BPF object: sg-agent embeds it; it does not run on the host");
+    std::process::exit(2);
 }
 
 #[unsafe(link_section = "license")]

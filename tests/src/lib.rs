@@ -70,6 +70,14 @@ impl Netns {
         ip(&["netns", "add", &name]).with_context(|| format!("creating netns {name}"))?;
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"])?;
+        // Duplicate address detection holds new IPv6 addresses (link-local
+        // ones too) tentative for seconds; a test topology has no duplicates.
+        sh(ns.command("sysctl").args([
+            "-q",
+            "-w",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ]))?;
         Ok(ns)
     }
 

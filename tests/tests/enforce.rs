@@ -138,3 +138,27 @@ fn stops_cleanly_and_detaches() {
         );
     }
 }
+
+#[test]
+fn ipv6_tcp_allowed_and_denied() {
+    if !kernel_available("ipv6_tcp_allowed_and_denied") {
+        return;
+    }
+    let pair = Pair::new("v6").unwrap();
+    let policy = r#"
+security_groups:
+  - name: app
+    ingress:
+      - {ip_protocol: tcp, from_port: 8080, to_port: 8080, ipv6_ranges: ["fd77::/64"]}
+network_interfaces:
+  - {interface: eth0, groups: [app]}
+"#;
+    let ok = tcp_echo_server(&pair.server, addr(&format!("[{SERVER_V6}]"), 8080)).unwrap();
+    let no = tcp_echo_server(&pair.server, addr(&format!("[{SERVER_V6}]"), 8081)).unwrap();
+    let v4 = tcp_echo_server(&pair.server, addr(SERVER_V4, 8080)).unwrap();
+    let _agent = Agent::start(&pair.server, policy).unwrap();
+    assert_eq!(tcp_probe(&pair.client, ok, T).unwrap(), Seen::Pass);
+    assert_eq!(tcp_probe(&pair.client, no, T).unwrap(), Seen::Dropped);
+    // An IPv6 rule says nothing about IPv4.
+    assert_eq!(tcp_probe(&pair.client, v4, T).unwrap(), Seen::Dropped);
+}

@@ -1,1 +1,104 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | demo | test`.
+//! Orchestration only; the product lives in the other crates.
+
+mod demo;
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "sg project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Setup, then build sg-agent with its embedded eBPF object.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run the web/db demo between network namespaces.
+    Demo,
+    /// Build, then run every test of the workspace (kernel tests need root).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => {
+            setup::run()?;
+            build(release).map(|_| ())
+        }
+        Task::Demo => {
+            setup::run()?;
+            let bin = build(false)?;
+            demo::run(&bin)
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            let bin = build(false)?;
+            let status = cargo()
+                .args(["test", "--workspace", "--exclude", "sg-ebpf"])
+                .args(&args)
+                .env("SG_AGENT_BIN", &bin)
+                .status()
+                .context("running cargo test")?;
+            if !status.success() {
+                bail!("tests failed ({status})");
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+/// Builds sg-agent; returns the binary's path.
+fn build(release: bool) -> Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["build", "--package", "sg-agent"]);
+    if release {
+        c.arg("--release");
+    }
+    let status = c.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("building sg-agent failed ({status})");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    Ok(target
+        .join(if release { "release" } else { "debug" })
+        .join("sg-agent"))
+}
