@@ -274,6 +274,10 @@ pub struct NetworkInterface {
     pub attach: AttachMode,
     #[serde(default)]
     pub conntrack: Timeouts,
+    /// Let ICMP errors about a tracked flow through (Linux's RELATED). Off by
+    /// default, as on AWS, where "fragmentation needed" needs a rule.
+    #[serde(default)]
+    pub related_icmp: bool,
 }
 
 /// AWS `ConnectionTrackingSpecification`, in seconds.

@@ -11,7 +11,7 @@ use aya::{
 };
 use ipnet::IpNet;
 use sg_common::{
-    ADDR_KEY_POLICY_BITS, AddrKey4, AddrKey6, CtKey, CtVal, IFACE_HOST_SIDE, IfaceCfg, PortKey,
+    ADDR_KEY_POLICY_BITS, AddrKey4, AddrKey6, CtKey, CtVal, IFACE_HOST_SIDE, IFACE_RELATED_ICMP, IfaceCfg, PortKey,
     PortVal, Reason, STATS_SLOTS, Stats, timeout_ns,
 };
 
@@ -42,8 +42,22 @@ pub struct Datapath {
     next_policy: u32,
     next_class: u32,
     next_slot: u32,
+    free_slots: Vec<u32>,
     links: StdHashMap<u32, Vec<(&'static str, SchedClassifierLinkId)>>,
+    installed: StdHashMap<u32, Installed>,
+    retiring: Vec<Installed>,
 }
+
+/// Keys one interface's policy occupies, to remove when it is replaced.
+#[derive(Default)]
+struct Installed {
+    addr4: Vec<Key<AddrKey4>>,
+    addr6: Vec<Key<AddrKey6>>,
+    ports: Vec<Key<PortKey>>,
+}
+
+/// How long replaced policy entries stay after the swap (see `install`).
+const RETIRE_GRACE: Duration = Duration::from_millis(20);
 
 /// An interface as the datapath knows it.
 pub struct IfaceSpec<'a> {
@@ -51,6 +65,7 @@ pub struct IfaceSpec<'a> {
     pub ifindex: u32,
     pub attach: AttachMode,
     pub timeouts: Timeouts,
+    pub related_icmp: bool,
 }
 
 impl Datapath {
@@ -93,14 +108,83 @@ impl Datapath {
             next_policy: 1,
             next_class: 1,
             next_slot: 1,
+            free_slots: Vec::new(),
             links: StdHashMap::new(),
+            installed: StdHashMap::new(),
+            retiring: Vec::new(),
         })
     }
 
-    /// Writes `compiled` under fresh ids, then points the interface at it in
-    /// one map update.
+    /// Writes `compiled` under fresh ids, points the interface at it in one
+    /// map update, then removes the entries of the policy it replaced. Each
+    /// packet therefore sees the whole old or the whole new policy.
     pub fn install(&mut self, iface: &IfaceSpec<'_>, compiled: &Compiled) -> Result<()> {
+        let mut written = Installed::default();
+        let result = self.write_policy(compiled, &mut written);
+        let policy = match result {
+            Ok(policy) => policy,
+            Err(e) => {
+                // Nothing points at the new ids yet: take them back out.
+                self.remove_entries(&written);
+                return Err(e);
+            }
+        };
+        let slot = match self.ifaces.get(&iface.ifindex, 0) {
+            Ok(old) => old.stats_slot,
+            Err(_) => match self.free_slots.pop() {
+                Some(s) => s,
+                None if self.next_slot < STATS_SLOTS => {
+                    self.next_slot += 1;
+                    self.next_slot - 1
+                }
+                None => {
+                    self.remove_entries(&written);
+                    return Err(anyhow!("more than {} interfaces", STATS_SLOTS - 1));
+                }
+            },
+        };
+        let mut flags = 0;
+        if iface.attach == AttachMode::Host {
+            flags |= IFACE_HOST_SIDE;
+        }
+        if iface.related_icmp {
+            flags |= IFACE_RELATED_ICMP;
+        }
+        let cfg = IfaceCfg {
+            policy,
+            stats_slot: slot,
+            flags,
+            all_response: compiled.all_response,
+            tcp_established: iface.timeouts.tcp_established,
+            udp_stream: iface.timeouts.udp_stream,
+            udp: iface.timeouts.udp,
+        };
+        if let Err(e) = self.ifaces.insert(iface.ifindex, cfg, 0) {
+            self.remove_entries(&written);
+            return Err(e).with_context(|| format!("configuring interface {}", iface.name));
+        }
+        if let Some(old) = self.installed.insert(iface.ifindex, written) {
+            self.retiring.push(old);
+        }
+        Ok(())
+    }
+
+    /// Removes the entries of replaced policies. A packet that read an old
+    /// configuration just before its swap may still be looking its entries
+    /// up; programs run for microseconds, so a short wait outlasts them all.
+    pub fn retire(&mut self) {
+        if self.retiring.is_empty() {
+            return;
+        }
+        std::thread::sleep(RETIRE_GRACE);
+        for old in std::mem::take(&mut self.retiring) {
+            self.remove_entries(&old);
+        }
+    }
+
+    fn write_policy(&mut self, compiled: &Compiled, w: &mut Installed) -> Result<[u32; 4]> {
         let class_base = self.next_class;
+        self.next_class += compiled.classes.len() as u32;
         for (i, entries) in compiled.classes.iter().enumerate() {
             let class = class_base + i as u32;
             for e in entries {
@@ -116,9 +200,9 @@ impl Datapath {
                 self.ports
                     .insert(&key, PortVal { flags: e.flags }, 0)
                     .context("writing the port trie")?;
+                w.ports.push(key);
             }
         }
-        self.next_class += compiled.classes.len() as u32;
         let mut policy = [0u32; 4];
         for (idx, addrs) in compiled.addrs.iter().enumerate() {
             if addrs.is_empty() {
@@ -131,60 +215,45 @@ impl Datapath {
                 let class = class_base + a.class as u32;
                 let bits = ADDR_KEY_POLICY_BITS + a.net.prefix_len() as u32;
                 match a.net {
-                    IpNet::V4(n) => self.addr4.insert(
-                        &Key::new(
-                            bits,
-                            AddrKey4 {
-                                policy: id,
-                                addr: n.network().octets(),
-                            },
-                        ),
-                        class,
-                        0,
-                    ),
-                    IpNet::V6(n) => self.addr6.insert(
-                        &Key::new(
-                            bits,
-                            AddrKey6 {
-                                policy: id,
-                                addr: n.network().octets(),
-                            },
-                        ),
-                        class,
-                        0,
-                    ),
+                    IpNet::V4(n) => {
+                        let key = Key::new(bits, AddrKey4 { policy: id, addr: n.network().octets() });
+                        self.addr4.insert(&key, class, 0).context("writing the IPv4 address trie")?;
+                        w.addr4.push(key);
+                    }
+                    IpNet::V6(n) => {
+                        let key = Key::new(bits, AddrKey6 { policy: id, addr: n.network().octets() });
+                        self.addr6.insert(&key, class, 0).context("writing the IPv6 address trie")?;
+                        w.addr6.push(key);
+                    }
                 }
-                .context("writing the address trie")?;
             }
         }
-        let slot = match self.ifaces.get(&iface.ifindex, 0) {
-            Ok(old) => old.stats_slot,
-            Err(_) => {
-                let s = self.next_slot;
-                if s >= STATS_SLOTS {
-                    return Err(anyhow!("more than {} interfaces", STATS_SLOTS - 1));
-                }
-                self.next_slot += 1;
-                s
-            }
-        };
-        let cfg = IfaceCfg {
-            policy,
-            stats_slot: slot,
-            flags: if iface.attach == AttachMode::Host {
-                IFACE_HOST_SIDE
-            } else {
-                0
-            },
-            all_response: compiled.all_response,
-            tcp_established: iface.timeouts.tcp_established,
-            udp_stream: iface.timeouts.udp_stream,
-            udp: iface.timeouts.udp,
-        };
-        self.ifaces
-            .insert(iface.ifindex, cfg, 0)
-            .with_context(|| format!("configuring interface {}", iface.name))?;
-        Ok(())
+        Ok(policy)
+    }
+
+    fn remove_entries(&mut self, w: &Installed) {
+        for k in &w.addr4 {
+            let _ = self.addr4.remove(k);
+        }
+        for k in &w.addr6 {
+            let _ = self.addr6.remove(k);
+        }
+        for k in &w.ports {
+            let _ = self.ports.remove(k);
+        }
+    }
+
+    /// Stops enforcing on an interface: detaches, then drops its
+    /// configuration and policy. Its tracked flows go with the next sweep.
+    pub fn forget(&mut self, ifindex: u32) {
+        self.detach(ifindex);
+        if let Ok(cfg) = self.ifaces.get(&ifindex, 0) {
+            self.free_slots.push(cfg.stats_slot);
+        }
+        let _ = self.ifaces.remove(&ifindex);
+        if let Some(old) = self.installed.remove(&ifindex) {
+            self.retiring.push(old);
+        }
     }
 
     /// Attaches both programs to `name` with tcx.
@@ -208,20 +277,34 @@ impl Datapath {
         Ok(())
     }
 
-    /// Detaches everything this agent attached.
-    pub fn detach_all(&mut self) {
-        for (_, links) in self.links.drain() {
-            for (prog_name, id) in links {
-                if let Some(Ok(prog)) = self
-                    .ebpf
-                    .program_mut(prog_name)
-                    .map(<&mut SchedClassifier>::try_from)
-                    && let Err(e) = prog.detach(id)
-                {
-                    log::warn!("detaching {prog_name}: {e}");
-                }
+    fn detach(&mut self, ifindex: u32) {
+        for (prog_name, id) in self.links.remove(&ifindex).unwrap_or_default() {
+            if let Some(Ok(prog)) = self
+                .ebpf
+                .program_mut(prog_name)
+                .map(<&mut SchedClassifier>::try_from)
+                && let Err(e) = prog.detach(id)
+            {
+                log::warn!("detaching {prog_name}: {e}");
             }
         }
+    }
+
+    /// Detaches everything this agent attached.
+    pub fn detach_all(&mut self) {
+        let all: Vec<u32> = self.links.keys().copied().collect();
+        for ifindex in all {
+            self.detach(ifindex);
+        }
+    }
+
+    pub fn is_attached(&self, ifindex: u32) -> bool {
+        self.links.contains_key(&ifindex)
+    }
+
+    /// Interfaces with a policy installed.
+    pub fn interfaces(&self) -> Vec<u32> {
+        self.installed.keys().copied().collect()
     }
 
     /// Deletes tracked flows idle past their timeout; returns how many.

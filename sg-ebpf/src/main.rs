@@ -165,6 +165,8 @@ struct Pkt {
     /// 0: not a fragment; 1: first fragment; 2: a later fragment (no L4 header).
     frag: u8,
     frag_id: u32,
+    /// Offset of the transport header in the frame.
+    l4_off: usize,
 }
 
 const FRAG_NONE: u8 = 0;
@@ -199,6 +201,13 @@ fn decide(ctx: &TcContext, ifindex: u32, cfg: &IfaceCfg, dir: u8) -> Result<Pass
     };
     if pkt.frag == FRAG_LATER {
         return later_fragment(ifindex, cfg, dir, &pkt);
+    }
+    if cfg.flags & IFACE_RELATED_ICMP != 0
+        && icmp_is_error(pkt.family, pkt.proto, pkt.dport[0])
+        && pkt.frag == FRAG_NONE
+        && related(ctx, ifindex, cfg, dir, &pkt)
+    {
+        return Ok(Pass::Plain);
     }
     let verdict = decide_l4(ifindex, cfg, dir, &pkt);
     if verdict.is_ok() && pkt.frag == FRAG_FIRST {
@@ -284,6 +293,7 @@ fn parse_v4(ctx: &TcContext) -> Result<Pkt, Reason> {
             FRAG_NONE
         },
         frag_id: u16::from_be_bytes(ip.id) as u32,
+        l4_off: 0,
     };
     if pkt.frag != FRAG_LATER {
         parse_l4(
@@ -322,6 +332,7 @@ fn parse_v6(ctx: &TcContext) -> Result<Pkt, Reason> {
         tcp_flags: 0,
         frag: FRAG_NONE,
         frag_id: 0,
+        l4_off: 0,
     };
     let mut off = EthHdr::LEN + Ipv6Hdr::LEN;
     let mut done = false;
@@ -370,13 +381,15 @@ fn parse_v6(ctx: &TcContext) -> Result<Pkt, Reason> {
 
 #[inline(always)]
 fn parse_l4(ctx: &TcContext, off: usize, end: usize, pkt: &mut Pkt) -> Result<(), Reason> {
+    pkt.l4_off = off;
     match pkt.proto {
         PROTO_TCP => {
             if off + TcpHdr::LEN > end {
                 return Err(Reason::Malformed);
             }
             let h: [u8; 14] = load(ctx, off)?;
-            if (h[12] >> 4) < 5 {
+            let doff = (h[12] >> 4) as usize * 4;
+            if doff < TcpHdr::LEN || off + doff > end {
                 return Err(Reason::Malformed);
             }
             pkt.sport = [h[0], h[1]];
@@ -408,6 +421,69 @@ fn parse_l4(ctx: &TcContext, off: usize, end: usize, pkt: &mut Pkt) -> Result<()
         _ => {}
     }
     Ok(())
+}
+
+#[inline(always)]
+fn icmp_is_error(family: u8, proto: u8, t: u8) -> bool {
+    match (family, proto) {
+        (FAMILY_V4, PROTO_ICMP) => matches!(t, 3 | 4 | 5 | 11 | 12),
+        (FAMILY_V6, PROTO_ICMPV6) => matches!(t, 1..=4),
+        _ => false,
+    }
+}
+
+/// Is this ICMP error about a live tracked flow? The header it quotes went
+/// the other way, so its source is our local end when the error is inbound.
+#[inline(always)]
+fn related(ctx: &TcContext, ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> bool {
+    let off = p.l4_off + 8;
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    let (proto, l4) = if p.family == FAMILY_V4 {
+        let Ok(ip) = ctx.load::<Ipv4Hdr>(off) else {
+            return false;
+        };
+        src[..4].copy_from_slice(&ip.src_addr);
+        dst[..4].copy_from_slice(&ip.dst_addr);
+        (ip.proto, off + ((ip.vihl & 0x0f) as usize * 4 & 0x3c))
+    } else {
+        let Ok(ip) = ctx.load::<Ipv6Hdr>(off) else {
+            return false;
+        };
+        src = ip.src_addr;
+        dst = ip.dst_addr;
+        (ip.next_hdr, off + Ipv6Hdr::LEN)
+    };
+    let Ok(h) = ctx.load::<[u8; 8]>(l4) else {
+        return false;
+    };
+    let (sport, dport) = match proto {
+        PROTO_TCP | PROTO_UDP => ([h[0], h[1]], [h[2], h[3]]),
+        PROTO_ICMP | PROTO_ICMPV6 => ([h[4], h[5]], [0, 0]),
+        _ => ([0, 0], [0, 0]),
+    };
+    let is_icmp = proto == PROTO_ICMP || proto == PROTO_ICMPV6;
+    let quoted_outbound = dir == DIR_INBOUND;
+    let (local, remote, lport, rport) = if quoted_outbound {
+        (src, dst, sport, dport)
+    } else {
+        (dst, src, dport, sport)
+    };
+    let key = CtKey {
+        ifindex,
+        family: p.family,
+        proto,
+        local_port: u16::from_ne_bytes(if is_icmp { sport } else { lport }),
+        remote_port: if is_icmp { 0 } else { u16::from_ne_bytes(rport) },
+        _pad: 0,
+        local,
+        remote,
+    };
+    let Some(ct) = (unsafe { CT.get(key) }) else {
+        return false;
+    };
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    now.wrapping_sub(ct.last_seen_ns) <= timeout_ns(cfg, ct.state, ct.flags)
 }
 
 /// For an ICMP query type, the type of its reply.
