@@ -7,3 +7,4 @@ pub mod agent;
 pub mod compile;
 pub mod config;
 pub mod datapath;
+pub mod model;

@@ -219,6 +219,10 @@ pub fn timeout_ns(cfg: &IfaceCfg, state: u8, flags: u8) -> u64 {
     s as u64 * 1_000_000_000
 }
 
+/// IPv6 extension headers walked before the transport header; a packet with
+/// more is dropped (`Reason::ExtHeaders`).
+pub const MAX_EXT_HEADERS: usize = 8;
+
 /// Key of the fragment table: a datagram whose first fragment passed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -74,8 +74,6 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_ARP: u16 = 0x0806;
 
-/// Bound of the IPv6 extension-header walk.
-const MAX_EXT_HEADERS: usize = 8;
 
 #[classifier]
 pub fn sg_tc_ingress(ctx: TcContext) -> i32 {
@@ -335,35 +333,37 @@ fn parse_v6(ctx: &TcContext) -> Result<Pkt, Reason> {
         l4_off: 0,
     };
     let mut off = EthHdr::LEN + Ipv6Hdr::LEN;
-    let mut done = false;
-    for _ in 0..MAX_EXT_HEADERS {
-        match pkt.proto {
-            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH => {
-                let h: [u8; 2] = load(ctx, off)?;
-                let len = if pkt.proto == NEXTHDR_AUTH {
-                    (h[1] as usize + 2) * 4
-                } else {
-                    (h[1] as usize + 1) * 8
-                };
-                pkt.proto = h[0];
-                off += len;
+    // Up to MAX_EXT_HEADERS extension headers; one more is refused.
+    for i in 0..=MAX_EXT_HEADERS {
+        if !matches!(
+            pkt.proto,
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT
+        ) {
+            break;
+        }
+        if i == MAX_EXT_HEADERS {
+            return Err(Reason::ExtHeaders);
+        }
+        if pkt.proto == NEXTHDR_FRAGMENT {
+            let h: [u8; 8] = load(ctx, off)?;
+            let fo = u16::from_be_bytes([h[2], h[3]]);
+            pkt.proto = h[0];
+            pkt.frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            off += 8;
+            if fo & 0xfff8 != 0 {
+                pkt.frag = FRAG_LATER;
+            } else if fo & 1 != 0 {
+                pkt.frag = FRAG_FIRST;
             }
-            NEXTHDR_FRAGMENT => {
-                let h: [u8; 8] = load(ctx, off)?;
-                let fo = u16::from_be_bytes([h[2], h[3]]);
-                pkt.proto = h[0];
-                pkt.frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-                off += 8;
-                if fo & 0xfff8 != 0 {
-                    pkt.frag = FRAG_LATER;
-                } else if fo & 1 != 0 {
-                    pkt.frag = FRAG_FIRST;
-                }
-            }
-            _ => {
-                done = true;
-                break;
-            }
+        } else {
+            let h: [u8; 2] = load(ctx, off)?;
+            let len = if pkt.proto == NEXTHDR_AUTH {
+                (h[1] as usize + 2) * 4
+            } else {
+                (h[1] as usize + 1) * 8
+            };
+            pkt.proto = h[0];
+            off += len;
         }
         if off > end {
             return Err(Reason::Malformed);
@@ -371,9 +371,6 @@ fn parse_v6(ctx: &TcContext) -> Result<Pkt, Reason> {
         if pkt.frag == FRAG_LATER {
             return Ok(pkt);
         }
-    }
-    if !done {
-        return Err(Reason::ExtHeaders);
     }
     parse_l4(ctx, off, end, &mut pkt)?;
     Ok(pkt)
@@ -715,7 +712,12 @@ fn create(key: &CtKey, replace: bool, p: &Pkt, dir: u8, now: u64) -> Result<Pass
         PROTO_ICMP | PROTO_ICMPV6 => CT_STATE_ICMP,
         _ => CT_STATE_OTHER,
     };
-    let icmp_type = if state == CT_STATE_ICMP && icmp_reply_of(p.family, p.dport[0]).is_some() {
+    let icmp_type = if state == CT_STATE_ICMP {
+        // Only ICMP queries start conversations; errors and other messages
+        // are judged by the rules each time.
+        if icmp_reply_of(p.family, p.dport[0]).is_none() {
+            return Ok(Pass::Plain);
+        }
         p.dport[0]
     } else {
         0xff
