@@ -11,8 +11,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use sg_common::{
-    ADDR_KEY_POLICY_BITS, AddrKey4, AddrKey6, CtKey, CtVal, IFACE_HOST_SIDE, IFACE_RELATED_ICMP, IfaceCfg, PortKey,
-    PortVal, Reason, STATS_SLOTS, Stats, timeout_ns,
+    ADDR_KEY_POLICY_BITS, AddrKey4, AddrKey6, CtKey, CtVal, FragKey, IFACE_HOST_SIDE,
+    IFACE_RELATED_ICMP, IfaceCfg, PortKey, PortVal, Reason, STATS_SLOTS, Stats, timeout_ns,
 };
 
 use crate::{
@@ -37,6 +37,7 @@ pub struct Datapath {
     addr6: LpmTrie<MapData, AddrKey6, u32>,
     ports: LpmTrie<MapData, PortKey, PortVal>,
     ct: HashMap<MapData, CtKey, CtVal>,
+    frags: HashMap<MapData, FragKey, u64>,
     ct_removed: Array<MapData, u64>,
     stats: PerCpuArray<MapData, Stats>,
     next_policy: u32,
@@ -102,6 +103,7 @@ impl Datapath {
             addr6: LpmTrie::try_from(take("ADDR6")?)?,
             ports: LpmTrie::try_from(take("PORTS")?)?,
             ct: HashMap::try_from(take("CT")?)?,
+            frags: HashMap::try_from(take("FRAGS")?)?,
             ct_removed: Array::try_from(take("CT_REMOVED")?)?,
             stats: PerCpuArray::try_from(take("STATS")?)?,
             ebpf,
@@ -216,13 +218,29 @@ impl Datapath {
                 let bits = ADDR_KEY_POLICY_BITS + a.net.prefix_len() as u32;
                 match a.net {
                     IpNet::V4(n) => {
-                        let key = Key::new(bits, AddrKey4 { policy: id, addr: n.network().octets() });
-                        self.addr4.insert(&key, class, 0).context("writing the IPv4 address trie")?;
+                        let key = Key::new(
+                            bits,
+                            AddrKey4 {
+                                policy: id,
+                                addr: n.network().octets(),
+                            },
+                        );
+                        self.addr4
+                            .insert(&key, class, 0)
+                            .context("writing the IPv4 address trie")?;
                         w.addr4.push(key);
                     }
                     IpNet::V6(n) => {
-                        let key = Key::new(bits, AddrKey6 { policy: id, addr: n.network().octets() });
-                        self.addr6.insert(&key, class, 0).context("writing the IPv6 address trie")?;
+                        let key = Key::new(
+                            bits,
+                            AddrKey6 {
+                                policy: id,
+                                addr: n.network().octets(),
+                            },
+                        );
+                        self.addr6
+                            .insert(&key, class, 0)
+                            .context("writing the IPv6 address trie")?;
                         w.addr6.push(key);
                     }
                 }
@@ -329,10 +347,7 @@ impl Datapath {
                 removed += 1;
             }
         }
-        if removed > 0 {
-            let total = self.ct_removed.get(&0, 0)? + removed;
-            self.ct_removed.set(0, total, 0)?;
-        }
+        self.count_removed(removed)?;
         Ok(removed)
     }
 
@@ -354,6 +369,72 @@ impl Datapath {
             }
         }
         Ok(out)
+    }
+
+    /// Deletes the tracked flows of `ifindex` (all interfaces: `None`), the
+    /// operator's way to cut flows that rule removal leaves running
+    /// (SEMANTICS §3). Returns how many went.
+    pub fn flush(&mut self, ifindex: Option<u32>) -> Result<u64> {
+        let keys: Vec<CtKey> = self
+            .ct
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| ifindex.is_none_or(|i| k.ifindex == i))
+            .collect();
+        let mut removed = 0;
+        for k in keys {
+            if self.ct.remove(&k).is_ok() {
+                removed += 1;
+            }
+        }
+        let frags: Vec<FragKey> = self
+            .frags
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| ifindex.is_none_or(|i| k.ifindex == i))
+            .collect();
+        for k in frags {
+            let _ = self.frags.remove(&k);
+        }
+        self.count_removed(removed)?;
+        Ok(removed)
+    }
+
+    fn count_removed(&mut self, n: u64) -> Result<()> {
+        if n > 0 {
+            let total = self.ct_removed.get(&0, 0)? + n;
+            self.ct_removed.set(0, total, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Datagrams whose first fragment passed, for tests.
+    pub fn fragments(&self, ifindex: u32) -> Vec<FragKey> {
+        self.frags
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.ifindex == ifindex)
+            .collect()
+    }
+
+    /// Runs one program on `frame` with `BPF_PROG_TEST_RUN` (the loopback
+    /// device's ifindex, 1) `repeat` times; returns the program's return value
+    /// and the kernel's mean time per run.
+    pub fn test_run(&self, ingress: bool, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(if ingress { PROG_INGRESS } else { PROG_EGRESS })
+            .context("program missing")?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        })?;
+        Ok((r.return_value, r.duration))
     }
 
     /// Tracked flows of an interface, for logs and tests.

@@ -11,9 +11,9 @@ use std::{
 
 use sg_common::{
     CT_FIN_ORIG, CT_FIN_REPLY, CT_ORIG_OUTBOUND, CT_SEEN_REPLY, CT_STATE_ICMP, CT_STATE_OTHER,
-    CT_STATE_UDP, CT_UDP_STREAM, DIR_INBOUND, DIR_OUTBOUND, FAMILY_V4, FAMILY_V6,
-    MAX_EXT_HEADERS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Reason, TCP_CLOSED,
-    TCP_ESTABLISHED, TCP_FIN_WAIT, TCP_RESET, TCP_SYN_SENT,
+    CT_STATE_UDP, CT_UDP_STREAM, DIR_INBOUND, DIR_OUTBOUND, FAMILY_V4, FAMILY_V6, MAX_EXT_HEADERS,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Reason, TCP_CLOSED, TCP_ESTABLISHED,
+    TCP_FIN_WAIT, TCP_RESET, TCP_SYN_SENT,
 };
 
 use crate::{compile::Flat, config::Protocol};
@@ -51,7 +51,7 @@ pub struct FlowId {
 pub struct Flow {
     pub state: u8,
     pub flags: u8,
-        /// The query type that opened an ICMP flow, 0xff for other protocols.
+    /// The query type that opened an ICMP flow, 0xff for other protocols.
     pub icmp_type: u8,
 }
 
@@ -377,15 +377,15 @@ fn matching<'a>(
     proto: u8,
     port: u16,
 ) -> impl Iterator<Item = &'a Flat> {
-    rules(policy, dir)
-        .iter()
-        .filter(move |r| r.net.contains(&remote) && proto_matches(r, proto) && r.lo <= port && port <= r.hi)
+    rules(policy, dir).iter().filter(move |r| {
+        r.net.contains(&remote) && proto_matches(r, proto) && r.lo <= port && port <= r.hi
+    })
 }
 
 fn allows_all_ports(policy: &Policy, dir: u8, remote: IpAddr, proto: u8) -> bool {
-    rules(policy, dir)
-        .iter()
-        .any(|r| r.net.contains(&remote) && proto_matches(r, proto) && r.lo == 0 && r.hi == u16::MAX)
+    rules(policy, dir).iter().any(|r| {
+        r.net.contains(&remote) && proto_matches(r, proto) && r.lo == 0 && r.hi == u16::MAX
+    })
 }
 
 /// Does `dir` allow all `proto` traffic of `family` to `0/0` on all ports?
@@ -402,7 +402,11 @@ fn all_response(policy: &Policy, dir: u8, family: u8, proto: u8) -> bool {
 /// Would a flow started by (`remote`, `proto`, `port`) in `dir` be untracked
 /// (§3): allowed by a `/0` rule while the other direction allows all responses.
 fn untracked(policy: &Policy, dir: u8, family: u8, remote: IpAddr, proto: u8, port: u16) -> bool {
-    let other = if dir == DIR_INBOUND { DIR_OUTBOUND } else { DIR_INBOUND };
+    let other = if dir == DIR_INBOUND {
+        DIR_OUTBOUND
+    } else {
+        DIR_INBOUND
+    };
     (proto == PROTO_TCP || proto == PROTO_UDP)
         && matching(policy, dir, remote, proto, port).any(|r| r.net.prefix_len() == 0)
         && all_response(policy, other, family, proto)
@@ -430,7 +434,10 @@ fn track(policy: &Policy, st: &mut State, dir: u8, p: &Packet) -> Result<(), Rea
         advance(flow, p, dir);
         return Ok(());
     }
-    if matching(policy, dir, remote, p.proto, p.dport).next().is_none() {
+    if matching(policy, dir, remote, p.proto, p.dport)
+        .next()
+        .is_none()
+    {
         return Err(Reason::NoRule);
     }
     if p.proto == PROTO_TCP || p.proto == PROTO_UDP {
@@ -539,7 +546,20 @@ mod tests {
     }
 
     fn v4(src: [u8; 4], dst: [u8; 4], proto: u8, frag: u16, l4: &[u8]) -> Vec<u8> {
-        let mut h = vec![0x45, 0, 0, 0, 0x12, 0x34, (frag >> 8) as u8, frag as u8, 64, proto, 0, 0];
+        let mut h = vec![
+            0x45,
+            0,
+            0,
+            0,
+            0x12,
+            0x34,
+            (frag >> 8) as u8,
+            frag as u8,
+            64,
+            proto,
+            0,
+            0,
+        ];
         let total = (20 + l4.len()) as u16;
         h[2..4].copy_from_slice(&total.to_be_bytes());
         h.extend_from_slice(&src);
@@ -624,12 +644,33 @@ mod tests {
     fn allow_only_by_source_and_destination_port() {
         let p = web();
         let mut st = State::default();
-        assert_eq!(run(&p, &mut st, IN, &v4(PEER, ME, 6, 0, &tcp(1234, 80, TCP_SYN))), Verdict::Pass);
-        assert_eq!(run(&p, &mut st, IN, &v4(PEER, ME, 6, 0, &tcp(80, 81, TCP_SYN))), NO_RULE);
-        assert_eq!(run(&p, &mut st, IN, &v4(FAR, ME, 6, 0, &tcp(1, 80, TCP_SYN))), NO_RULE);
-        assert_eq!(run(&p, &mut st, IN, &v4(PEER, ME, 17, 0, &udp(1, 80))), NO_RULE, "tcp rule, udp packet");
+        assert_eq!(
+            run(
+                &p,
+                &mut st,
+                IN,
+                &v4(PEER, ME, 6, 0, &tcp(1234, 80, TCP_SYN))
+            ),
+            Verdict::Pass
+        );
+        assert_eq!(
+            run(&p, &mut st, IN, &v4(PEER, ME, 6, 0, &tcp(80, 81, TCP_SYN))),
+            NO_RULE
+        );
+        assert_eq!(
+            run(&p, &mut st, IN, &v4(FAR, ME, 6, 0, &tcp(1, 80, TCP_SYN))),
+            NO_RULE
+        );
+        assert_eq!(
+            run(&p, &mut st, IN, &v4(PEER, ME, 17, 0, &udp(1, 80))),
+            NO_RULE,
+            "tcp rule, udp packet"
+        );
         // Nothing outbound: no rule, no pass (a group without egress rules).
-        assert_eq!(run(&p, &mut st, OUT, &v4(ME, FAR, 6, 0, &tcp(1, 80, TCP_SYN))), NO_RULE);
+        assert_eq!(
+            run(&p, &mut st, OUT, &v4(ME, FAR, 6, 0, &tcp(1, 80, TCP_SYN))),
+            NO_RULE
+        );
     }
 
     #[test]
@@ -640,9 +681,19 @@ mod tests {
             ..Policy::default()
         };
         let mut st = State::default();
-        assert_eq!(run(&p, &mut st, IN, &v6(1, 2, 6, &tcp(1, 2, TCP_SYN))), Verdict::Pass);
-        assert_eq!(run(&p, &mut st, IN, &v6(1, 2, 47, &[0; 4])), Verdict::Pass, "GRE");
-        assert_eq!(run(&p, &mut st, IN, &v4(PEER, ME, 6, 0, &tcp(1, 2, TCP_SYN))), NO_RULE);
+        assert_eq!(
+            run(&p, &mut st, IN, &v6(1, 2, 6, &tcp(1, 2, TCP_SYN))),
+            Verdict::Pass
+        );
+        assert_eq!(
+            run(&p, &mut st, IN, &v6(1, 2, 47, &[0; 4])),
+            Verdict::Pass,
+            "GRE"
+        );
+        assert_eq!(
+            run(&p, &mut st, IN, &v4(PEER, ME, 6, 0, &tcp(1, 2, TCP_SYN))),
+            NO_RULE
+        );
     }
 
     #[test]
@@ -656,27 +707,61 @@ mod tests {
             ..Policy::default()
         };
         let mut st = State::default();
-        assert_eq!(run(&p, &mut st, IN, &v4(PEER, ME, 1, 0, &icmp(8, 0, 7))), Verdict::Pass);
-        assert_eq!(run(&p, &mut st, IN, &v4(PEER, ME, 1, 0, &icmp(3, 4, 0))), Verdict::Pass);
-        assert_eq!(run(&p, &mut st, IN, &v4(PEER, ME, 1, 0, &icmp(3, 3, 0))), NO_RULE, "an error opened nothing");
+        assert_eq!(
+            run(&p, &mut st, IN, &v4(PEER, ME, 1, 0, &icmp(8, 0, 7))),
+            Verdict::Pass
+        );
+        assert_eq!(
+            run(&p, &mut st, IN, &v4(PEER, ME, 1, 0, &icmp(3, 4, 0))),
+            Verdict::Pass
+        );
+        assert_eq!(
+            run(&p, &mut st, IN, &v4(PEER, ME, 1, 0, &icmp(3, 3, 0))),
+            NO_RULE,
+            "an error opened nothing"
+        );
         assert_eq!(st.flows.len(), 1, "only the echo is tracked");
-        assert_eq!(run(&p, &mut st, IN, &v4(PEER, ME, 1, 0, &icmp(13, 0, 7))), NO_RULE);
+        assert_eq!(
+            run(&p, &mut st, IN, &v4(PEER, ME, 1, 0, &icmp(13, 0, 7))),
+            NO_RULE
+        );
     }
 
     #[test]
     fn replies_of_tracked_flows_pass_both_ways_and_outlive_the_rule() {
         let mut p = web();
         let mut st = State::default();
-        assert_eq!(run(&p, &mut st, IN, &v4(PEER, ME, 6, 0, &tcp(1234, 80, TCP_SYN))), Verdict::Pass);
         assert_eq!(
-            run(&p, &mut st, OUT, &v4(ME, PEER, 6, 0, &tcp(80, 1234, TCP_SYN | TCP_ACK))),
+            run(
+                &p,
+                &mut st,
+                IN,
+                &v4(PEER, ME, 6, 0, &tcp(1234, 80, TCP_SYN))
+            ),
+            Verdict::Pass
+        );
+        assert_eq!(
+            run(
+                &p,
+                &mut st,
+                OUT,
+                &v4(ME, PEER, 6, 0, &tcp(80, 1234, TCP_SYN | TCP_ACK))
+            ),
             Verdict::Pass,
             "reply without an outbound rule"
         );
         let flow = *st.flows.values().next().unwrap();
         assert_eq!(flow.state, TCP_ESTABLISHED);
         p.inbound.clear();
-        assert_eq!(run(&p, &mut st, IN, &v4(PEER, ME, 6, 0, &tcp(1234, 80, TCP_ACK))), Verdict::Pass);
+        assert_eq!(
+            run(
+                &p,
+                &mut st,
+                IN,
+                &v4(PEER, ME, 6, 0, &tcp(1234, 80, TCP_ACK))
+            ),
+            Verdict::Pass
+        );
         // Outbound-initiated flows too: an echo and its reply.
         let p = Policy {
             outbound: vec![flat("0.0.0.0/0", Protocol::All, 0, u16::MAX)],
@@ -684,10 +769,24 @@ mod tests {
             ..Policy::default()
         };
         let mut st = State::default();
-        assert_eq!(run(&p, &mut st, OUT, &v4(ME, FAR, 1, 0, &icmp(8, 0, 9))), Verdict::Pass);
-        assert_eq!(run(&p, &mut st, IN, &v4(FAR, ME, 1, 0, &icmp(0, 0, 9))), Verdict::Pass);
-        assert_eq!(run(&p, &mut st, IN, &v4(FAR, ME, 1, 0, &icmp(0, 0, 10))), NO_RULE, "other id");
-        assert_eq!(run(&p, &mut st, IN, &v4(FAR, ME, 1, 0, &icmp(8, 0, 9))), NO_RULE, "a request is not a reply");
+        assert_eq!(
+            run(&p, &mut st, OUT, &v4(ME, FAR, 1, 0, &icmp(8, 0, 9))),
+            Verdict::Pass
+        );
+        assert_eq!(
+            run(&p, &mut st, IN, &v4(FAR, ME, 1, 0, &icmp(0, 0, 9))),
+            Verdict::Pass
+        );
+        assert_eq!(
+            run(&p, &mut st, IN, &v4(FAR, ME, 1, 0, &icmp(0, 0, 10))),
+            NO_RULE,
+            "other id"
+        );
+        assert_eq!(
+            run(&p, &mut st, IN, &v4(FAR, ME, 1, 0, &icmp(8, 0, 9))),
+            NO_RULE,
+            "a request is not a reply"
+        );
     }
 
     #[test]
@@ -742,12 +841,26 @@ mod tests {
             ..Policy::default()
         };
         let mut st = State::default();
-        assert_eq!(run(&p, &mut st, IN, &v4(FAR, ME, 6, 0, &tcp(5555, 22, TCP_SYN))), Verdict::Pass);
-        assert_eq!(run(&p, &mut st, OUT, &v4(ME, FAR, 6, 0, &tcp(22, 5555, TCP_SYN | TCP_ACK))), Verdict::Pass);
+        assert_eq!(
+            run(&p, &mut st, IN, &v4(FAR, ME, 6, 0, &tcp(5555, 22, TCP_SYN))),
+            Verdict::Pass
+        );
+        assert_eq!(
+            run(
+                &p,
+                &mut st,
+                OUT,
+                &v4(ME, FAR, 6, 0, &tcp(22, 5555, TCP_SYN | TCP_ACK))
+            ),
+            Verdict::Pass
+        );
         assert!(st.flows.is_empty(), "untracked both ways");
         // The rule goes: the flow stops at once.
         p.inbound.clear();
-        assert_eq!(run(&p, &mut st, IN, &v4(FAR, ME, 6, 0, &tcp(5555, 22, TCP_ACK))), NO_RULE);
+        assert_eq!(
+            run(&p, &mut st, IN, &v4(FAR, ME, 6, 0, &tcp(5555, 22, TCP_ACK))),
+            NO_RULE
+        );
         // Outbound flows to ports the inbound side does not open are tracked.
         let p = Policy {
             inbound: vec![flat("0.0.0.0/0", TCP, 22, 22)],
@@ -756,7 +869,12 @@ mod tests {
             ..Policy::default()
         };
         let mut st = State::default();
-        run(&p, &mut st, OUT, &v4(ME, FAR, 6, 0, &tcp(40000, 443, TCP_SYN)));
+        run(
+            &p,
+            &mut st,
+            OUT,
+            &v4(ME, FAR, 6, 0, &tcp(40000, 443, TCP_SYN)),
+        );
         assert_eq!(st.flows.len(), 1);
         // Without the all-outbound rule, the inbound /0 flow is tracked.
         let p = Policy {
@@ -787,22 +905,45 @@ mod tests {
             ..web()
         };
         let mut st = State::default();
-        assert_eq!(run(&p, &mut st, IN, &v4(PEER, ME, 6, 0, &tcp(1, 80, TCP_SYN))), Verdict::Pass);
+        assert_eq!(
+            run(&p, &mut st, IN, &v4(PEER, ME, 6, 0, &tcp(1, 80, TCP_SYN))),
+            Verdict::Pass
+        );
         assert_eq!(
             run(&p, &mut st, IN, &v4(PEER, ME, 6, 0, &tcp(2, 80, TCP_SYN))),
             Verdict::Drop(Reason::TableFull)
         );
-        assert_eq!(run(&p, &mut st, OUT, &v4(ME, PEER, 6, 0, &tcp(80, 1, TCP_SYN | TCP_ACK))), Verdict::Pass);
+        assert_eq!(
+            run(
+                &p,
+                &mut st,
+                OUT,
+                &v4(ME, PEER, 6, 0, &tcp(80, 1, TCP_SYN | TCP_ACK))
+            ),
+            Verdict::Pass
+        );
     }
 
     #[test]
     fn edges_arp_nd_l2_malformed() {
         let p = web();
         let st = State::default();
-        assert_eq!(verdict(&p, &st, IN, &eth(0x0806, &[0; 28])).0, Verdict::Pass);
-        assert_eq!(verdict(&p, &st, IN, &v6(1, 2, 58, &icmp(135, 0, 0))).0, Verdict::Pass);
-        assert_eq!(verdict(&p, &st, IN, &v6(1, 2, 58, &icmp(128, 0, 0))).0, NO_RULE);
-        assert_eq!(verdict(&p, &st, IN, &eth(0x88cc, &[0; 40])).0, Verdict::Drop(Reason::UnsupportedL2));
+        assert_eq!(
+            verdict(&p, &st, IN, &eth(0x0806, &[0; 28])).0,
+            Verdict::Pass
+        );
+        assert_eq!(
+            verdict(&p, &st, IN, &v6(1, 2, 58, &icmp(135, 0, 0))).0,
+            Verdict::Pass
+        );
+        assert_eq!(
+            verdict(&p, &st, IN, &v6(1, 2, 58, &icmp(128, 0, 0))).0,
+            NO_RULE
+        );
+        assert_eq!(
+            verdict(&p, &st, IN, &eth(0x88cc, &[0; 40])).0,
+            Verdict::Drop(Reason::UnsupportedL2)
+        );
         let mut f = v4(PEER, ME, 6, 0, &tcp(1, 80, TCP_SYN));
         f.truncate(30);
         assert_eq!(verdict(&p, &st, IN, &f).0, Verdict::Drop(Reason::Malformed));
@@ -810,7 +951,11 @@ mod tests {
         f[14 + 20 + 12] = 4 << 4; // data offset below 5 words
         assert_eq!(verdict(&p, &st, IN, &f).0, Verdict::Drop(Reason::Malformed));
         let f = v4(PEER, ME, 6, 0, &tcp(1, 80, TCP_SYN)[..10]);
-        assert_eq!(verdict(&p, &st, IN, &f).0, Verdict::Drop(Reason::Malformed), "short L4");
+        assert_eq!(
+            verdict(&p, &st, IN, &f).0,
+            Verdict::Drop(Reason::Malformed),
+            "short L4"
+        );
     }
 
     #[test]
@@ -831,28 +976,47 @@ mod tests {
         };
         let st = State::default();
         assert_eq!(verdict(&p, &st, IN, &chain(3)).0, Verdict::Pass);
-        assert_eq!(verdict(&p, &st, IN, &chain(MAX_EXT_HEADERS)).0, Verdict::Pass);
-        assert_eq!(verdict(&p, &st, IN, &chain(MAX_EXT_HEADERS + 1)).0, Verdict::Drop(Reason::ExtHeaders));
+        assert_eq!(
+            verdict(&p, &st, IN, &chain(MAX_EXT_HEADERS)).0,
+            Verdict::Pass
+        );
+        assert_eq!(
+            verdict(&p, &st, IN, &chain(MAX_EXT_HEADERS + 1)).0,
+            Verdict::Drop(Reason::ExtHeaders)
+        );
     }
 
     #[test]
     fn fragments_follow_their_first_or_an_all_ports_rule() {
         let p = Policy {
-            inbound: vec![flat("10.0.0.0/24", UDP, 5000, 5000), flat("10.0.0.0/24", Protocol::Number(47), 0, u16::MAX)],
+            inbound: vec![
+                flat("10.0.0.0/24", UDP, 5000, 5000),
+                flat("10.0.0.0/24", Protocol::Number(47), 0, u16::MAX),
+            ],
             max_flows: 10,
             ..Policy::default()
         };
         let mut st = State::default();
         let later = v4(PEER, ME, 17, 100, &[0; 16]);
-        assert_eq!(run(&p, &mut st, IN, &later), Verdict::Drop(Reason::Fragment), "no first seen");
+        assert_eq!(
+            run(&p, &mut st, IN, &later),
+            Verdict::Drop(Reason::Fragment),
+            "no first seen"
+        );
         let first = v4(PEER, ME, 17, 0x2000, &udp(1, 5000));
         assert_eq!(run(&p, &mut st, IN, &first), Verdict::Pass);
         assert_eq!(run(&p, &mut st, IN, &later), Verdict::Pass);
         let denied_first = v4(FAR, ME, 17, 0x2000, &udp(1, 5000));
         assert_eq!(run(&p, &mut st, IN, &denied_first), NO_RULE);
-        assert_eq!(run(&p, &mut st, IN, &v4(FAR, ME, 17, 100, &[0; 16])), Verdict::Drop(Reason::Fragment));
+        assert_eq!(
+            run(&p, &mut st, IN, &v4(FAR, ME, 17, 100, &[0; 16])),
+            Verdict::Drop(Reason::Fragment)
+        );
         // All ports of GRE from the peer: later fragments pass on their own.
-        assert_eq!(run(&p, &mut st, IN, &v4(PEER, ME, 47, 100, &[0; 16])), Verdict::Pass);
+        assert_eq!(
+            run(&p, &mut st, IN, &v4(PEER, ME, 47, 100, &[0; 16])),
+            Verdict::Pass
+        );
     }
 
     #[test]

@@ -74,7 +74,6 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_ARP: u16 = 0x0806;
 
-
 #[classifier]
 pub fn sg_tc_ingress(ctx: TcContext) -> i32 {
     run(&ctx, true)
@@ -471,7 +470,11 @@ fn related(ctx: &TcContext, ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> b
         family: p.family,
         proto,
         local_port: u16::from_ne_bytes(if is_icmp { sport } else { lport }),
-        remote_port: if is_icmp { 0 } else { u16::from_ne_bytes(rport) },
+        remote_port: if is_icmp {
+            0
+        } else {
+            u16::from_ne_bytes(rport)
+        },
         _pad: 0,
         local,
         remote,

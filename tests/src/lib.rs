@@ -18,6 +18,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod frames;
+
 use anyhow::{Context, Result, bail};
 use nix::sched::{CloneFlags, setns};
 
