@@ -293,6 +293,29 @@ impl Agent {
         }
     }
 
+    /// Replaces the configuration file and signals the agent (SIGHUP); waits
+    /// until it logs the result. Returns whether it applied the change.
+    pub fn reload(&self, config: &str) -> Result<bool> {
+        let count = |log: &str| {
+            log.matches("configuration applied").count()
+                + log.matches("configuration rejected").count()
+        };
+        let before = count(&self.log());
+        let applied_before = self.log().matches("configuration applied").count();
+        // Write and rename, so that the agent's file watcher never reads half a file.
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, config)?;
+        std::fs::rename(&tmp, &self.config)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )?;
+        if !wait_until(Duration::from_secs(10), || count(&self.log()) > before) {
+            bail!("sg-agent did not report on the reload:\n{}", self.log());
+        }
+        Ok(self.log().matches("configuration applied").count() > applied_before)
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().expect("log").clone()
     }
