@@ -142,13 +142,15 @@ impl Source {
     }
 }
 
-pub async fn run(config: &Path) -> Result<()> {
+pub async fn run(config: &Path, pin_dir: &Path) -> Result<()> {
     let file = config.display().to_string();
     let text = std::fs::read_to_string(config).with_context(|| format!("{file}: cannot read"))?;
     let cfg = Config::parse(&file, &text)?;
     let plans = plan(&file, &cfg)?;
-    let mut dp = Datapath::load(cfg.conntrack.max_flows)?;
+    let mut dp = Datapath::load(cfg.conntrack.max_flows, pin_dir)?;
     apply(&mut dp, &plans)?;
+    // What an earlier agent enforced and this configuration no longer lists.
+    dp.collect_garbage(&plans.iter().map(|p| p.ifindex).collect());
     log::info!("sg-agent running with {} interface(s)", plans.len());
     let mut source = Source {
         path: config.to_path_buf(),
@@ -168,25 +170,25 @@ pub async fn run(config: &Path) -> Result<()> {
             _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); break; }
             _ = sighup.recv() => { log::info!("SIGHUP: reloading {}", source.file); source.reload(&mut dp, true); }
             _ = watch.tick() => source.reload(&mut dp, false),
-            _ = sweep.tick() => match dp.sweep() {
+            _ = sweep.tick() => match dp.maps.sweep() {
                 Ok(0) => {}
                 Ok(n) => log::debug!("swept {n} idle flow(s)"),
                 Err(e) => log::warn!("sweeping the tracking table: {e:#}"),
             },
         }
     }
-    for ifindex in dp.interfaces() {
-        if let Ok([i, o]) = dp.stats(ifindex) {
-            log::info!(
-                "ifindex {ifindex}: inbound {} accepted / {} rejected, outbound {} accepted / {} rejected",
-                i.accepted_packets,
-                i.rejected_packets,
-                o.accepted_packets,
-                o.rejected_packets
-            );
-        }
+    for st in dp.maps.stats().unwrap_or_default() {
+        let [i, o] = st.dirs;
+        log::info!(
+            "ifindex {}: inbound {} accepted / {} rejected, outbound {} accepted / {} rejected",
+            st.ifindex,
+            i.accepted_packets,
+            i.rejected_packets,
+            o.accepted_packets,
+            o.rejected_packets
+        );
     }
-    dp.detach_all();
+    dp.stop();
     log::info!("detached; bye");
     Ok(())
 }

@@ -1,18 +1,28 @@
 //! The agent's handle on the eBPF object: loading, writing compiled policy
 //! into the maps, attaching with tcx, sweeping idle flows, reading counters.
 
-use std::{collections::HashMap as StdHashMap, net::IpAddr, time::Duration};
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+    },
 };
 use ipnet::IpNet;
 use sg_common::{
     ADDR_KEY_POLICY_BITS, AddrKey4, AddrKey6, CtKey, CtVal, FragKey, IFACE_HOST_SIDE,
-    IFACE_RELATED_ICMP, IfaceCfg, PortKey, PortVal, Reason, STATS_SLOTS, Stats, timeout_ns,
+    IFACE_RELATED_ICMP, IfaceCfg, LAYOUT_VERSION, PortKey, PortVal, Reason, STATS_SLOTS, Stats,
+    timeout_ns,
 };
 
 use crate::{
@@ -26,25 +36,50 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const PROG_INGRESS: &str = "sg_tc_ingress";
 pub const PROG_EGRESS: &str = "sg_tc_egress";
 
-/// Spare entries per CPU list, so that replacing an expired entry (which
-/// briefly needs a second node) never makes a full list evict.
-const CT_SLACK_PER_CPU: u32 = 64;
+/// Spare entries per CPU list: replacing an expired entry briefly needs a
+/// second node, and the flow count the datapath checks may trail the table
+/// by the flows created during one sweep (see `Maps::sweep`).
+fn ct_slack(max_flows: u32) -> u32 {
+    (max_flows / 16).max(1024)
+}
 
-pub struct Datapath {
-    ebpf: Ebpf,
+/// The maps, pinned under one directory: the agent's working set, and what
+/// `sg-agent stats`/`flush` open from another process.
+pub struct Maps {
+    pub dir: PathBuf,
     ifaces: HashMap<MapData, u32, IfaceCfg>,
     addr4: LpmTrie<MapData, AddrKey4, u32>,
     addr6: LpmTrie<MapData, AddrKey6, u32>,
     ports: LpmTrie<MapData, PortKey, PortVal>,
     ct: HashMap<MapData, CtKey, CtVal>,
     frags: HashMap<MapData, FragKey, u64>,
+    ct_inserted: PerCpuArray<MapData, u64>,
     ct_removed: Array<MapData, u64>,
     stats: PerCpuArray<MapData, Stats>,
+}
+
+/// Every map of the object, by name; each is pinned as `<dir>/<name>`.
+const MAP_NAMES: [&str; 9] = [
+    "IFACES",
+    "ADDR4",
+    "ADDR6",
+    "PORTS",
+    "CT",
+    "FRAGS",
+    "CT_INSERTED",
+    "CT_REMOVED",
+    "STATS",
+];
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    pub maps: Maps,
     next_policy: u32,
     next_class: u32,
     next_slot: u32,
     free_slots: Vec<u32>,
-    links: StdHashMap<u32, Vec<(&'static str, SchedClassifierLinkId)>>,
+    /// Interfaces whose links this agent holds (pinned under `dir/links`).
+    links: HashSet<u32>,
     installed: StdHashMap<u32, Installed>,
     retiring: Vec<Installed>,
 }
@@ -70,21 +105,30 @@ pub struct IfaceSpec<'a> {
 }
 
 impl Datapath {
-    /// Loads the programs and creates the maps, sized for `max_flows`.
-    pub fn load(max_flows: u32) -> Result<Self> {
+    /// Loads the programs with the maps pinned under `dir`: maps already
+    /// pinned there (an earlier agent's) are reused with their contents, so a
+    /// restarted agent carries on with the flows and policy in force.
+    pub fn load(max_flows: u32, dir: &Path) -> Result<Self> {
         raise_memlock();
+        ensure_bpffs(dir)?;
+        std::fs::create_dir_all(dir.join("links"))
+            .with_context(|| format!("creating {}", dir.display()))?;
         let ncpus = aya::util::nr_cpus().map_err(|(f, e)| anyhow!("{f}: {e}"))? as u32;
         let ct_entries = max_flows
-            .checked_add(CT_SLACK_PER_CPU)
+            .checked_add(ct_slack(max_flows))
             .and_then(|n| n.checked_mul(ncpus))
             .context("conntrack.max_flows is too large for this many CPUs")?;
         let limit = max_flows as u64;
-        let mut ebpf = EbpfLoader::new()
+        let paths: Vec<(&str, PathBuf)> = MAP_NAMES.iter().map(|n| (*n, dir.join(n))).collect();
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries("CT", ct_entries)
             .override_global("CT_LIMIT", &limit, true)
-            .override_global("NR_CPUS", &ncpus, true)
-            .load(OBJECT)
-            .context("loading the eBPF object")?;
+            .override_global("NR_CPUS", &ncpus, true);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
         for name in [PROG_INGRESS, PROG_EGRESS] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -97,21 +141,38 @@ impl Datapath {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the object"))
         };
-        Ok(Datapath {
+        let maps = Maps {
+            dir: dir.to_path_buf(),
             ifaces: HashMap::try_from(take("IFACES")?)?,
             addr4: LpmTrie::try_from(take("ADDR4")?)?,
             addr6: LpmTrie::try_from(take("ADDR6")?)?,
             ports: LpmTrie::try_from(take("PORTS")?)?,
             ct: HashMap::try_from(take("CT")?)?,
             frags: HashMap::try_from(take("FRAGS")?)?,
+            ct_inserted: PerCpuArray::try_from(take("CT_INSERTED")?)?,
             ct_removed: Array::try_from(take("CT_REMOVED")?)?,
             stats: PerCpuArray::try_from(take("STATS")?)?,
+        };
+        // Continue the ids of whatever an earlier agent left in force, so
+        // that new policy never overwrites entries a live packet may use.
+        let cfgs = maps.iface_cfgs();
+        let next_policy = 1 + cfgs.values().flat_map(|c| c.policy).max().unwrap_or(0);
+        let next_slot = 1 + cfgs.values().map(|c| c.stats_slot).max().unwrap_or(0);
+        let next_class = 1 + maps
+            .ports
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| k.data().class)
+            .max()
+            .unwrap_or(0);
+        Ok(Datapath {
             ebpf,
-            next_policy: 1,
-            next_class: 1,
-            next_slot: 1,
+            maps,
+            next_policy,
+            next_class,
+            next_slot,
             free_slots: Vec::new(),
-            links: StdHashMap::new(),
+            links: HashSet::new(),
             installed: StdHashMap::new(),
             retiring: Vec::new(),
         })
@@ -131,7 +192,7 @@ impl Datapath {
                 return Err(e);
             }
         };
-        let slot = match self.ifaces.get(&iface.ifindex, 0) {
+        let slot = match self.maps.ifaces.get(&iface.ifindex, 0) {
             Ok(old) => old.stats_slot,
             Err(_) => match self.free_slots.pop() {
                 Some(s) => s,
@@ -161,7 +222,7 @@ impl Datapath {
             udp_stream: iface.timeouts.udp_stream,
             udp: iface.timeouts.udp,
         };
-        if let Err(e) = self.ifaces.insert(iface.ifindex, cfg, 0) {
+        if let Err(e) = self.maps.ifaces.insert(iface.ifindex, cfg, 0) {
             self.remove_entries(&written);
             return Err(e).with_context(|| format!("configuring interface {}", iface.name));
         }
@@ -199,7 +260,8 @@ impl Datapath {
                         _pad: 0,
                     },
                 );
-                self.ports
+                self.maps
+                    .ports
                     .insert(&key, PortVal { flags: e.flags }, 0)
                     .context("writing the port trie")?;
                 w.ports.push(key);
@@ -225,7 +287,8 @@ impl Datapath {
                                 addr: n.network().octets(),
                             },
                         );
-                        self.addr4
+                        self.maps
+                            .addr4
                             .insert(&key, class, 0)
                             .context("writing the IPv4 address trie")?;
                         w.addr4.push(key);
@@ -238,7 +301,8 @@ impl Datapath {
                                 addr: n.network().octets(),
                             },
                         );
-                        self.addr6
+                        self.maps
+                            .addr6
                             .insert(&key, class, 0)
                             .context("writing the IPv6 address trie")?;
                         w.addr6.push(key);
@@ -251,13 +315,13 @@ impl Datapath {
 
     fn remove_entries(&mut self, w: &Installed) {
         for k in &w.addr4 {
-            let _ = self.addr4.remove(k);
+            let _ = self.maps.addr4.remove(k);
         }
         for k in &w.addr6 {
-            let _ = self.addr6.remove(k);
+            let _ = self.maps.addr6.remove(k);
         }
         for k in &w.ports {
-            let _ = self.ports.remove(k);
+            let _ = self.maps.ports.remove(k);
         }
     }
 
@@ -265,59 +329,81 @@ impl Datapath {
     /// configuration and policy. Its tracked flows go with the next sweep.
     pub fn forget(&mut self, ifindex: u32) {
         self.detach(ifindex);
-        if let Ok(cfg) = self.ifaces.get(&ifindex, 0) {
+        if let Ok(cfg) = self.maps.ifaces.get(&ifindex, 0) {
             self.free_slots.push(cfg.stats_slot);
         }
-        let _ = self.ifaces.remove(&ifindex);
+        let _ = self.maps.ifaces.remove(&ifindex);
         if let Some(old) = self.installed.remove(&ifindex) {
             self.retiring.push(old);
         }
     }
 
-    /// Attaches both programs to `name` with tcx.
+    /// Attaches both programs to `name` with tcx links pinned under
+    /// `dir/links`. Where an earlier agent's link is pinned, the new program
+    /// replaces the old one inside it atomically: enforcement never pauses.
     pub fn attach(&mut self, name: &str, ifindex: u32) -> Result<()> {
-        let mut links = Vec::new();
         for (prog_name, hook) in [
             (PROG_INGRESS, TcAttachType::Ingress),
             (PROG_EGRESS, TcAttachType::Egress),
         ] {
+            let pin = self.maps.link_pin(ifindex, hook);
             let prog: &mut SchedClassifier = self
                 .ebpf
                 .program_mut(prog_name)
                 .context("program missing")?
                 .try_into()?;
-            let id = prog
-                .attach(name, hook)
-                .with_context(|| format!("attaching {prog_name} to {name} with tcx"))?;
-            links.push((prog_name, id));
+            let adopted = match PinnedLink::from_pin(&pin) {
+                Ok(old) => {
+                    let link = SchedClassifierLink::try_from(FdLink::from(old))?;
+                    match prog.attach_to_link(link) {
+                        Ok(id) => Some(id),
+                        Err(e) => {
+                            // The device went away with its link: start afresh.
+                            log::warn!(
+                                "{name}: pinned link {} is stale ({e}); attaching anew",
+                                pin.display()
+                            );
+                            let _ = std::fs::remove_file(&pin);
+                            None
+                        }
+                    }
+                }
+                Err(_) => None,
+            };
+            let fresh = adopted.is_none();
+            let id = match adopted {
+                Some(id) => id,
+                None => prog
+                    .attach(name, hook)
+                    .with_context(|| format!("attaching {prog_name} to {name} with tcx"))?,
+            };
+            let link = FdLink::try_from(prog.take_link(id)?)?;
+            if fresh {
+                link.pin(&pin)
+                    .with_context(|| format!("pinning {}", pin.display()))?;
+            }
+            // Dropping our handle leaves the link to its pin.
         }
-        self.links.insert(ifindex, links);
+        self.links.insert(ifindex);
         Ok(())
     }
 
     fn detach(&mut self, ifindex: u32) {
-        for (prog_name, id) in self.links.remove(&ifindex).unwrap_or_default() {
-            if let Some(Ok(prog)) = self
-                .ebpf
-                .program_mut(prog_name)
-                .map(<&mut SchedClassifier>::try_from)
-                && let Err(e) = prog.detach(id)
-            {
-                log::warn!("detaching {prog_name}: {e}");
-            }
-        }
+        self.links.remove(&ifindex);
+        self.maps.unpin_links(ifindex);
     }
 
-    /// Detaches everything this agent attached.
-    pub fn detach_all(&mut self) {
-        let all: Vec<u32> = self.links.keys().copied().collect();
+    /// Detaches everything and removes every pin: enforcement stops.
+    pub fn stop(mut self) {
+        let all: Vec<u32> = self.links.iter().copied().collect();
         for ifindex in all {
             self.detach(ifindex);
         }
+        self.maps.remove_pins();
     }
 
     pub fn is_attached(&self, ifindex: u32) -> bool {
-        self.links.contains_key(&ifindex)
+        self.links.contains(&ifindex)
     }
 
     /// Interfaces with a policy installed.
@@ -325,11 +411,175 @@ impl Datapath {
         self.installed.keys().copied().collect()
     }
 
-    /// Deletes tracked flows idle past their timeout; returns how many.
+    /// Removes policy entries and interface configurations that nothing in
+    /// force refers to: what an earlier agent left behind, once this one has
+    /// installed its own policy.
+    pub fn collect_garbage(&mut self, keep: &HashSet<u32>) {
+        for (ifindex, _) in self.maps.iface_cfgs() {
+            if !keep.contains(&ifindex) {
+                self.maps.unpin_links(ifindex);
+                let _ = self.maps.ifaces.remove(&ifindex);
+            }
+        }
+        let live: HashSet<u32> = self
+            .maps
+            .iface_cfgs()
+            .values()
+            .flat_map(|c| c.policy)
+            .collect();
+        let a4: Vec<_> = self
+            .maps
+            .addr4
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !live.contains(&k.data().policy))
+            .collect();
+        let a6: Vec<_> = self
+            .maps
+            .addr6
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !live.contains(&k.data().policy))
+            .collect();
+        let mut classes: HashSet<u32> = HashSet::new();
+        for (k, v) in self.maps.addr4.iter().filter_map(|r| r.ok()) {
+            if live.contains(&k.data().policy) {
+                classes.insert(v);
+            }
+        }
+        for (k, v) in self.maps.addr6.iter().filter_map(|r| r.ok()) {
+            if live.contains(&k.data().policy) {
+                classes.insert(v);
+            }
+        }
+        let ports: Vec<_> = self
+            .maps
+            .ports
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !classes.contains(&k.data().class))
+            .collect();
+        let n = a4.len() + a6.len() + ports.len();
+        std::thread::sleep(RETIRE_GRACE);
+        for k in a4 {
+            let _ = self.maps.addr4.remove(&k);
+        }
+        for k in a6 {
+            let _ = self.maps.addr6.remove(&k);
+        }
+        for k in ports {
+            let _ = self.maps.ports.remove(&k);
+        }
+        if n > 0 {
+            log::info!("removed {n} policy entries no interface uses");
+        }
+    }
+
+    /// Runs one program on `frame` with `BPF_PROG_TEST_RUN` (the loopback
+    /// device's ifindex, 1) `repeat` times; returns the program's return value
+    /// and the kernel's mean time per run.
+    pub fn test_run(&self, ingress: bool, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(if ingress { PROG_INGRESS } else { PROG_EGRESS })
+            .context("program missing")?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        })?;
+        Ok((r.return_value, r.duration))
+    }
+}
+
+/// Counters of one interface.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IfaceStats {
+    pub ifindex: u32,
+    /// Inbound, outbound.
+    pub dirs: [Stats; 2],
+    /// Tracked flows of the interface in the table now.
+    pub flows_in_use: u64,
+}
+
+impl Maps {
+    /// Opens the maps an agent pinned under `dir`.
+    pub fn open(dir: &Path) -> Result<Maps> {
+        let open = |name: &str| -> Result<Map> {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path).with_context(|| {
+                format!(
+                    "opening {}: is sg-agent running here (or was it given another --pin-dir)?",
+                    path.display()
+                )
+            })?;
+            Ok(Map::from_map_data(data)?)
+        };
+        Ok(Maps {
+            dir: dir.to_path_buf(),
+            ifaces: HashMap::try_from(open("IFACES")?)?,
+            addr4: LpmTrie::try_from(open("ADDR4")?)?,
+            addr6: LpmTrie::try_from(open("ADDR6")?)?,
+            ports: LpmTrie::try_from(open("PORTS")?)?,
+            ct: HashMap::try_from(open("CT")?)?,
+            frags: HashMap::try_from(open("FRAGS")?)?,
+            ct_inserted: PerCpuArray::try_from(open("CT_INSERTED")?)?,
+            ct_removed: Array::try_from(open("CT_REMOVED")?)?,
+            stats: PerCpuArray::try_from(open("STATS")?)?,
+        })
+    }
+
+    pub fn iface_cfgs(&self) -> StdHashMap<u32, IfaceCfg> {
+        self.ifaces.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    fn link_pin(&self, ifindex: u32, hook: TcAttachType) -> PathBuf {
+        link_pin_at(&self.dir, ifindex, hook)
+    }
+
+    fn unpin_links(&self, ifindex: u32) {
+        unpin_links_at(&self.dir, ifindex);
+    }
+
+    /// Removes every pin under `dir` (links first, so they detach).
+    pub fn remove_pins(&self) {
+        Self::remove_pins_at(&self.dir);
+    }
+
+    /// Removes the pins an agent left under `dir`, without opening its maps.
+    pub fn remove_pins_at(dir: &Path) {
+        let links = dir.join("links");
+        let ifindexes: Vec<u32> = std::fs::read_dir(&links)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.split('-').next()?.parse().ok())
+            .collect();
+        for ifindex in ifindexes {
+            unpin_links_at(dir, ifindex);
+        }
+        for name in MAP_NAMES {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+        let _ = std::fs::remove_dir(links);
+        let _ = std::fs::remove_dir(dir);
+    }
+
+    /// Deletes tracked flows idle past their timeout; returns how many. Also
+    /// re-bases the flow count the datapath checks against the table's
+    /// contents, so that nothing (a flush, an eviction) makes it drift.
     pub fn sweep(&mut self) -> Result<u64> {
         let now = boottime_ns();
-        let cfgs: StdHashMap<u32, IfaceCfg> = self.ifaces.iter().filter_map(|r| r.ok()).collect();
+        // Read before the walk: flows created during it then make the count
+        // too high for one sweep, never too low.
+        let inserted = self.inserted();
+        let cfgs = self.iface_cfgs();
         let mut stale = Vec::new();
+        let mut live = 0u64;
         for item in self.ct.iter() {
             let Ok((k, v)) = item else { continue };
             let expired = match cfgs.get(&k.ifindex) {
@@ -339,6 +589,8 @@ impl Datapath {
             };
             if expired {
                 stale.push(k);
+            } else {
+                live += 1;
             }
         }
         let mut removed = 0;
@@ -347,33 +599,63 @@ impl Datapath {
                 removed += 1;
             }
         }
-        self.count_removed(removed)?;
+        self.ct_removed.set(0, inserted.saturating_sub(live), 0)?;
         Ok(removed)
     }
 
-    /// Counters of an interface (inbound, outbound), summed over CPUs.
-    pub fn stats(&self, ifindex: u32) -> Result<[Stats; 2]> {
-        let slot = self.ifaces.get(&ifindex, 0)?.stats_slot;
-        let mut out = [Stats::default(); 2];
-        for (dir, s) in out.iter_mut().enumerate() {
-            for cpu in self.stats.get(&(slot * 2 + dir as u32), 0)?.iter() {
-                s.accepted_packets += cpu.accepted_packets;
-                s.accepted_bytes += cpu.accepted_bytes;
-                s.rejected_packets += cpu.rejected_packets;
-                s.rejected_bytes += cpu.rejected_bytes;
-                s.flows_created += cpu.flows_created;
-                s.flows_refused += cpu.flows_refused;
-                for r in Reason::ALL {
-                    s.drops[r as usize] += cpu.drops[r as usize];
+    fn inserted(&self) -> u64 {
+        self.ct_inserted
+            .get(&0, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Tracked flows the datapath counts against the allowance.
+    pub fn flows_in_use(&self) -> u64 {
+        self.inserted()
+            .saturating_sub(self.ct_removed.get(&0, 0).unwrap_or(0))
+    }
+
+    /// Counters of every configured interface, summed over CPUs.
+    pub fn stats(&self) -> Result<Vec<IfaceStats>> {
+        let mut flows: StdHashMap<u32, u64> = StdHashMap::new();
+        for k in self.ct.keys().filter_map(|k| k.ok()) {
+            *flows.entry(k.ifindex).or_default() += 1;
+        }
+        let mut out = Vec::new();
+        for (ifindex, cfg) in self.iface_cfgs() {
+            let mut s = IfaceStats {
+                ifindex,
+                flows_in_use: flows.get(&ifindex).copied().unwrap_or(0),
+                ..Default::default()
+            };
+            for (dir, d) in s.dirs.iter_mut().enumerate() {
+                for cpu in self
+                    .stats
+                    .get(&(cfg.stats_slot * 2 + dir as u32), 0)?
+                    .iter()
+                {
+                    d.accepted_packets += cpu.accepted_packets;
+                    d.accepted_bytes += cpu.accepted_bytes;
+                    d.rejected_packets += cpu.rejected_packets;
+                    d.rejected_bytes += cpu.rejected_bytes;
+                    d.flows_created += cpu.flows_created;
+                    d.flows_refused += cpu.flows_refused;
+                    for r in Reason::ALL {
+                        d.drops[r as usize] += cpu.drops[r as usize];
+                    }
                 }
             }
+            out.push(s);
         }
+        out.sort_by_key(|s| s.ifindex);
         Ok(out)
     }
 
     /// Deletes the tracked flows of `ifindex` (all interfaces: `None`), the
     /// operator's way to cut flows that rule removal leaves running
-    /// (SEMANTICS §3). Returns how many went.
+    /// (SEMANTICS §3). Returns how many went. The flow count follows at the
+    /// agent's next sweep.
     pub fn flush(&mut self, ifindex: Option<u32>) -> Result<u64> {
         let keys: Vec<CtKey> = self
             .ct
@@ -396,16 +678,7 @@ impl Datapath {
         for k in frags {
             let _ = self.frags.remove(&k);
         }
-        self.count_removed(removed)?;
         Ok(removed)
-    }
-
-    fn count_removed(&mut self, n: u64) -> Result<()> {
-        if n > 0 {
-            let total = self.ct_removed.get(&0, 0)? + n;
-            self.ct_removed.set(0, total, 0)?;
-        }
-        Ok(())
     }
 
     /// Datagrams whose first fragment passed, for tests.
@@ -417,27 +690,7 @@ impl Datapath {
             .collect()
     }
 
-    /// Runs one program on `frame` with `BPF_PROG_TEST_RUN` (the loopback
-    /// device's ifindex, 1) `repeat` times; returns the program's return value
-    /// and the kernel's mean time per run.
-    pub fn test_run(&self, ingress: bool, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
-        use aya::programs::{TestRun, TestRunOptions};
-        let prog: &SchedClassifier = self
-            .ebpf
-            .program(if ingress { PROG_INGRESS } else { PROG_EGRESS })
-            .context("program missing")?
-            .try_into()?;
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat,
-            ..Default::default()
-        })?;
-        Ok((r.return_value, r.duration))
-    }
-
-    /// Tracked flows of an interface, for logs and tests.
+    /// Tracked flows of an interface.
     pub fn flows(&self, ifindex: u32) -> Vec<(CtKey, CtVal)> {
         self.ct
             .iter()
@@ -447,10 +700,66 @@ impl Datapath {
     }
 }
 
-impl Drop for Datapath {
-    fn drop(&mut self) {
-        self.detach_all();
+fn link_pin_at(dir: &Path, ifindex: u32, hook: TcAttachType) -> PathBuf {
+    let hook = if hook == TcAttachType::Ingress {
+        "ingress"
+    } else {
+        "egress"
+    };
+    dir.join("links").join(format!("{ifindex}-{hook}"))
+}
+
+/// Detaches an interface's links: unpinned, the last handle closes them.
+fn unpin_links_at(dir: &Path, ifindex: u32) {
+    for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+        let pin = link_pin_at(dir, ifindex, hook);
+        match PinnedLink::from_pin(&pin) {
+            Ok(link) => {
+                if let Err(e) = link.unpin() {
+                    log::warn!("unpinning {}: {e}", pin.display());
+                }
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
     }
+}
+
+/// Pins live on bpffs, which is not mounted at boot on every system.
+fn ensure_bpffs(dir: &Path) -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let root = Path::new("/sys/fs/bpf");
+    if !dir.starts_with(root) {
+        return Ok(());
+    }
+    let is_bpffs = |p: &Path| {
+        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    };
+    if !is_bpffs(root) {
+        std::fs::create_dir_all(root).ok();
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting bpffs at /sys/fs/bpf")?;
+        log::info!("mounted bpffs at /sys/fs/bpf");
+    }
+    Ok(())
+}
+
+/// The default pin directory: versioned by map layout, and per network
+/// namespace, since interfaces (and their ifindexes) are.
+pub fn default_pin_dir() -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
+    Ok(PathBuf::from(format!(
+        "/sys/fs/bpf/sg/v{LAYOUT_VERSION}/net-{}",
+        ns.ino()
+    )))
 }
 
 /// The clock `bpf_ktime_get_boot_ns` reads.

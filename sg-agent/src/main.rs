@@ -1,7 +1,13 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use sg_agent::{agent, config::Config};
+use sg_agent::{
+    agent,
+    config::Config,
+    datapath::{IfaceStats, Maps, default_pin_dir},
+};
+use sg_common::Reason;
 
 /// AWS-style security groups for Linux interfaces, enforced by eBPF.
 #[derive(Parser)]
@@ -10,13 +16,18 @@ struct Cli {
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides).
     #[arg(long, global = true, default_value = "info")]
     log_level: log::LevelFilter,
+    /// Where the maps and links are pinned
+    /// [default: /sys/fs/bpf/sg/v<layout>/net-<netns inode>].
+    #[arg(long, global = true)]
+    pin_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enforce the configuration until SIGINT or SIGTERM.
+    /// Enforce the configuration, following its changes, until SIGINT or
+    /// SIGTERM (which detach everything).
     Run {
         #[arg(long, short)]
         config: PathBuf,
@@ -26,6 +37,21 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the counters of the running agent's interfaces.
+    Stats {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete tracked flows (of one interface, or all), cutting flows that a
+    /// rule removal left running.
+    Flush {
+        /// Linux interface name; all interfaces when absent.
+        #[arg(long)]
+        interface: Option<String>,
+    },
+    /// Detach every sg program and remove every sg pin on this host.
+    Cleanup,
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,27 +61,155 @@ fn main() -> std::process::ExitCode {
         .parse_env("RUST_LOG")
         .format_timestamp_millis()
         .init();
-    let result = match cli.command {
+    match dispatch(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    let pin_dir = match cli.pin_dir {
+        Some(d) => d,
+        None => default_pin_dir()?,
+    };
+    match cli.command {
         Command::Run { config } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(agent::run(&config))),
-        Command::Check { config } => Config::load(&config).map(|cfg| {
+            .build()?
+            .block_on(agent::run(&config, &pin_dir)),
+        Command::Check { config } => {
+            let cfg = Config::load(&config)?;
             println!(
                 "{}: valid: {} security group(s), {} network interface(s)",
                 config.display(),
                 cfg.security_groups.len(),
                 cfg.network_interfaces.len()
             );
-        }),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e:#}");
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            Ok(())
+        }
+        Command::Stats { json } => stats(&pin_dir, json),
+        Command::Flush { interface } => {
+            let mut maps = Maps::open(&pin_dir)?;
+            let ifindex = match &interface {
+                Some(name) => Some(
+                    nix::net::if_::if_nametoindex(name.as_str())
+                        .with_context(|| format!("no network interface {name:?} here"))?,
+                ),
+                None => None,
+            };
+            let n = maps.flush(ifindex)?;
+            println!("flushed {n} tracked flow(s)");
+            Ok(())
+        }
+        Command::Cleanup => cleanup(),
+    }
+}
+
+fn iface_name(ifindex: u32) -> String {
+    nix::net::if_::if_indextoname(ifindex)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("ifindex {ifindex}"))
+}
+
+fn stats(pin_dir: &Path, json: bool) -> Result<()> {
+    let maps = Maps::open(pin_dir)?;
+    let all = maps.stats()?;
+    if json {
+        let v: Vec<_> = all
+            .iter()
+            .map(|s| stats_json(s, &iface_name(s.ifindex)))
+            .collect();
+        let doc = serde_json::json!({
+            "interfaces": v,
+            "flows_in_use": maps.flows_in_use(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<8} {:>12} {:>14} {:>12} {:>14} {:>8} {:>8}  drops by reason",
+        "interface", "dir", "acc pkts", "acc bytes", "rej pkts", "rej bytes", "flows", "refused"
+    );
+    for s in &all {
+        for (d, name) in s.dirs.iter().zip(["inbound", "outbound"]) {
+            let drops: Vec<String> = Reason::ALL
+                .iter()
+                .filter(|r| d.drops[**r as usize] > 0)
+                .map(|r| format!("{}={}", r.name(), d.drops[*r as usize]))
+                .collect();
+            println!(
+                "{:<16} {:<8} {:>12} {:>14} {:>12} {:>14} {:>8} {:>8}  {}",
+                iface_name(s.ifindex),
+                name,
+                d.accepted_packets,
+                d.accepted_bytes,
+                d.rejected_packets,
+                d.rejected_bytes,
+                if name == "inbound" {
+                    s.flows_in_use.to_string()
+                } else {
+                    String::new()
+                },
+                d.flows_refused,
+                drops.join(" ")
+            );
         }
     }
+    println!(
+        "tracked flows counted against the allowance: {}",
+        maps.flows_in_use()
+    );
+    Ok(())
+}
+
+fn stats_json(s: &IfaceStats, name: &str) -> serde_json::Value {
+    let dir = |d: &sg_common::Stats| {
+        let drops: serde_json::Map<String, serde_json::Value> = Reason::ALL
+            .iter()
+            .map(|r| (r.name().to_string(), d.drops[*r as usize].into()))
+            .collect();
+        serde_json::json!({
+            "accepted_packets": d.accepted_packets,
+            "accepted_bytes": d.accepted_bytes,
+            "rejected_packets": d.rejected_packets,
+            "rejected_bytes": d.rejected_bytes,
+            "flows_created": d.flows_created,
+            "flows_refused": d.flows_refused,
+            "drops": drops,
+        })
+    };
+    serde_json::json!({
+        "interface": name,
+        "ifindex": s.ifindex,
+        "flows_in_use": s.flows_in_use,
+        "inbound": dir(&s.dirs[0]),
+        "outbound": dir(&s.dirs[1]),
+    })
+}
+
+/// Removes every pin directory under /sys/fs/bpf/sg (all layouts, all
+/// network namespaces); unpinning a link detaches it.
+fn cleanup() -> Result<()> {
+    let root = Path::new("/sys/fs/bpf/sg");
+    let mut n = 0;
+    for layout in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        for ns in std::fs::read_dir(layout.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            Maps::remove_pins_at(&ns.path());
+            n += 1;
+        }
+        let _ = std::fs::remove_dir(layout.path());
+    }
+    let _ = std::fs::remove_dir(root);
+    println!(
+        "removed {n} sg pin director{}",
+        if n == 1 { "y" } else { "ies" }
+    );
+    Ok(())
 }

@@ -355,6 +355,26 @@ impl Drop for Agent {
     }
 }
 
+/// A bpffs pin directory of its own for an in-process datapath, with every
+/// pin under it removed on drop.
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn new(tag: &str) -> PinDir {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        PinDir(PathBuf::from(format!(
+            "/sys/fs/bpf/sg-test/{tag}-{}-{n}",
+            std::process::id()
+        )))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
 

@@ -19,6 +19,7 @@ use sg_agent::{
 };
 use sg_common::{DIR_INBOUND, DIR_OUTBOUND, Reason};
 use sg_tests::{
+    PinDir,
     frames::{self, Frag, L4, Spec, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     kernel_available,
 };
@@ -337,7 +338,7 @@ fn fix_ip_length(f: &mut [u8], v6: bool) {
 /// The tracker's state as the kernel holds it, in the model's terms.
 fn kernel_state(dp: &Datapath) -> State {
     let mut st = State::default();
-    for (k, v) in dp.flows(IFINDEX) {
+    for (k, v) in dp.maps.flows(IFINDEX) {
         let id = FlowId {
             family: k.family,
             proto: k.proto,
@@ -355,7 +356,7 @@ fn kernel_state(dp: &Datapath) -> State {
             },
         );
     }
-    for k in dp.fragments(IFINDEX) {
+    for k in dp.maps.fragments(IFINDEX) {
         st.frags.insert(FragId {
             family: k.family,
             proto: k.proto,
@@ -368,9 +369,13 @@ fn kernel_state(dp: &Datapath) -> State {
 }
 
 fn drops(dp: &Datapath) -> [u64; sg_common::REASON_COUNT] {
-    let s = dp.stats(IFINDEX).expect("stats");
+    let all = dp.maps.stats().expect("stats");
+    let s = all
+        .iter()
+        .find(|s| s.ifindex == IFINDEX)
+        .expect("lo configured");
     let mut out = [0; sg_common::REASON_COUNT];
-    for d in s {
+    for d in s.dirs {
         for (o, x) in out.iter_mut().zip(d.drops) {
             *o += x;
         }
@@ -393,7 +398,8 @@ fn datapath_matches_the_reference_model() {
         .unwrap_or(12_000);
     eprintln!("differential: seed {seed} (SG_SEED={seed} reproduces), {cases} packets");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut dp = Datapath::load(1 << 16).expect("loading the datapath");
+    let pins = PinDir::new("differential");
+    let mut dp = Datapath::load(1 << 16, &pins.0).expect("loading the datapath");
     let mut done = 0;
     let mut scenarios = 0;
     let mut seen = std::collections::BTreeMap::new();
@@ -415,7 +421,7 @@ fn datapath_matches_the_reference_model() {
         dp.install(&spec, &compile(&policy.inbound, &policy.outbound))
             .expect("install");
         dp.retire();
-        dp.flush(None).expect("flush");
+        dp.maps.flush(None).expect("flush");
         let mut state = State::default();
         let mut history: Vec<Sent> = Vec::new();
         let mut log: Vec<String> = Vec::new();
