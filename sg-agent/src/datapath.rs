@@ -733,9 +733,8 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
     if !dir.starts_with(root) {
         return Ok(());
     }
-    let is_bpffs = |p: &Path| {
-        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
-    };
+    let is_bpffs =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
     if !is_bpffs(root) {
         std::fs::create_dir_all(root).ok();
         nix::mount::mount(

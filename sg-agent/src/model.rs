@@ -370,13 +370,13 @@ fn proto_matches(r: &Flat, proto: u8) -> bool {
 }
 
 /// The rules of `dir` that allow `proto` to `port` from/to `remote` (§2).
-fn matching<'a>(
-    policy: &'a Policy,
+fn matching(
+    policy: &Policy,
     dir: u8,
     remote: IpAddr,
     proto: u8,
     port: u16,
-) -> impl Iterator<Item = &'a Flat> {
+) -> impl Iterator<Item = &Flat> {
     rules(policy, dir).iter().filter(move |r| {
         r.net.contains(&remote) && proto_matches(r, proto) && r.lo <= port && port <= r.hi
     })

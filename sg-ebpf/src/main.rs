@@ -441,7 +441,7 @@ fn related(ctx: &TcContext, ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> b
         };
         src[..4].copy_from_slice(&ip.src_addr);
         dst[..4].copy_from_slice(&ip.dst_addr);
-        (ip.proto, off + ((ip.vihl & 0x0f) as usize * 4 & 0x3c))
+        (ip.proto, off + (((ip.vihl & 0x0f) as usize * 4) & 0x3c))
     } else {
         let Ok(ip) = ctx.load::<Ipv6Hdr>(off) else {
             return false;

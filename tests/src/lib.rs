@@ -226,6 +226,7 @@ pub fn agent_bin() -> PathBuf {
 /// A running `sg-agent run`, stopped with SIGTERM on drop.
 pub struct Agent {
     child: Option<Child>,
+    netns: PathBuf,
     log: Arc<Mutex<String>>,
     _dir: TempDir,
     pub config: PathBuf,
@@ -266,6 +267,7 @@ impl Agent {
         }
         let mut agent = Agent {
             child: Some(child),
+            netns: ns.path(),
             log,
             _dir: dir,
             config: path,
@@ -314,6 +316,30 @@ impl Agent {
             bail!("sg-agent did not report on the reload:\n{}", self.log());
         }
         Ok(self.log().matches("configuration applied").count() > applied_before)
+    }
+
+    /// `sg-agent stats --json`, run in the agent's namespace.
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        let out = sh(Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .arg("--")
+            .arg(agent_bin())
+            .args(["stats", "--json"]))?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// One counter of `sg-agent stats --json` for interface `iface`, by its
+    /// JSON path below the interface (for example `inbound/drops/no_rule`).
+    pub fn counter(&self, iface: &str, path: &str) -> u64 {
+        let stats = self.stats().expect("sg-agent stats");
+        let entry = stats["interfaces"]
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["interface"] == iface))
+            .unwrap_or_else(|| panic!("no interface {iface} in {stats}"));
+        path.split('/')
+            .fold(entry, |v, k| &v[k])
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {path} in {entry}"))
     }
 
     pub fn log(&self) -> String {

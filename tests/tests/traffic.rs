@@ -69,8 +69,12 @@ fn large_pings_fragment() {
     assert!(pair.server.ping(CLIENT_V6, 2, 4000));
     let other = "      - {ip_protocol: tcp, from_port: 22, to_port: 22, ip_ranges: [10.77.0.0/24]}";
     assert!(agent.reload(&config(other, "")).unwrap());
+    let before = agent.counter("eth0", "inbound/drops/fragment");
     assert!(!pair.client.ping(SERVER_V4, 2, 4000), "denied large ping");
     assert!(!pair.client.ping(SERVER_V6, 2, 4000), "denied large ping6");
+    // The first fragments find no rule; the later ones no first fragment.
+    assert!(agent.counter("eth0", "inbound/drops/fragment") >= before + 4);
+    assert!(agent.counter("eth0", "inbound/drops/no_rule") >= 4);
 }
 
 /// A connected TCP client that echoes through the server.
@@ -244,4 +248,44 @@ fn host_side_attach_mode() {
     );
     assert!(!pair.client.ping(SERVER_V4, 1, 56));
     assert!(pair.server.ping(CLIENT_V4, 1, 56));
+}
+
+#[test]
+fn full_table_refuses_new_flows_and_keeps_established_ones() {
+    if !kernel_available("full_table_refuses_new_flows_and_keeps_established_ones") {
+        return;
+    }
+    let pair = Pair::new("full").unwrap();
+    let rules =
+        "      - {ip_protocol: tcp, from_port: 8080, to_port: 8080, ip_ranges: [10.77.0.0/24]}";
+    let srv = tcp_echo_server(&pair.server, addr(SERVER_V4, 8080)).unwrap();
+    let cfg = format!("{}conntrack: {{max_flows: 4}}\n", config(rules, ""));
+    let agent = Agent::start(&pair.server, &cfg).unwrap();
+    let mut conns: Vec<Conn> = (0..4).map(|_| Conn::open(&pair.client, srv)).collect();
+    assert!(conns.iter_mut().all(|c| c.echoes()));
+    assert_eq!(agent.counter("eth0", "flows_in_use"), 4);
+    // A fifth flow is refused: its SYN is dropped and counted.
+    assert_eq!(tcp_probe(&pair.client, srv, T).unwrap(), Seen::Dropped);
+    assert!(agent.counter("eth0", "inbound/flows_refused") >= 1);
+    assert!(agent.counter("eth0", "inbound/drops/table_full") >= 1);
+    // The established ones are not evicted to make room.
+    assert!(
+        conns.iter_mut().all(|c| c.echoes()),
+        "established flows keep going"
+    );
+    assert_eq!(agent.counter("eth0", "flows_in_use"), 4);
+    // Flushing frees the table (and cuts those flows, as asked).
+    sg_tests::sh(
+        pair.server
+            .command(agent_bin())
+            .args(["flush", "--interface", "eth0"]),
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || tcp_probe(
+        &pair.client,
+        srv,
+        T
+    )
+    .unwrap()
+        == Seen::Pass));
 }

@@ -27,7 +27,8 @@ enum Task {
     },
     /// Build, then run the web/db demo between network namespaces.
     Demo,
-    /// Build, then run every test of the workspace (kernel tests need root).
+    /// Build, check formatting and lints, then run every test of the
+    /// workspace (kernel tests need root).
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
@@ -57,6 +58,29 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { args } => {
             setup::run()?;
             let bin = build(false)?;
+            for (what, args) in [
+                ("formatting", &["fmt", "--all", "--", "--check"][..]),
+                (
+                    "clippy",
+                    &[
+                        "clippy",
+                        "--workspace",
+                        "--all-targets",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ][..],
+                ),
+            ] {
+                if !cargo()
+                    .args(args)
+                    .status()
+                    .with_context(|| format!("running {what}"))?
+                    .success()
+                {
+                    bail!("{what} check failed");
+                }
+            }
             let status = cargo()
                 .args(["test", "--workspace", "--exclude", "sg-ebpf"])
                 .args(&args)
