@@ -1,107 +1,136 @@
-//! The daemon: resolve interfaces, compile, install, attach; then follow the
-//! configuration (file changes and SIGHUP) and sweep the tracking table until
-//! told to stop.
+//! The daemon: validate, compile, install, attach; then follow the
+//! configuration (file changes and SIGHUP) and the interfaces (appearing,
+//! vanishing), and sweep the tracking table, until told to stop.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    compile::{Compiled, compile, flatten},
-    config::{Config, ConfigError, NetworkInterface},
+    compile::{Compiled, compile, interface_rules},
+    config::{self, Desired, Interface},
     datapath::{Datapath, IfaceSpec},
 };
 
 /// How often idle flows are swept from the tracking table.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
-/// How often the configuration file is checked for changes.
-const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// How often the configuration file and the interfaces are checked.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
 
-/// The compiled policy of one interface, ready to install.
+/// The compiled policy of one present interface.
 pub struct Plan<'a> {
-    pub iface: &'a NetworkInterface,
+    pub iface: &'a Interface,
     pub ifindex: u32,
     pub compiled: Compiled,
 }
 
-/// Resolves and compiles every interface of `cfg`; touches nothing in the
-/// kernel, so an error here leaves whatever is in force alone.
-pub fn plan<'a>(file: &str, cfg: &'a Config) -> Result<Vec<Plan<'a>>, ConfigError> {
-    let mut out = Vec::new();
-    for (i, n) in cfg.network_interfaces.iter().enumerate() {
-        let ifindex =
-            nix::net::if_::if_nametoindex(n.interface.as_str()).map_err(|e| ConfigError {
-                file: file.into(),
-                place: format!("network_interfaces[{i}] ({:?})", n.interface),
-                what: format!("no network interface {:?} here: {e}", n.interface),
-            })?;
-        let groups: Vec<_> = n.groups.iter().filter_map(|g| cfg.group(g)).collect();
-        let inbound = flatten(groups.iter().flat_map(|g| g.ingress.iter()));
-        let egress: Vec<_> = groups.iter().flat_map(|g| g.egress_rules()).collect();
-        let outbound = flatten(egress.iter());
-        out.push(Plan {
-            iface: n,
-            ifindex,
-            compiled: compile(&inbound, &outbound),
-        });
-    }
-    Ok(out)
-}
-
-/// Makes the datapath enforce exactly `plans`: policies swapped in per
-/// interface, new interfaces attached (after their policy is in place, so a
-/// program never runs without one), interfaces no longer listed forgotten.
-fn apply(dp: &mut Datapath, plans: &[Plan<'_>]) -> Result<()> {
-    for p in plans {
-        let spec = IfaceSpec {
-            name: &p.iface.interface,
-            ifindex: p.ifindex,
-            attach: p.iface.attach,
-            timeouts: p.iface.conntrack,
-            related_icmp: p.iface.related_icmp,
-        };
-        dp.install(&spec, &p.compiled)?;
-    }
-    for p in plans {
-        if !dp.is_attached(p.ifindex) {
-            dp.attach(&p.iface.interface, p.ifindex)?;
-            log::info!(
-                "enforcing on {} (ifindex {}, {:?} side): groups {:?}",
-                p.iface.interface,
-                p.ifindex,
-                p.iface.attach,
-                p.iface.groups
-            );
+/// Compiles every interface of `d` that exists here; returns the plans and
+/// the names of the interfaces that do not exist. Touches nothing.
+pub fn plan(d: &Desired) -> (Vec<Plan<'_>>, Vec<&Interface>) {
+    let mut plans = Vec::new();
+    let mut absent = Vec::new();
+    for iface in &d.interfaces {
+        match nix::net::if_::if_nametoindex(iface.name.as_str()) {
+            Ok(ifindex) => {
+                let (inbound, outbound) = interface_rules(d, iface);
+                plans.push(Plan {
+                    iface,
+                    ifindex,
+                    compiled: compile(&inbound, &outbound),
+                });
+            }
+            Err(_) => absent.push(iface),
         }
     }
-    let wanted: HashSet<u32> = plans.iter().map(|p| p.ifindex).collect();
-    for ifindex in dp.interfaces() {
-        if !wanted.contains(&ifindex) {
-            log::info!("no longer enforcing on ifindex {ifindex}");
-            dp.forget(ifindex);
-        }
-    }
-    dp.retire();
-    Ok(())
+    (plans, absent)
 }
 
-/// The agent's view of its configuration file.
-struct Source {
+/// What is installed for one interface, to skip reinstalling it unchanged.
+#[derive(PartialEq)]
+struct Applied {
+    compiled: Compiled,
+    iface: Interface,
+}
+
+/// The agent: the datapath, the file it follows, and what is in force.
+struct Agent {
+    dp: Datapath,
     path: PathBuf,
     file: String,
     text: String,
-    max_flows: u32,
+    desired: Desired,
+    applied: HashMap<u32, Applied>,
 }
 
-impl Source {
-    /// Re-reads the file; applies it if it changed (or `force`). An invalid
+impl Agent {
+    /// Makes the datapath enforce `plans`: changed policies swapped in per
+    /// interface, new interfaces attached (after their policy is in place, so
+    /// a program never runs without one), interfaces gone forgotten.
+    fn apply(&mut self, plans: Vec<Plan<'_>>) -> Result<()> {
+        let wanted: HashSet<u32> = plans.iter().map(|p| p.ifindex).collect();
+        let mut fresh = Vec::new();
+        for p in &plans {
+            let next = Applied {
+                compiled: p.compiled.clone(),
+                iface: p.iface.clone(),
+            };
+            if self.applied.get(&p.ifindex) == Some(&next) {
+                continue;
+            }
+            let spec = IfaceSpec {
+                name: &p.iface.name,
+                ifindex: p.ifindex,
+                attach: p.iface.attach,
+                timeouts: p.iface.timeouts,
+                related_icmp: p.iface.related_icmp,
+            };
+            self.dp.install(&spec, &p.compiled)?;
+            self.applied.insert(p.ifindex, next);
+            fresh.push(p);
+        }
+        for p in fresh {
+            if !self.dp.is_attached(p.ifindex) {
+                self.dp.attach(&p.iface.name, p.ifindex)?;
+                let names: Vec<String> = p
+                    .iface
+                    .groups
+                    .iter()
+                    .filter_map(|g| self.desired.group(g))
+                    .map(|g| g.name.clone())
+                    .collect();
+                log::info!(
+                    "enforcing on {} ({}, ifindex {}, {:?} side): groups {names:?}",
+                    p.iface.name,
+                    p.iface.id,
+                    p.ifindex,
+                    p.iface.attach
+                );
+            }
+        }
+        let gone: Vec<u32> = self
+            .applied
+            .keys()
+            .filter(|i| !wanted.contains(i))
+            .copied()
+            .collect();
+        for ifindex in gone {
+            log::info!("no longer enforcing on ifindex {ifindex}");
+            self.applied.remove(&ifindex);
+            self.dp.forget(ifindex);
+        }
+        self.dp.retire();
+        Ok(())
+    }
+
+    /// Re-reads the file if it changed (or `force`), and re-applies when the
+    /// configuration or the set of present interfaces changed. An invalid
     /// file is refused as a whole and the policy in force stays.
-    fn reload(&mut self, dp: &mut Datapath, force: bool) {
+    fn refresh(&mut self, force: bool) {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) => {
@@ -109,34 +138,58 @@ impl Source {
                 return;
             }
         };
-        if text == self.text && !force {
+        if text != self.text || force {
+            self.text = text;
+            match config::parse(
+                &self.file,
+                &self.text,
+                self.path.parent(),
+                Some(&self.desired),
+            ) {
+                Ok(d) => {
+                    for w in &d.warnings {
+                        log::warn!("{w}");
+                    }
+                    if d.conntrack.max_flows != self.desired.conntrack.max_flows {
+                        log::warn!(
+                            "{}: conntrack.max_flows changed to {}; the table keeps its size until a restart",
+                            self.file,
+                            d.conntrack.max_flows
+                        );
+                    }
+                    self.desired = d;
+                    self.reconcile("configuration applied");
+                }
+                Err(e) => log::error!("configuration rejected; the policy in force stays. {e}"),
+            }
             return;
         }
-        self.text = text;
-        let cfg = match Config::parse(&self.file, &self.text) {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!("configuration rejected: {e}; the policy in force stays");
-                return;
-            }
-        };
-        if cfg.conntrack.max_flows != self.max_flows {
+        // Interfaces that appeared, vanished or were recreated.
+        let present: HashSet<u32> = self
+            .desired
+            .interfaces
+            .iter()
+            .filter_map(|i| nix::net::if_::if_nametoindex(i.name.as_str()).ok())
+            .collect();
+        let applied: HashSet<u32> = self.applied.keys().copied().collect();
+        if present != applied {
+            self.reconcile("interfaces changed");
+        }
+    }
+
+    fn reconcile(&mut self, what: &str) {
+        let desired = self.desired.clone();
+        let (plans, absent) = plan(&desired);
+        for a in absent {
             log::warn!(
-                "{}: conntrack.max_flows changed to {}; the table keeps {} until a restart",
-                self.file,
-                cfg.conntrack.max_flows,
-                self.max_flows
+                "interface {} ({}) is not here; it is enforced when it appears",
+                a.name,
+                a.id
             );
         }
-        let plans = match plan(&self.file, &cfg) {
-            Ok(p) => p,
-            Err(e) => {
-                log::error!("configuration rejected: {e}; the policy in force stays");
-                return;
-            }
-        };
-        match apply(dp, &plans) {
-            Ok(()) => log::info!("configuration applied: {} interface(s)", plans.len()),
+        let n = plans.len();
+        match self.apply(plans) {
+            Ok(()) => log::info!("{what}: enforcing on {n} interface(s)"),
             Err(e) => log::error!("applying the configuration: {e:#}"),
         }
     }
@@ -145,19 +198,37 @@ impl Source {
 pub async fn run(config: &Path, pin_dir: &Path) -> Result<()> {
     let file = config.display().to_string();
     let text = std::fs::read_to_string(config).with_context(|| format!("{file}: cannot read"))?;
-    let cfg = Config::parse(&file, &text)?;
-    let plans = plan(&file, &cfg)?;
-    let mut dp = Datapath::load(cfg.conntrack.max_flows, pin_dir)?;
-    apply(&mut dp, &plans)?;
-    // What an earlier agent enforced and this configuration no longer lists.
-    dp.collect_garbage(&plans.iter().map(|p| p.ifindex).collect());
-    log::info!("sg-agent running with {} interface(s)", plans.len());
-    let mut source = Source {
+    let desired = config::parse(&file, &text, config.parent(), None)?;
+    for w in &desired.warnings {
+        log::warn!("{w}");
+    }
+    let (plans, absent) = plan(&desired);
+    // At start an absent interface is most likely a typo: refuse, unless the
+    // configuration says it may come later.
+    let missing: Vec<String> = absent
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| !i.optional)
+        .map(|(_, i)| format!("{file}: network interface {:?}: no such interface here (set `optional: true` if it comes later)", i.name))
+        .collect();
+    if !missing.is_empty() {
+        bail!("{}", missing.join("\n"));
+    }
+    let dp = Datapath::load(desired.conntrack.max_flows, pin_dir)?;
+    let plans: Vec<Plan<'_>> = plans;
+    let keep: HashSet<u32> = plans.iter().map(|p| p.ifindex).collect();
+    let mut agent = Agent {
+        dp,
         path: config.to_path_buf(),
         file,
         text,
-        max_flows: cfg.conntrack.max_flows,
+        desired: desired.clone(),
+        applied: HashMap::new(),
     };
+    agent.apply(plans)?;
+    // What an earlier agent enforced and this configuration no longer lists.
+    agent.dp.collect_garbage(&keep);
+    log::info!("sg-agent running with {} interface(s)", agent.applied.len());
 
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -168,27 +239,35 @@ pub async fn run(config: &Path, pin_dir: &Path) -> Result<()> {
         tokio::select! {
             _ = sigint.recv() => { log::info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); break; }
-            _ = sighup.recv() => { log::info!("SIGHUP: reloading {}", source.file); source.reload(&mut dp, true); }
-            _ = watch.tick() => source.reload(&mut dp, false),
-            _ = sweep.tick() => match dp.maps.sweep() {
+            _ = sighup.recv() => { log::info!("SIGHUP: reloading {}", agent.file); agent.refresh(true); }
+            _ = watch.tick() => agent.refresh(false),
+            _ = sweep.tick() => match agent.dp.maps.sweep() {
                 Ok(0) => {}
                 Ok(n) => log::debug!("swept {n} idle flow(s)"),
                 Err(e) => log::warn!("sweeping the tracking table: {e:#}"),
             },
         }
     }
-    for st in dp.maps.stats().unwrap_or_default() {
+    let names: HashMap<u32, String> = agent
+        .applied
+        .iter()
+        .map(|(i, a)| (*i, a.iface.name.clone()))
+        .collect();
+    for st in agent.dp.maps.stats().unwrap_or_default() {
         let [i, o] = st.dirs;
         log::info!(
-            "ifindex {}: inbound {} accepted / {} rejected, outbound {} accepted / {} rejected",
-            st.ifindex,
+            "{}: inbound {} accepted / {} rejected, outbound {} accepted / {} rejected",
+            names
+                .get(&st.ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("ifindex {}", st.ifindex)),
             i.accepted_packets,
             i.rejected_packets,
             o.accepted_packets,
             o.rejected_packets
         );
     }
-    dp.stop();
+    agent.dp.stop();
     log::info!("detached; bye");
     Ok(())
 }

@@ -16,7 +16,7 @@ use sg_common::{
     PORT_KEY_PROTO_BITS, PORT_UNTRACKED, PROTO_TCP, PROTO_UDP, all_response_bit,
 };
 
-use crate::config::{Protocol, Rule};
+use crate::config::{Desired, Interface, Peer, Protocol};
 
 /// A rule reduced to what the datapath matches: one peer, one protocol, one
 /// range over the 16-bit port space.
@@ -28,25 +28,55 @@ pub struct Flat {
     pub hi: u16,
 }
 
-/// Flattens AWS-shaped rules (several peers each) into one entry per peer.
-pub fn flatten<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Vec<Flat> {
-    let mut out = BTreeSet::new();
-    for r in rules {
-        let nets = r
-            .ipv4
-            .iter()
-            .map(|n| IpNet::V4(*n))
-            .chain(r.ipv6.iter().map(|n| IpNet::V6(*n)));
-        for net in nets {
-            out.insert(Flat {
-                net,
-                protocol: r.protocol,
-                lo: r.ports.0,
-                hi: r.ports.1,
-            });
+/// The rules in force on `iface`, one entry per peer address block: CIDRs as
+/// written, prefix lists expanded to their entries, group references to the
+/// private addresses of every interface in the group (both families). Stale
+/// references match nothing.
+pub fn interface_rules(d: &Desired, iface: &Interface) -> (Vec<Flat>, Vec<Flat>) {
+    let mut inbound = BTreeSet::new();
+    let mut outbound = BTreeSet::new();
+    for gid in &iface.groups {
+        let Some(g) = d.group(gid) else { continue };
+        for (rules, out) in [(&g.ingress, &mut inbound), (&g.egress, &mut outbound)] {
+            for r in rules {
+                for net in peer_nets(d, &r.peer) {
+                    out.insert(Flat {
+                        net,
+                        protocol: r.protocol,
+                        lo: r.ports.0,
+                        hi: r.ports.1,
+                    });
+                }
+            }
         }
     }
-    out.into_iter().collect()
+    (
+        inbound.into_iter().collect(),
+        outbound.into_iter().collect(),
+    )
+}
+
+/// The address blocks a peer stands for now.
+pub fn peer_nets(d: &Desired, peer: &Peer) -> Vec<IpNet> {
+    match peer {
+        Peer::Cidr(n) => vec![*n],
+        Peer::PrefixList(id) => d
+            .prefix_list(id)
+            .map(|p| p.entries.iter().map(|e| e.0).collect())
+            .unwrap_or_default(),
+        Peer::Group { stale: true, .. } => vec![],
+        Peer::Group { id, .. } => d
+            .interfaces
+            .iter()
+            .filter(|i| i.groups.contains(id))
+            .flat_map(|i| {
+                i.ipv4
+                    .iter()
+                    .map(|a| IpNet::V4(Ipv4Net::from(*a)))
+                    .chain(i.ipv6.iter().map(|a| IpNet::V6(Ipv6Net::from(*a))))
+            })
+            .collect(),
+    }
 }
 
 /// One entry of the port trie: `prefix_len` bits of (class, proto, port).

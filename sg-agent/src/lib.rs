@@ -7,4 +7,5 @@ pub mod agent;
 pub mod compile;
 pub mod config;
 pub mod datapath;
+pub mod describe;
 pub mod model;

@@ -3,9 +3,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sg_agent::{
-    agent,
-    config::Config,
+    agent, config,
     datapath::{IfaceStats, Maps, default_pin_dir},
+    describe,
 };
 use sg_common::Reason;
 
@@ -32,10 +32,27 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a configuration without touching the kernel.
+    /// Validate a configuration without touching the kernel: list every
+    /// error (exit 1) or summarise it (exit 0).
     Check {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// The effective security groups, as `aws ec2 describe-security-groups`
+    /// prints them.
+    DescribeSecurityGroups {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "json")]
+        output: Output,
+    },
+    /// The effective rules, one per peer, as `aws ec2
+    /// describe-security-group-rules` prints them.
+    DescribeSecurityGroupRules {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "json")]
+        output: Output,
     },
     /// Print the counters of the running agent's interfaces.
     Stats {
@@ -52,6 +69,22 @@ enum Command {
     },
     /// Detach every sg program and remove every sg pin on this host.
     Cleanup,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Json,
+    Yaml,
+    Table,
+}
+
+fn print(v: &serde_json::Value, output: Output, table: impl FnOnce() -> String) -> Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        Output::Yaml => print!("{}", serde_yaml::to_string(v)?),
+        Output::Table => print!("{}", table()),
+    }
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -81,14 +114,45 @@ fn dispatch(cli: Cli) -> Result<()> {
             .build()?
             .block_on(agent::run(&config, &pin_dir)),
         Command::Check { config } => {
-            let cfg = Config::load(&config)?;
+            let d = config::load(&config, None)?;
+            for w in &d.warnings {
+                println!("warning: {w}");
+            }
+            let rules: usize = d
+                .groups
+                .iter()
+                .map(|g| g.ingress.len() + g.egress.len())
+                .sum();
             println!(
-                "{}: valid: {} security group(s), {} network interface(s)",
+                "{}: valid: {} VPC(s), {} security group(s) with {rules} rule(s), {} prefix list(s), {} network interface(s)",
                 config.display(),
-                cfg.security_groups.len(),
-                cfg.network_interfaces.len()
+                d.vpcs.len(),
+                d.groups.len(),
+                d.prefix_lists.len(),
+                d.interfaces.len()
             );
+            for i in &d.interfaces {
+                let names: Vec<&str> = i
+                    .groups
+                    .iter()
+                    .filter_map(|g| d.group(g))
+                    .map(|g| g.name.as_str())
+                    .collect();
+                println!("  {} ({}, {}): {}", i.name, i.id, i.vpc, names.join(", "));
+            }
             Ok(())
+        }
+        Command::DescribeSecurityGroups { config, output } => {
+            let d = config::load(&config, None)?;
+            print(&describe::security_groups(&d), output, || {
+                describe::rules_table(&d)
+            })
+        }
+        Command::DescribeSecurityGroupRules { config, output } => {
+            let d = config::load(&config, None)?;
+            print(&describe::security_group_rules(&d), output, || {
+                describe::rules_table(&d)
+            })
         }
         Command::Stats { json } => stats(&pin_dir, json),
         Command::Flush { interface } => {

@@ -41,22 +41,25 @@ fn bad_configs_are_refused_and_nothing_is_attached() {
     let pair = Pair::new("badcfg").unwrap();
     let group = "security_groups:\n  - name: a\n    ingress:\n";
     let cases = [
-        ("security_groups: [\n", "FILE: line"),
+        (
+            "security_groups: [\n",
+            "FILE:2: InvalidParameterValue: did not find expected node content",
+        ),
         (
             &*format!(
                 "{group}      - {{ip_protocol: tcp, from_port: 1, to_port: 1, ip_ranges: [10.0.0.0/33]}}\nnetwork_interfaces: [{{interface: eth0, groups: [a]}}]\n"
             ),
-            "FILE: line 4 column 65: security_groups[0].ingress[0].ip_ranges: invalid IPv4 CIDR \"10.0.0.0/33\"",
+            "FILE:4: security group \"a\" (sg-786bd221e522d70a3): InvalidParameterValue: invalid IPv4 CIDR \"10.0.0.0/33\"",
         ),
         (
             &*format!(
                 "{group}      - {{ip_protocol: udp, from_port: 0, to_port: 65536, ip_ranges: [10.0.0.0/8]}}\nnetwork_interfaces: [{{interface: eth0, groups: [a]}}]\n"
             ),
-            "FILE: line 4 column 7: security_groups[0].ingress: invalid port range 0-65536: ports are 0-65535",
+            "FILE:4: security group \"a\" (sg-786bd221e522d70a3): InvalidParameterValue: invalid port range 0-65536: ports are 0-65535",
         ),
         (
             "security_groups: [{name: a}]\nnetwork_interfaces: [{interface: eth0, groups: [a]}, {interface: nope0, groups: [a]}]\n",
-            "FILE: network_interfaces[1] (\"nope0\"): no network interface \"nope0\" here",
+            "FILE: network interface \"nope0\": no such interface here",
         ),
     ];
     for (config, want) in cases {
