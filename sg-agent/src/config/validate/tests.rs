@@ -1,1 +1,534 @@
 use super::*;
+use crate::{
+    compile::interface_rules,
+    config::{self, Issues},
+};
+
+fn parse(text: &str) -> Result<Desired, Issues> {
+    config::parse("t.yaml", text, None, None)
+}
+
+fn ok(text: &str) -> Desired {
+    parse(text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The codes of the errors, in order.
+fn codes(text: &str) -> Vec<&'static str> {
+    match parse(text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(Issues(all)) => all.iter().filter(|i| !i.warning).map(|i| i.code).collect(),
+    }
+}
+
+fn one(text: &str, code: &str, words: &str) {
+    let e = parse(text).expect_err("must be refused");
+    let hit =
+        e.0.iter()
+            .find(|i| i.code == code)
+            .unwrap_or_else(|| panic!("no {code} in {e}"));
+    assert!(hit.message.contains(words), "{hit} should say {words:?}");
+    assert!(hit.line.is_some(), "{hit} has no line");
+}
+
+const VPC: &str =
+    "vpcs:\n  - {name: main, cidr_blocks: [10.0.0.0/16], ipv6_cidr_blocks: [\"fd00:1::/56\"]}\n";
+
+fn group(body: &str) -> String {
+    format!("{VPC}security_groups:\n  - name: g\n    ingress:\n      - {body}\n")
+}
+
+#[test]
+fn names_and_descriptions() {
+    one(
+        &format!("{VPC}security_groups: [{{name: sg-x}}]\n"),
+        "InvalidParameterValue",
+        "may not start with sg-",
+    );
+    one(
+        &format!("{VPC}security_groups: [{{name: \"a|b\"}}]\n"),
+        "InvalidParameterValue",
+        "may hold only",
+    );
+    one(
+        &format!("{VPC}security_groups: [{{name: \"\"}}]\n"),
+        "InvalidParameterValue",
+        "1-255",
+    );
+    let long = "x".repeat(256);
+    one(
+        &format!("{VPC}security_groups: [{{name: {long}}}]\n"),
+        "InvalidParameterValue",
+        "1-255",
+    );
+    one(
+        &format!("{VPC}security_groups: [{{name: a, description: \"\"}}]\n"),
+        "InvalidParameterValue",
+        "description",
+    );
+    one(
+        &format!("{VPC}security_groups: [{{name: a, description: \"tab\\there\"}}]\n"),
+        "InvalidParameterValue",
+        "description",
+    );
+    // Trailing spaces of a name are trimmed, so these two collide.
+    one(
+        &format!("{VPC}security_groups: [{{name: a}}, {{name: \"a  \"}}]\n"),
+        "InvalidGroup.Duplicate",
+        "already exists",
+    );
+    // ... but equal names in different VPCs do not.
+    ok(
+        "vpcs: [{name: a, cidr_blocks: [10.0.0.0/16]}, {name: b, cidr_blocks: [10.1.0.0/16]}]\nsecurity_groups: [{name: web, vpc: a}, {name: web, vpc: b}]\n",
+    );
+    one(
+        &group(
+            "{ip_protocol: tcp, from_port: 1, to_port: 1, ip_ranges: [{cidr_ip: 10.0.0.0/8, description: \"no|pipes\"}]}",
+        ),
+        "InvalidParameterValue",
+        "rule description",
+    );
+}
+
+#[test]
+fn protocols_ports_and_icmp() {
+    one(
+        &group("{ip_protocol: tcpx, from_port: 1, to_port: 1, ip_ranges: [0.0.0.0/0]}"),
+        "InvalidParameterValue",
+        "invalid ip_protocol",
+    );
+    one(
+        &group("{ip_protocol: 256, ip_ranges: [0.0.0.0/0]}"),
+        "InvalidParameterValue",
+        "invalid ip_protocol",
+    );
+    one(
+        &group("{ip_protocol: tcp, ip_ranges: [0.0.0.0/0]}"),
+        "InvalidParameterValue",
+        "needs from_port and to_port",
+    );
+    one(
+        &group("{ip_protocol: udp, from_port: 9, to_port: 8, ip_ranges: [0.0.0.0/0]}"),
+        "InvalidParameterValue",
+        "greater than",
+    );
+    one(
+        &group("{ip_protocol: udp, from_port: -1, to_port: 8, ip_ranges: [0.0.0.0/0]}"),
+        "InvalidParameterValue",
+        "0-65535",
+    );
+    one(
+        &group("{ip_protocol: icmp, from_port: -1, to_port: 0, ip_ranges: [0.0.0.0/0]}"),
+        "InvalidParameterValue",
+        "code must be -1",
+    );
+    one(
+        &group("{ip_protocol: icmp, from_port: 300, to_port: 0, ip_ranges: [0.0.0.0/0]}"),
+        "InvalidParameterValue",
+        "ICMP type",
+    );
+    one(
+        &group("{ip_protocol: tcp, from_port: 1, to_port: 1}"),
+        "InvalidParameterValue",
+        "needs a peer",
+    );
+    // Other protocols take all ports whatever is written; 6 is tcp.
+    let d = ok(&group(
+        "{ip_protocol: 47, from_port: 5, to_port: 6, ip_ranges: [0.0.0.0/0]}",
+    ));
+    let g = d.groups.iter().find(|g| g.name == "g").unwrap();
+    assert_eq!(g.ingress[0].ports, (0, u16::MAX));
+    let d = ok(&group(
+        "{ip_protocol: \"6\", from_port: 80, to_port: 80, ip_ranges: [0.0.0.0/0]}",
+    ));
+    let g = d.groups.iter().find(|g| g.name == "g").unwrap();
+    assert_eq!(g.ingress[0].protocol, Protocol::Number(6));
+}
+
+#[test]
+fn cidrs_are_canonical_and_duplicates_refused() {
+    let d = ok(&group(
+        "{ip_protocol: tcp, from_port: 1, to_port: 1, ip_ranges: [100.68.0.18/18, 10.1.2.3], ipv6_ranges: [\"fd00::1\"]}",
+    ));
+    let g = d.groups.iter().find(|g| g.name == "g").unwrap();
+    let peers: Vec<String> = g.ingress.iter().map(|r| peer_text(&r.peer)).collect();
+    assert_eq!(peers, ["100.68.0.0/18", "10.1.2.3/32", "fd00::1/128"]);
+    one(
+        &group("{ip_protocol: tcp, from_port: 1, to_port: 1, ip_ranges: [10.0.0.0/33]}"),
+        "InvalidParameterValue",
+        "invalid IPv4 CIDR",
+    );
+    one(
+        &group("{ip_protocol: tcp, from_port: 1, to_port: 1, ipv6_ranges: [10.0.0.0/8]}"),
+        "InvalidParameterValue",
+        "invalid IPv6 CIDR",
+    );
+    // Equal after canonicalising, and tcp == 6: a duplicate.
+    let dup = format!(
+        "{VPC}security_groups:\n  - name: g\n    ingress:\n      - {{ip_protocol: tcp, from_port: 1, to_port: 1, ip_ranges: [10.0.0.0/8]}}\n      - {{ip_protocol: \"6\", from_port: 1, to_port: 1, ip_ranges: [10.9.9.9/8]}}\n"
+    );
+    one(&dup, "InvalidPermission.Duplicate", "already there");
+}
+
+#[test]
+fn default_group_and_default_egress() {
+    let d = ok(&format!(
+        "{VPC}security_groups: [{{name: web}}]\nnetwork_interfaces: [{{interface: e0, private_ipv4: [10.0.0.5]}}]\n"
+    ));
+    let def = d
+        .groups
+        .iter()
+        .find(|g| g.is_default)
+        .expect("default group created");
+    assert_eq!(def.name, "default");
+    // Inbound: all from itself. Outbound: everything, both families (the VPC has IPv6).
+    assert!(matches!(&def.ingress[0].peer, Peer::Group { id, .. } if *id == def.id));
+    assert_eq!(def.egress.len(), 2);
+    assert_eq!(
+        d.interfaces[0].groups,
+        vec![def.id.clone()],
+        "no groups: the default group"
+    );
+    let web = d.groups.iter().find(|g| g.name == "web").unwrap();
+    assert!(web.ingress.is_empty(), "a new group has no inbound rules");
+    assert_eq!(web.egress.len(), 2);
+    // Without IPv6 in the VPC, default egress is IPv4 only.
+    let d = ok("vpcs: [{name: v4, cidr_blocks: [10.0.0.0/16]}]\nsecurity_groups: [{name: web}]\n");
+    assert_eq!(
+        d.groups
+            .iter()
+            .find(|g| g.name == "web")
+            .unwrap()
+            .egress
+            .len(),
+        1
+    );
+    // The default group's rules can be edited; an empty egress list is none.
+    let d = ok(&format!(
+        "{VPC}security_groups: [{{name: default, egress: []}}]\n"
+    ));
+    let def = d.groups.iter().find(|g| g.is_default).unwrap();
+    assert!(def.ingress.is_empty() && def.egress.is_empty());
+}
+
+#[test]
+fn ids_are_stable_and_checked() {
+    let text = format!("{VPC}security_groups: [{{name: web}}]\n");
+    assert_eq!(ok(&text), ok(&text), "same input, same ids");
+    let g = ok(&text)
+        .groups
+        .into_iter()
+        .find(|g| g.name == "web")
+        .unwrap();
+    assert!(g.id.starts_with("sg-") && g.id.len() == 20);
+    let given = ok(&format!(
+        "{VPC}security_groups: [{{name: web, id: sg-0123456789abcdef0}}]\n"
+    ));
+    assert!(given.groups.iter().any(|g| g.id == "sg-0123456789abcdef0"));
+    one(
+        &format!("{VPC}security_groups: [{{name: web, id: sg-XYZ}}]\n"),
+        "InvalidGroupId.Malformed",
+        "is not sg-",
+    );
+}
+
+#[test]
+fn references_resolve_or_are_reported() {
+    one(
+        &group("{ip_protocol: tcp, from_port: 1, to_port: 1, user_id_group_pairs: [ghost]}"),
+        "InvalidGroup.NotFound",
+        "ghost",
+    );
+    one(
+        &group(
+            "{ip_protocol: tcp, from_port: 1, to_port: 1, prefix_list_ids: [pl-0123456789abcdef0]}",
+        ),
+        "InvalidPrefixListID.NotFound",
+        "pl-0123456789abcdef0",
+    );
+    let two = "vpcs:\n  - {name: a, cidr_blocks: [10.0.0.0/16], peerings: [b]}\n  - {name: b, cidr_blocks: [10.1.0.0/16]}\n  - {name: c, cidr_blocks: [10.2.0.0/16]}\nsecurity_groups:\n  - {name: api, vpc: b}\n  - {name: cache, vpc: c}\n  - name: web\n    vpc: a\n    ingress:\n      - {ip_protocol: tcp, from_port: 1, to_port: 1, user_id_group_pairs: [{group_name: api, vpc_id: b, vpc_peering_connection_id: pcx-1}]}\n      - {ip_protocol: tcp, from_port: 2, to_port: 2, user_id_group_pairs: [{group_name: cache, vpc_id: c}]}\n";
+    let d = ok(two);
+    let web = d.groups.iter().find(|g| g.name == "web").unwrap();
+    assert!(
+        matches!(&web.ingress[0].peer, Peer::Group { stale: false, .. }),
+        "peered: resolves"
+    );
+    assert!(
+        matches!(&web.ingress[1].peer, Peer::Group { stale: true, .. }),
+        "not peered: stale"
+    );
+    assert_eq!(d.warnings.len(), 1);
+    assert_eq!(d.warnings[0].code, "StaleSecurityGroupReference");
+    // A group referenced before and gone now: a dependency violation.
+    let before = ok(&format!(
+        "{VPC}security_groups:\n  - name: api\n  - name: web\n    ingress:\n      - {{ip_protocol: tcp, from_port: 1, to_port: 1, user_id_group_pairs: [api]}}\n"
+    ));
+    let api = before
+        .groups
+        .iter()
+        .find(|g| g.name == "api")
+        .unwrap()
+        .id
+        .clone();
+    let after = format!(
+        "{VPC}security_groups:\n  - name: web\n    ingress:\n      - {{ip_protocol: tcp, from_port: 1, to_port: 1, user_id_group_pairs: [{api}]}}\n"
+    );
+    let e = config::parse("t.yaml", &after, None, Some(&before)).unwrap_err();
+    assert_eq!(e.0[0].code, "DependencyViolation", "{e}");
+}
+
+#[test]
+fn quotas() {
+    let rules: String = (0..61).map(|i| format!("      - {{ip_protocol: tcp, from_port: {i}, to_port: {i}, ip_ranges: [10.0.0.0/8]}}\n")).collect();
+    let text = format!("{VPC}security_groups:\n  - name: g\n    ingress:\n{rules}");
+    assert_eq!(codes(&text), ["RulesPerSecurityGroupLimitExceeded"]);
+    // IPv4 and IPv6 are counted apart: 60 + 60 is within the quota.
+    let rules: String = (0..60)
+        .map(|i| format!("      - {{ip_protocol: tcp, from_port: {i}, to_port: {i}, ip_ranges: [10.0.0.0/8], ipv6_ranges: [\"fd00::/8\"]}}\n"))
+        .collect();
+    ok(&format!(
+        "{VPC}security_groups:\n  - name: g\n    ingress:\n{rules}"
+    ));
+    // A prefix list weighs its max entries.
+    let pl = format!("{VPC}prefix_lists: [{{name: big, max_entries: 61, entries: []}}]\n");
+    let text = format!(
+        "{pl}security_groups:\n  - name: g\n    ingress:\n      - {{ip_protocol: tcp, from_port: 1, to_port: 1, prefix_list_ids: [big]}}\n"
+    );
+    assert_eq!(codes(&text), ["RulesPerSecurityGroupLimitExceeded"]);
+    // Groups per interface: 5 by default, configurable up to 16.
+    let six: String = (0..6).map(|i| format!("  - {{name: g{i}}}\n")).collect();
+    let iface = "network_interfaces: [{interface: e0, groups: [g0, g1, g2, g3, g4, g5]}]\n";
+    let text = format!("{VPC}security_groups:\n{six}{iface}");
+    assert_eq!(codes(&text), ["SecurityGroupsPerInterfaceLimitExceeded"]);
+    ok(&format!("quotas: {{groups_per_interface: 6}}\n{text}"));
+    assert_eq!(
+        codes(&format!("quotas: {{groups_per_interface: 17}}\n{text}"))[0],
+        "InvalidParameterValue"
+    );
+    // Rules per group x groups per interface may not pass 1000.
+    assert_eq!(
+        codes("quotas: {groups_per_interface: 16, rules_per_group: 63}\n"),
+        ["InvalidParameterValue"]
+    );
+    assert_eq!(
+        codes(&format!(
+            "quotas: {{groups_per_vpc: 2}}\n{VPC}security_groups: [{{name: a}}, {{name: b}}]\n"
+        )),
+        ["SecurityGroupLimitExceeded"]
+    );
+    // Prefix lists hold at most their max entries, at most 1000.
+    let text = format!(
+        "{VPC}prefix_lists: [{{name: p, max_entries: 1, entries: [{{cidr: 10.0.0.0/8}}, {{cidr: 11.0.0.0/8}}]}}]\n"
+    );
+    assert_eq!(codes(&text), ["PrefixListMaxEntriesExceeded"]);
+    assert_eq!(
+        codes(&format!(
+            "{VPC}prefix_lists: [{{name: p, max_entries: 1001}}]\n"
+        )),
+        ["InvalidParameterValue"]
+    );
+}
+
+#[test]
+fn interfaces_and_timeouts() {
+    one(
+        &format!("{VPC}network_interfaces: [{{interface: e0, private_ipv4: [192.168.0.1]}}]\n"),
+        "InvalidParameterValue",
+        "outside the VPC",
+    );
+    one(
+        &format!("{VPC}network_interfaces: [{{interface: e0, conntrack: {{udp: 5}}}}]\n"),
+        "InvalidParameterValue",
+        "udp timeout 5 s is out of range 30-60 s",
+    );
+    one(
+        &format!(
+            "{VPC}network_interfaces: [{{interface: e0, conntrack: {{tcp_established: 59}}}}]\n"
+        ),
+        "InvalidParameterValue",
+        "60-432000",
+    );
+    one(
+        &format!("{VPC}network_interfaces: [{{interface: e0, groups: [nope]}}]\n"),
+        "InvalidGroup.NotFound",
+        "nope",
+    );
+    one(
+        &format!("{VPC}network_interfaces: [{{interface: e0}}, {{interface: e0}}]\n"),
+        "InvalidParameterValue",
+        "listed twice",
+    );
+    one(
+        &format!("{VPC}network_interfaces: [{{interface: averyveryverylongname}}]\n"),
+        "InvalidParameterValue",
+        "1-15",
+    );
+}
+
+#[test]
+fn every_error_at_once_with_its_line() {
+    let text = format!(
+        "{VPC}security_groups:\n  - name: sg-a\n  - name: b\n    ingress:\n      - {{ip_protocol: tcp, ip_ranges: [0.0.0.0/0]}}\n      - {{ip_protocol: udp, from_port: 1, to_port: 1, ip_ranges: [1.2.3.4/40]}}\nnetwork_interfaces: [{{interface: e0, groups: [zz]}}]\n"
+    );
+    let e = parse(&text).unwrap_err();
+    let got: Vec<(Option<usize>, &str)> = e.0.iter().map(|i| (i.line, i.code)).collect();
+    assert_eq!(
+        got,
+        [
+            (Some(4), "InvalidParameterValue"),
+            (Some(7), "InvalidParameterValue"),
+            (Some(8), "InvalidParameterValue"),
+            (Some(9), "InvalidGroup.NotFound"),
+        ],
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("t.yaml:8: security group \"b\""),
+        "{e}"
+    );
+}
+
+/// `aws ec2 describe-security-groups` output, as the CLI prints it.
+const AWS_JSON: &str = r#"{
+    "SecurityGroups": [
+        {
+            "Description": "web tier",
+            "GroupName": "web",
+            "IpPermissions": [
+                {
+                    "FromPort": 443,
+                    "IpProtocol": "tcp",
+                    "IpRanges": [{"CidrIp": "0.0.0.0/0", "Description": "HTTPS"}],
+                    "Ipv6Ranges": [{"CidrIpv6": "::/0"}],
+                    "PrefixListIds": [],
+                    "ToPort": 443,
+                    "UserIdGroupPairs": []
+                },
+                {
+                    "FromPort": 22,
+                    "IpProtocol": "tcp",
+                    "IpRanges": [],
+                    "Ipv6Ranges": [],
+                    "PrefixListIds": [],
+                    "ToPort": 22,
+                    "UserIdGroupPairs": [{"GroupId": "sg-0aaaaaaaaaaaaaaa1", "UserId": "123456789012"}]
+                }
+            ],
+            "OwnerId": "123456789012",
+            "GroupId": "sg-0bbbbbbbbbbbbbbb2",
+            "IpPermissionsEgress": [
+                {
+                    "IpProtocol": "-1",
+                    "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+                    "Ipv6Ranges": [],
+                    "PrefixListIds": [],
+                    "UserIdGroupPairs": []
+                }
+            ],
+            "Tags": [{"Key": "Name", "Value": "web"}],
+            "VpcId": "vpc-0123456789abcdef0"
+        },
+        {
+            "Description": "bastion",
+            "GroupName": "bastion",
+            "IpPermissions": [],
+            "OwnerId": "123456789012",
+            "GroupId": "sg-0aaaaaaaaaaaaaaa1",
+            "IpPermissionsEgress": [],
+            "Tags": [],
+            "VpcId": "vpc-0123456789abcdef0"
+        }
+    ]
+}"#;
+
+#[test]
+fn imports_describe_security_groups_output() {
+    let dir = std::env::temp_dir().join(format!("sg-import-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("aws.json"), AWS_JSON).unwrap();
+    let yaml = "vpcs: [{id: vpc-0123456789abcdef0, name: prod, cidr_blocks: [10.0.0.0/16]}]\nimport: [aws.json]\nnetwork_interfaces:\n  - {interface: e0, vpc: prod, private_ipv4: [10.0.0.7], groups: [sg-0bbbbbbbbbbbbbbb2]}\n  - {interface: e1, vpc: prod, private_ipv4: [10.0.0.8], groups: [bastion]}\n";
+    let path = dir.join("sg.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let d = config::load(&path, None).unwrap_or_else(|e| panic!("{e}"));
+    let web = d.group("sg-0bbbbbbbbbbbbbbb2").expect("ids kept");
+    assert_eq!(web.name, "web");
+    assert_eq!(web.owner, "123456789012");
+    assert_eq!(web.tags.get("Name").map(String::as_str), Some("web"));
+    assert_eq!(web.ingress.len(), 3, "two CIDRs and a group pair");
+    assert_eq!(web.ingress[0].description.as_deref(), Some("HTTPS"));
+    assert_eq!(web.egress.len(), 1);
+    // The group reference expands to the bastion interface's address.
+    let (inbound, _) = interface_rules(&d, &d.interfaces[0]);
+    assert!(
+        inbound
+            .iter()
+            .any(|f| f.net.to_string() == "10.0.0.8/32" && f.lo == 22)
+    );
+    // The same output inline in the YAML.
+    let start = AWS_JSON.find('[').unwrap();
+    let end = AWS_JSON.rfind(']').unwrap();
+    let inline = format!(
+        "vpcs: [{{id: vpc-0123456789abcdef0, cidr_blocks: [10.0.0.0/16]}}]\nSecurityGroups: {}\n",
+        &AWS_JSON[start..=end]
+    );
+    let d2 = parse(&inline).unwrap_or_else(|e| panic!("{e}"));
+    assert!(d2.group("sg-0aaaaaaaaaaaaaaa1").is_some());
+    // An error in the imported file names that file and its line.
+    std::fs::write(
+        dir.join("aws.json"),
+        AWS_JSON.replace("\"FromPort\": 22", "\"FromPort\": 99999"),
+    )
+    .unwrap();
+    let e = config::load(&path, None).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("aws.json:16: security group \"web\""),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn references_and_prefix_lists_expand() {
+    let text = format!(
+        "{VPC}prefix_lists: [{{name: office, address_family: IPv6, max_entries: 3, entries: [{{cidr: \"fd00:9::/48\"}}, {{cidr: \"fd00:8::/48\"}}]}}]
+security_groups:
+  - name: app
+  - name: db
+    ingress:
+      - {{ip_protocol: tcp, from_port: 5432, to_port: 5432, user_id_group_pairs: [app]}}
+      - {{ip_protocol: tcp, from_port: 22, to_port: 22, prefix_list_ids: [office]}}
+network_interfaces:
+  - {{interface: a1, private_ipv4: [10.0.0.1], private_ipv6: [\"fd00:1::1\"], groups: [app]}}
+  - {{interface: a2, private_ipv4: [10.0.0.2, 10.0.0.3], groups: [app]}}
+  - {{interface: d1, private_ipv4: [10.0.0.9], groups: [db]}}
+"
+    );
+    let d = ok(&text);
+    let db = d.interfaces.iter().find(|i| i.name == "d1").unwrap();
+    let (inbound, _) = interface_rules(&d, db);
+    let on = |port: u16| -> Vec<String> {
+        inbound
+            .iter()
+            .filter(|f| f.lo == port)
+            .map(|f| f.net.to_string())
+            .collect()
+    };
+    assert_eq!(
+        on(5432),
+        ["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32", "fd00:1::1/128"]
+    );
+    assert_eq!(on(22), ["fd00:8::/48", "fd00:9::/48"]);
+    // Membership moves: d1 joins app too; now its own address is a peer of 5432.
+    let moved = text.replace(
+        "private_ipv4: [10.0.0.9], groups: [db]",
+        "private_ipv4: [10.0.0.9], groups: [db, app]",
+    );
+    let d = ok(&moved);
+    let db = d.interfaces.iter().find(|i| i.name == "d1").unwrap();
+    let (inbound, _) = interface_rules(&d, db);
+    assert!(
+        inbound
+            .iter()
+            .any(|f| f.lo == 5432 && f.net.to_string() == "10.0.0.9/32")
+    );
+}
