@@ -130,11 +130,7 @@ impl MarkedEventReceiver for Builder {
                 self.stack.pop();
                 self.leave();
             }
-            Event::Alias(_) => {
-                if self.enter(line) {
-                    self.leave();
-                }
-            }
+            Event::Alias(_) if self.enter(line) => self.leave(),
             _ => {}
         }
     }
