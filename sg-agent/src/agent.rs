@@ -214,6 +214,13 @@ pub async fn run(config: &Path, pin_dir: &Path) -> Result<()> {
     if !missing.is_empty() {
         bail!("{}", missing.join("\n"));
     }
+    for a in &absent {
+        log::warn!(
+            "interface {} ({}) is not here; it is enforced when it appears",
+            a.name,
+            a.id
+        );
+    }
     let dp = Datapath::load(desired.conntrack.max_flows, pin_dir)?;
     let plans: Vec<Plan<'_>> = plans;
     let keep: HashSet<u32> = plans.iter().map(|p| p.ifindex).collect();

@@ -356,7 +356,12 @@ impl Datapath {
                 Ok(old) => {
                     let link = SchedClassifierLink::try_from(FdLink::from(old))?;
                     match prog.attach_to_link(link) {
-                        Ok(id) => Some(id),
+                        Ok(id) => {
+                            log::info!(
+                                "{name}: adopted the pinned {prog_name} link; the new program replaced the old in place"
+                            );
+                            Some(id)
+                        }
                         Err(e) => {
                             // The device went away with its link: start afresh.
                             log::warn!(

@@ -83,6 +83,16 @@ impl Netns {
         Ok(ns)
     }
 
+    /// A handle on a namespace someone else owns (not deleted on drop).
+    pub fn adopt(path: PathBuf) -> std::mem::ManuallyDrop<Netns> {
+        let name = path
+            .file_name()
+            .expect("netns path")
+            .to_string_lossy()
+            .into_owned();
+        std::mem::ManuallyDrop::new(Netns { name })
+    }
+
     pub fn path(&self) -> PathBuf {
         Path::new("/run/netns").join(&self.name)
     }
@@ -201,6 +211,152 @@ impl Pair {
             "10.77.0.2/24,fd77::2/64",
         )?;
         Ok(Pair { client, server })
+    }
+}
+
+/// A router namespace with workload namespaces around it, each joined by a
+/// veth: workload `i` has `eth0` with 10.80.`i`.2/24 and fd80:`i`::2/64, and
+/// the router's end `w<i>` has .1 and ::1. The router forwards both families.
+pub struct Star {
+    pub router: Netns,
+    pub hosts: Vec<Netns>,
+}
+
+impl Star {
+    pub fn new(tag: &str, n: usize) -> Result<Star> {
+        let router = Netns::new(&format!("{tag}r"))?;
+        let mut hosts = Vec::new();
+        for i in 0..n {
+            let ns = Netns::new(&format!("{tag}{i}"))?;
+            veth(
+                &ns,
+                "eth0",
+                &format!("10.80.{i}.2/24,fd80:{i}::2/64"),
+                &router,
+                &format!("w{i}"),
+                &format!("10.80.{i}.1/24,fd80:{i}::1/64"),
+            )?;
+            ns.ip(&["route", "add", "default", "via", &format!("10.80.{i}.1")])?;
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd80:{i}::1"),
+            ])?;
+            hosts.push(ns);
+        }
+        sh(router.command("sysctl").args([
+            "-q",
+            "-w",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ]))?;
+        Ok(Star { router, hosts })
+    }
+
+    pub fn v4(i: usize) -> String {
+        format!("10.80.{i}.2")
+    }
+}
+
+/// A ping every 2 ms, `count` of them: `(sent, received)`.
+pub fn ping_flood(ns: &Netns, dst: &str, count: u32, seconds: u32) -> (u32, u32) {
+    let out = ns
+        .command("ping")
+        .args([
+            "-i",
+            "0.002",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-w",
+            &seconds.to_string(),
+            dst,
+        ])
+        .output()
+        .expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("transmitted"))
+        .unwrap_or_default();
+    let num = |word: &str| -> u32 {
+        line.split(',')
+            .find(|p| p.contains(word))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (num("transmitted"), num("received"))
+}
+
+/// Packets sg has rejected so far on every interface it enforces in `ns`,
+/// read from the pinned counters (so also while the agent is down).
+pub fn rejected(ns: &Netns) -> u64 {
+    let out = sh(ns.command(agent_bin()).args(["stats", "--json"])).expect("sg-agent stats");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("stats JSON");
+    v["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|i| {
+            [
+                &i["inbound"]["rejected_packets"],
+                &i["outbound"]["rejected_packets"],
+            ]
+        })
+        .filter_map(|n| n.as_u64())
+        .sum()
+}
+
+/// A TCP stream from `ns` to an echo server at `dst`, running until stopped:
+/// it writes and reads back continuously and counts the bytes echoed.
+pub struct Stream {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    echoed: Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Stream {
+    pub fn start(ns: &Netns, dst: SocketAddr) -> Result<Stream> {
+        let s = ns.run(move || TcpStream::connect_timeout(&dst, Duration::from_secs(2)))??;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let echoed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (st, ec) = (stop.clone(), echoed.clone());
+        let thread = thread::spawn(move || -> std::io::Result<()> {
+            let mut s = s;
+            let chunk = [0x42u8; 16384];
+            let mut back = [0u8; 16384];
+            while !st.load(Ordering::Relaxed) {
+                s.write_all(&chunk)?;
+                s.read_exact(&mut back)?;
+                ec.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        Ok(Stream {
+            stop,
+            echoed,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn echoed(&self) -> u64 {
+        self.echoed.load(Ordering::Relaxed)
+    }
+
+    /// Stops the stream; an error means it broke (a reset, or 5 s of silence).
+    pub fn finish(mut self) -> std::io::Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("stream thread")?;
+        Ok(self.echoed())
     }
 }
 
