@@ -67,7 +67,8 @@ enum Command {
         #[arg(long)]
         interface: Option<String>,
     },
-    /// Detach every sg program and remove every sg pin on this host.
+    /// Detach every sg program and remove every sg pin on this host (only
+    /// those under `--pin-dir`, when it is given).
     Cleanup,
 }
 
@@ -104,6 +105,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
+    if let (Command::Cleanup, Some(dir)) = (&cli.command, &cli.pin_dir) {
+        Maps::remove_pins_at(dir);
+        println!("removed the pins under {}", dir.display());
+        return Ok(());
+    }
     let pin_dir = match cli.pin_dir {
         Some(d) => d,
         None => default_pin_dir()?,

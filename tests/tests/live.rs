@@ -276,3 +276,27 @@ network_interfaces:
         );
     }
 }
+
+#[test]
+fn a_changed_file_is_followed_without_a_signal() {
+    if !kernel_available("a_changed_file_is_followed_without_a_signal") {
+        return;
+    }
+    let pair = Pair::new("watch").unwrap();
+    let srv = tcp_echo_server(&pair.server, addr(SERVER_V4, 8081)).unwrap();
+    let agent = Agent::start(&pair.server, &server_config("")).unwrap();
+    assert_eq!(tcp_probe(&pair.client, srv, T).unwrap(), Seen::Dropped);
+    let open = server_config(
+        "      - {ip_protocol: tcp, from_port: 8081, to_port: 8081, ip_ranges: [10.77.0.0/24]}\n",
+    );
+    let tmp = agent.config.with_extension("new");
+    std::fs::write(&tmp, open).unwrap();
+    std::fs::rename(&tmp, &agent.config).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || tcp_probe(&pair.client, srv, T)
+            .unwrap()
+            == Seen::Pass),
+        "{}",
+        agent.log()
+    );
+}

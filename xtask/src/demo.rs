@@ -74,7 +74,7 @@ const PROBES: &[Probe] = &[
         addr: "10.0.1.10",
         kind: Kind::Tcp(22),
         expect: Seen::Pass,
-        why: "SSH from 198.51.100.0/24",
+        why: "SSH from prefix list admin-networks",
     },
     Probe {
         from: "admin",
@@ -114,7 +114,7 @@ const PROBES: &[Probe] = &[
         addr: "10.0.2.10",
         kind: Kind::Tcp(5432),
         expect: Seen::Pass,
-        why: "PostgreSQL from the web subnet",
+        why: "PostgreSQL from members of group web",
     },
     Probe {
         from: "internet",
