@@ -35,6 +35,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 pub const PROG_INGRESS: &str = "sg_tc_ingress";
 pub const PROG_EGRESS: &str = "sg_tc_egress";
+/// The baseline: passes everything (benchmarks only).
+pub const PROG_PASS: &str = "sg_tc_pass";
 
 /// Spare entries per CPU list: replacing an expired entry briefly needs a
 /// second node, and the flow count the datapath checks may trail the table
@@ -484,21 +486,57 @@ impl Datapath {
     /// device's ifindex, 1) `repeat` times; returns the program's return value
     /// and the kernel's mean time per run.
     pub fn test_run(&self, ingress: bool, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
-        use aya::programs::{TestRun, TestRunOptions};
-        let prog: &SchedClassifier = self
+        self.test_run_named(
+            if ingress { PROG_INGRESS } else { PROG_EGRESS },
+            frame,
+            repeat,
+        )
+    }
+
+    /// Loads the pass-everything program, the benchmarks' baseline.
+    pub fn load_baseline(&mut self) -> Result<()> {
+        let prog: &mut SchedClassifier = self
             .ebpf
-            .program(if ingress { PROG_INGRESS } else { PROG_EGRESS })
+            .program_mut(PROG_PASS)
             .context("program missing")?
             .try_into()?;
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat,
-            ..Default::default()
-        })?;
-        Ok((r.return_value, r.duration))
+        prog.load()?;
+        Ok(())
     }
+
+    /// Pins a loaded program, so another thread can open it to run it.
+    pub fn pin_program(&mut self, name: &str, path: &Path) -> Result<()> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .context("program missing")?
+            .try_into()?;
+        prog.pin(path)?;
+        Ok(())
+    }
+
+    /// As [`Datapath::test_run`], for any loaded program of the object.
+    pub fn test_run_named(&self, name: &str, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .context("program missing")?
+            .try_into()?;
+        test_run(prog, frame, repeat)
+    }
+}
+
+/// `BPF_PROG_TEST_RUN` of `prog` on `frame`, `repeat` times.
+pub fn test_run(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+    use aya::programs::{TestRun, TestRunOptions};
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat,
+        ..Default::default()
+    })?;
+    Ok((r.return_value, r.duration))
 }
 
 /// Counters of one interface.
@@ -684,6 +722,26 @@ impl Maps {
             let _ = self.frags.remove(&k);
         }
         Ok(removed)
+    }
+
+    /// Inserts a tracked flow (benchmarks fill the table this way).
+    pub fn insert_flow(&mut self, key: &CtKey, val: &CtVal) -> Result<()> {
+        self.ct.insert(key, val, 0)?;
+        Ok(())
+    }
+
+    /// The kernel's own accounting of a pinned map's memory (`memlock` in
+    /// the map's fdinfo), in bytes.
+    pub fn memlock(&self, name: &str) -> Result<u64> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let info = aya::maps::MapInfo::from_pin(self.dir.join(name))?;
+        let fd = info.fd()?;
+        let text =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no memlock for map {name}"))
     }
 
     /// Datagrams whose first fragment passed, for tests.

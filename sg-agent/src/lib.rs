@@ -4,8 +4,10 @@
 //! and are unit-tested here; `datapath` talks to the kernel.
 
 pub mod agent;
+pub mod bench;
 pub mod compile;
 pub mod config;
 pub mod datapath;
 pub mod describe;
+pub mod frames;
 pub mod model;

@@ -84,6 +84,13 @@ pub fn sg_tc_egress(ctx: TcContext) -> i32 {
     run(&ctx, false)
 }
 
+/// Passes everything: the baseline `sg-bench` subtracts from sg's cost. The
+/// agent never attaches it.
+#[classifier]
+pub fn sg_tc_pass(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}
+
 #[inline(always)]
 fn run(ctx: &TcContext, hook_ingress: bool) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.

@@ -18,8 +18,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub mod frames;
-
 use anyhow::{Context, Result, bail};
 use nix::sched::{CloneFlags, setns};
 

@@ -15,14 +15,11 @@ use sg_agent::{
     compile::{Flat, compile},
     config::{AttachMode, Protocol, Timeouts},
     datapath::{Datapath, IfaceSpec, ct_addr},
+    frames::{self, Frag, L4, Spec, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     model::{self, FlowId, FragId, Policy, State, Verdict},
 };
 use sg_common::{DIR_INBOUND, DIR_OUTBOUND, Reason};
-use sg_tests::{
-    PinDir,
-    frames::{self, Frag, L4, Spec, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    kernel_available,
-};
+use sg_tests::{PinDir, kernel_available};
 
 /// `BPF_PROG_TEST_RUN` runs on the loopback device of this namespace.
 const IFINDEX: u32 = 1;

@@ -1,4 +1,4 @@
-//! Crafted Ethernet frames for `BPF_PROG_TEST_RUN`: IPv4 and IPv6, with
+//! Crafted Ethernet frames for `BPF_PROG_TEST_RUN` (tests and benchmarks): IPv4 and IPv6, with
 //! TCP, UDP, ICMP or any payload, fragments and extension headers. Checksums
 //! stay zero: the program never reads them.
 

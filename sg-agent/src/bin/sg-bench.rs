@@ -1,0 +1,562 @@
+//! sg's benchmark helper, driven by `cargo xtask bench`:
+//!
+//! - `micro`: the datapath's cost per packet with `BPF_PROG_TEST_RUN`
+//!   against a pass-everything program, policy update latency and atomicity,
+//!   memory per flow and per rule; prints JSON.
+//! - `enforce`: installs an N-rule policy on an interface and keeps it
+//!   attached until SIGINT/SIGTERM (AWS's quotas cap a configuration at 1,000
+//!   rules per interface; the benchmarks go past that through the same API).
+//! - `render`: the same N-rule policy as nftables or iptables rules.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::json;
+use sg_agent::{
+    bench::{rules, rules_ending_with},
+    compile::{Flat, compile},
+    config::{AttachMode, Protocol, Timeouts},
+    datapath::{self, Datapath, IfaceSpec, PROG_INGRESS, PROG_PASS},
+    frames::{L4, Spec, TCP_ACK, TCP_SYN},
+};
+use sg_common::{CtKey, CtVal, FAMILY_V4, TCP_ESTABLISHED};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    Micro {
+        /// A smaller sweep.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value = "/sys/fs/bpf/sg-bench")]
+        pin_dir: PathBuf,
+    },
+    Enforce {
+        #[arg(long)]
+        interface: String,
+        #[arg(long)]
+        rules: usize,
+        #[arg(long, default_value = "/sys/fs/bpf/sg-bench-enforce")]
+        pin_dir: PathBuf,
+    },
+    Render {
+        #[arg(long)]
+        rules: usize,
+        #[arg(long, value_enum)]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Nft,
+    Iptables,
+    Ip6tables,
+}
+
+/// The rules the end-to-end traffic matches, placed last: UDP 5353 (the
+/// packet-rate test), TCP 5201 (iperf3) and TCP 8000 (connection rate).
+fn bench_targets() -> Vec<Flat> {
+    let net: IpNet = "10.77.0.0/24".parse().expect("net");
+    [(17u8, 5353u16), (6, 5201), (6, 8000)]
+        .into_iter()
+        .map(|(p, port)| Flat {
+            net,
+            protocol: Protocol::Number(p),
+            lo: port,
+            hi: port,
+        })
+        .collect()
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Micro { quick, pin_dir } => micro(quick, &pin_dir),
+        Cmd::Enforce {
+            interface,
+            rules,
+            pin_dir,
+        } => enforce(&interface, rules, &pin_dir),
+        Cmd::Render { rules, format } => {
+            print!(
+                "{}",
+                render(&rules_ending_with(rules, &bench_targets()), format)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn spec(ifindex: u32) -> IfaceSpec<'static> {
+    IfaceSpec {
+        name: "bench",
+        ifindex,
+        attach: AttachMode::Workload,
+        timeouts: Timeouts::default(),
+        related_icmp: false,
+    }
+}
+
+fn enforce(interface: &str, n: usize, pin_dir: &Path) -> Result<()> {
+    let ifindex = nix::net::if_::if_nametoindex(interface)
+        .with_context(|| format!("no interface {interface}"))?;
+    let mut dp = Datapath::load(262_144, pin_dir)?;
+    let inbound = rules_ending_with(n, &bench_targets());
+    let outbound = vec![Flat {
+        net: "0.0.0.0/0".parse()?,
+        protocol: Protocol::All,
+        lo: 0,
+        hi: u16::MAX,
+    }];
+    dp.install(&spec(ifindex), &compile(&inbound, &outbound))?;
+    dp.attach(interface, ifindex)?;
+    println!("ready: {n} rules on {interface}");
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGINT);
+    set.add(nix::sys::signal::Signal::SIGTERM);
+    set.thread_block()?;
+    set.wait()?;
+    dp.stop();
+    Ok(())
+}
+
+fn proto_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Number(6) => "tcp",
+        _ => "udp",
+    }
+}
+
+fn render(rules: &[Flat], format: Format) -> String {
+    let range = |r: &Flat| {
+        if r.lo == r.hi {
+            r.lo.to_string()
+        } else {
+            format!("{}-{}", r.lo, r.hi)
+        }
+    };
+    match format {
+        Format::Nft => {
+            // Sets of concatenated (address . protocol . port) intervals: one
+            // lookup per family, as a careful admin would write it.
+            let elems = |v6: bool| -> String {
+                rules
+                    .iter()
+                    .filter(|r| r.net.addr().is_ipv6() == v6)
+                    .map(|r| format!("{} . {} . {}", r.net, proto_name(r.protocol), range(r)))
+                    .collect::<Vec<_>>()
+                    .join(",\n      ")
+            };
+            let set = |name: &str, ty: &str, elems: String| {
+                if elems.is_empty() {
+                    format!(
+                        "  set {name} {{ type {ty} . inet_proto . inet_service; flags interval; }}\n"
+                    )
+                } else {
+                    format!(
+                        "  set {name} {{ type {ty} . inet_proto . inet_service; flags interval;\n    elements = {{ {elems} }}\n  }}\n"
+                    )
+                }
+            };
+            format!(
+                "table inet sgbench {{\n{}{}  chain input {{\n    type filter hook input priority 0; policy drop;\n    ct state established,related accept\n    iif lo accept\n    icmpv6 type {{ nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect }} accept\n    ip saddr . meta l4proto . th dport @allow4 accept\n    ip6 saddr . meta l4proto . th dport @allow6 accept\n  }}\n}}\n",
+                set("allow4", "ipv4_addr", elems(false)),
+                set("allow6", "ipv6_addr", elems(true)),
+            )
+        }
+        Format::Iptables | Format::Ip6tables => {
+            // One rule per allowed entry, conntrack first: iptables as it is
+            // usually written.
+            let v6 = matches!(format, Format::Ip6tables);
+            let mut s = String::from(
+                "*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n",
+            );
+            s.push_str("-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n-A INPUT -i lo -j ACCEPT\n");
+            if v6 {
+                s.push_str("-A INPUT -p ipv6-icmp -j ACCEPT\n");
+            }
+            for r in rules.iter().filter(|r| r.net.addr().is_ipv6() == v6) {
+                let ports = if r.lo == r.hi {
+                    r.lo.to_string()
+                } else {
+                    format!("{}:{}", r.lo, r.hi)
+                };
+                s.push_str(&format!(
+                    "-A INPUT -s {} -p {} --dport {ports} -j ACCEPT\n",
+                    r.net,
+                    proto_name(r.protocol)
+                ));
+            }
+            s.push_str("COMMIT\n");
+            s
+        }
+    }
+}
+
+fn median(mut v: Vec<u64>) -> f64 {
+    v.sort_unstable();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[v.len() / 2] as f64
+}
+
+/// Median nanoseconds of one run of `prog` over `frames`, each run once so
+/// that consecutive runs do not find each other's lookups in cache (and the
+/// system call between runs leaves caches and TLB cold: a pessimistic view).
+fn cost(dp: &Datapath, prog: &str, frames: &[Vec<u8>]) -> Result<f64> {
+    let mut ns = Vec::with_capacity(frames.len());
+    for f in frames {
+        let (_, d) = dp.test_run_named(prog, f, 1)?;
+        ns.push(d.as_nanos() as u64);
+    }
+    Ok(median(ns))
+}
+
+/// Mean nanoseconds per run when each frame is run 64 times in a row: the
+/// flow's own entries warm, as for a packet of a busy flow.
+fn warm_cost(dp: &Datapath, prog: &str, frames: &[Vec<u8>]) -> Result<f64> {
+    let mut ns = Vec::with_capacity(frames.len());
+    for f in frames.iter().take(200) {
+        let (_, d) = dp.test_run_named(prog, f, 64)?;
+        ns.push(d.as_nanos() as u64);
+    }
+    Ok(median(ns))
+}
+
+const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+
+fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
+    let samples = if quick { 2000 } else { 6000 };
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut out = json!({});
+
+    // Established flows: one lookup in tables of growing size.
+    let sizes: &[usize] = if quick {
+        &[1_000, 65_536]
+    } else {
+        &[1_000, 65_536, 1_000_000]
+    };
+    let mut established = vec![];
+    let mut empty_ns = vec![];
+    for &size in sizes {
+        let _ = std::fs::remove_dir_all(pin_dir);
+        let mut dp = Datapath::load(size.max(1024) as u32, pin_dir)?;
+        dp.load_baseline()?;
+        dp.install(&spec(1), &compile(&rules(1), &[]))?;
+        let now = datapath::boottime_ns();
+        let mut flows = Vec::with_capacity(size);
+        let mut seen = HashSet::new();
+        while flows.len() < size {
+            let remote = Ipv4Addr::from(0x0b00_0000 | rng.random_range(0..1u32 << 24));
+            let (rp, lp) = (rng.random_range(1024..=65535u16), 443u16);
+            if !seen.insert((remote, rp)) {
+                continue;
+            }
+            let mut key = CtKey {
+                ifindex: 1,
+                family: FAMILY_V4,
+                proto: 6,
+                ..Default::default()
+            };
+            key.local[..4].copy_from_slice(&LOCAL.octets());
+            key.remote[..4].copy_from_slice(&remote.octets());
+            key.local_port = u16::from_ne_bytes(lp.to_be_bytes());
+            key.remote_port = u16::from_ne_bytes(rp.to_be_bytes());
+            let val = CtVal {
+                last_seen_ns: now,
+                created_ns: now,
+                state: TCP_ESTABLISHED,
+                icmp_type: 0xff,
+                ..Default::default()
+            };
+            dp.maps.insert_flow(&key, &val)?;
+            flows.push((remote, rp));
+        }
+        let frames: Vec<Vec<u8>> = (0..samples)
+            .map(|_| {
+                let (remote, rp) = flows[rng.random_range(0..flows.len())];
+                Spec::new(
+                    IpAddr::V4(remote),
+                    IpAddr::V4(LOCAL),
+                    L4::Tcp {
+                        sport: rp,
+                        dport: 443,
+                        flags: TCP_ACK,
+                    },
+                )
+                .frame()
+            })
+            .collect();
+        // Alternate the two programs so that drift hits both alike.
+        let (mut sg, mut base) = (vec![], vec![]);
+        for chunk in frames.chunks(500) {
+            sg.push(cost(&dp, PROG_INGRESS, chunk)?);
+            base.push(cost(&dp, PROG_PASS, chunk)?);
+        }
+        let (sg, base) = (median_f(sg), median_f(base));
+        let (warm_sg, warm_base) = (
+            warm_cost(&dp, PROG_INGRESS, &frames)?,
+            warm_cost(&dp, PROG_PASS, &frames)?,
+        );
+        let verdict = dp.test_run(true, &frames[0], 1)?.0;
+        if verdict != 0 {
+            bail!("an established flow's packet was dropped in the benchmark");
+        }
+        eprintln!(
+            "micro: established flow, {size} flows: cold {sg:.0} ns (empty {base:.0} ns), warm {warm_sg:.0} ns (empty {warm_base:.0} ns)"
+        );
+        established.push(json!({"flows": size, "sg_ns": sg, "empty_ns": base, "over_empty_ns": sg - base,
+            "warm_sg_ns": warm_sg, "warm_empty_ns": warm_base, "warm_over_empty_ns": warm_sg - warm_base}));
+        empty_ns.push(base);
+        if size == *sizes.last().expect("sizes") {
+            let ct = dp.maps.memlock("CT")?;
+            let entries = ((size.max(1024) as u64) + (size.max(1024) as u64 / 16).max(1024))
+                * aya::util::nr_cpus().map_err(|(_, e)| e)? as u64;
+            out["memory"] = json!({
+                "ct_memlock_bytes": ct,
+                "ct_entries": entries,
+                "bytes_per_table_entry": ct as f64 / entries as f64,
+                "bytes_per_allowed_flow": ct as f64 / size.max(1024) as f64,
+            });
+        }
+        dp.stop();
+    }
+    out["established"] = json!(established);
+
+    // New flows: the policy decision (and the flow's creation) at growing
+    // rule counts.
+    let counts: &[usize] = &[1, 100, 1_000, 10_000];
+    let mut new_flow = vec![];
+    for &n in counts {
+        let _ = std::fs::remove_dir_all(pin_dir);
+        let mut dp = Datapath::load(1 << 20, pin_dir)?;
+        dp.load_baseline()?;
+        let before: u64 = ["ADDR4", "ADDR6", "PORTS"]
+            .iter()
+            .map(|m| dp.maps.memlock(m).unwrap_or(0))
+            .sum();
+        let inbound = rules(n);
+        dp.install(&spec(1), &compile(&inbound, &[]))?;
+        let after: u64 = ["ADDR4", "ADDR6", "PORTS"]
+            .iter()
+            .map(|m| dp.maps.memlock(m).unwrap_or(0))
+            .sum();
+        let frames: Vec<Vec<u8>> = (0..samples)
+            .map(|k| {
+                let r = &inbound[rng.random_range(0..inbound.len())];
+                let src = host_in(&r.net, &mut rng);
+                let dst: IpAddr = if src.is_ipv4() {
+                    IpAddr::V4(LOCAL)
+                } else {
+                    "fd00::1".parse().expect("v6")
+                };
+                let sport = 1024 + (k % 60000) as u16;
+                let l4 = match r.protocol {
+                    Protocol::Number(6) => L4::Tcp {
+                        sport,
+                        dport: r.lo,
+                        flags: TCP_SYN,
+                    },
+                    _ => L4::Udp { sport, dport: r.lo },
+                };
+                Spec::new(src, dst, l4).frame()
+            })
+            .collect();
+        let (mut sg, mut base) = (vec![], vec![]);
+        for chunk in frames.chunks(500) {
+            sg.push(cost(&dp, PROG_INGRESS, chunk)?);
+            base.push(cost(&dp, PROG_PASS, chunk)?);
+        }
+        let (sg, base) = (median_f(sg), median_f(base));
+        // Denied packets of new flows: the decision alone, no flow created.
+        let denied: Vec<Vec<u8>> = frames
+            .iter()
+            .map(|f| {
+                let mut f = f.clone();
+                deny(&mut f);
+                f
+            })
+            .collect();
+        let decision = cost(&dp, PROG_INGRESS, &denied)?;
+        let created = dp.maps.flows(1).len();
+        if created < samples / 2 {
+            bail!(
+                "only {created} of {samples} new flows were allowed: the generator and the policy disagree"
+            );
+        }
+        eprintln!(
+            "micro: new flow, {n} rules: {sg:.0} ns allowed and created, {decision:.0} ns denied (empty program {base:.0} ns)"
+        );
+        new_flow.push(
+            json!({"rules": n, "sg_ns": sg, "empty_ns": base, "over_empty_ns": sg - base,
+            "denied_ns": decision, "denied_over_empty_ns": decision - base,
+            "policy_memlock_bytes": after - before}),
+        );
+        if n == 10_000 {
+            out["memory"]["bytes_per_rule"] = json!((after - before) as f64 / n as f64);
+        }
+        dp.stop();
+    }
+    out["new_flow"] = json!(new_flow);
+    out["update"] = update(pin_dir)?;
+    out["config_10000_rules_parse_validate_ms"] = json!(parse_validate_ms()?);
+    let _ = std::fs::remove_dir_all(pin_dir);
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// Turns a frame of `micro`'s new-flow set into one no rule allows: the
+/// destination port becomes 1, below every generated range.
+fn deny(frame: &mut [u8]) {
+    let l4 = if frame[12..14] == [0x08, 0x00] {
+        14 + 20
+    } else {
+        14 + 40
+    };
+    frame[l4 + 2..l4 + 4].copy_from_slice(&1u16.to_be_bytes());
+}
+
+fn median_f(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// An address inside `net` (not the network address when there is room).
+fn host_in(net: &IpNet, rng: &mut StdRng) -> IpAddr {
+    match net {
+        IpNet::V4(n) => {
+            let size = 1u64 << (32 - n.prefix_len());
+            let off = if size > 2 {
+                rng.random_range(1..size - 1)
+            } else {
+                0
+            };
+            IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) + off as u32))
+        }
+        IpNet::V6(n) => {
+            let bits = (128 - n.prefix_len()).min(32);
+            let off = if bits > 1 {
+                rng.random_range(1..(1u64 << bits) - 1)
+            } else {
+                0
+            };
+            IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) + off as u128))
+        }
+    }
+}
+
+/// Compiles and swaps a 10,000-rule policy in while a probe thread runs
+/// packets that both policies allow and that both deny: any other verdict
+/// during the swap would be a packet judged by a mix.
+fn update(pin_dir: &Path) -> Result<serde_json::Value> {
+    let _ = std::fs::remove_dir_all(pin_dir);
+    let mut dp = Datapath::load(1 << 20, pin_dir)?;
+    let target = bench_targets();
+    let a = rules_ending_with(10_000, &target);
+    let mut b = rules(10_001);
+    b.remove(0);
+    b.extend_from_slice(&target);
+    dp.install(&spec(1), &compile(&a, &[]))?;
+    let prog_pin = pin_dir.join("probe-prog");
+    dp.pin_program(PROG_INGRESS, &prog_pin)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (runs, wrong) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let probe = {
+        let (stop, runs, wrong, pin) =
+            (stop.clone(), runs.clone(), wrong.clone(), prog_pin.clone());
+        std::thread::spawn(move || -> Result<()> {
+            let prog = aya::programs::SchedClassifier::from_pin(&pin)?;
+            let src: IpAddr = "10.77.0.1".parse()?;
+            let mut sport = 1024u16;
+            while !stop.load(Ordering::Relaxed) {
+                sport = sport.wrapping_add(1).max(1024);
+                // A new flow each time, so the policy (not the tracker) decides.
+                let allowed =
+                    Spec::new(src, IpAddr::V4(LOCAL), L4::Udp { sport, dport: 5353 }).frame();
+                let denied =
+                    Spec::new(src, IpAddr::V4(LOCAL), L4::Udp { sport, dport: 5354 }).frame();
+                let (ra, _) = datapath::test_run(&prog, &allowed, 1)?;
+                let (rd, _) = datapath::test_run(&prog, &denied, 1)?;
+                runs.fetch_add(2, Ordering::Relaxed);
+                if ra != 0 || rd != 2 {
+                    wrong.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    let compiled = compile(&b, &[]);
+    let t1 = Instant::now();
+    dp.install(&spec(1), &compiled)?;
+    let t2 = Instant::now();
+    dp.retire();
+    let t3 = Instant::now();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    probe
+        .join()
+        .map_err(|_| anyhow::anyhow!("probe thread panicked"))??;
+    let _ = std::fs::remove_file(&prog_pin);
+    dp.stop();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let v = json!({
+        "rules": 10_000,
+        "compile_ms": ms(t1 - t0),
+        "install_and_swap_ms": ms(t2 - t1),
+        "change_to_enforcement_ms": ms(t2 - t0),
+        "retire_old_ms": ms(t3 - t2),
+        "probe_packets": runs.load(Ordering::Relaxed),
+        "probes_judged_wrong": wrong.load(Ordering::Relaxed),
+        "atomic": wrong.load(Ordering::Relaxed) == 0,
+    });
+    eprintln!("micro: update of a 10,000-rule policy: {v}");
+    Ok(v)
+}
+
+/// Parsing and validating a file of 10,000 rules (200 groups of 50).
+fn parse_validate_ms() -> Result<f64> {
+    let mut text = String::from("quotas: {rules_per_group: 60}\nsecurity_groups:\n");
+    for g in 0..200 {
+        text.push_str(&format!("  - name: g{g}\n    ingress:\n"));
+        for r in 0..50 {
+            text.push_str(&format!(
+                "      - {{ip_protocol: tcp, from_port: {p}, to_port: {p}, ip_ranges: [10.{g}.{r}.0/24]}}\n",
+                p = 1000 + r
+            ));
+        }
+    }
+    let t = Instant::now();
+    let d = sg_agent::config::parse("bench.yaml", &text, None, None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let n: usize = d
+        .groups
+        .iter()
+        .filter(|g| !g.is_default)
+        .map(|g| g.ingress.len())
+        .sum();
+    if n != 10_000 {
+        bail!("parsed {n} rules, not 10,000");
+    }
+    Ok(ms)
+}
