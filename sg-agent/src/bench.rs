@@ -8,13 +8,15 @@ use crate::{compile::Flat, config::Protocol};
 
 /// `n` inbound rules: mixed prefix lengths of both families (/24, /28, /32;
 /// /48 to /128), single ports and 100-port ranges, TCP and UDP. Rule `i` is
-/// from `10.0.(i).0` (or `2001:db8:i::`), port `1000 + i % 5000`. None of them
+/// from `10.0.(i).0` (or `2001:db8:i::`), no two blocks overlapping, port `1000 + i % 5000`. None of them
 /// covers 10.77.0.0/16, the benchmarks' own traffic.
 pub fn rules(n: usize) -> Vec<Flat> {
     (0..n as u32)
         .map(|i| {
             let net = if i % 4 == 3 {
-                let a = Ipv6Addr::new(0x2001, 0xdb8, (i >> 8) as u16, i as u16, 0, 0, 0, 0);
+                // The index inside the first 48 bits: no two rules' blocks
+                // overlap, which nftables' interval sets require.
+                let a = Ipv6Addr::new(0x2001, 0xdb8, i as u16, 0, 0, 0, 0, 0);
                 IpNet::new(IpAddr::V6(a), [48, 64, 96, 128][(i % 16 / 4) as usize])
                     .expect("valid length")
                     .trunc()

@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask setup | build | demo | test`.
 //! Orchestration only; the product lives in the other crates.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -27,6 +28,12 @@ enum Task {
     },
     /// Build, then run the web/db demo between network namespaces.
     Demo,
+    /// Measure sg against no filter, nftables and iptables (not a test).
+    Bench {
+        /// A smaller sweep, in under five minutes.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build, check formatting and lints, then run every test of the
     /// workspace (kernel tests need root).
     Test {
@@ -54,6 +61,17 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             let bin = build(false)?;
             demo::run(&bin)
+        }
+        Task::Bench { quick } => {
+            setup::run()?;
+            let status = cargo()
+                .args(["build", "--release", "--package", "sg-agent", "--bins"])
+                .status()
+                .context("running cargo build")?;
+            if !status.success() {
+                bail!("building sg-bench failed ({status})");
+            }
+            bench::run(&target_dir().join("release/sg-bench"), quick)
         }
         Task::Test { args } => {
             setup::run()?;
@@ -108,6 +126,12 @@ fn cargo() -> Command {
     c
 }
 
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 /// Builds sg-agent; returns the binary's path.
 fn build(release: bool) -> Result<PathBuf> {
     let mut c = cargo();
@@ -119,10 +143,7 @@ fn build(release: bool) -> Result<PathBuf> {
     if !status.success() {
         bail!("building sg-agent failed ({status})");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    Ok(target
+    Ok(target_dir()
         .join(if release { "release" } else { "debug" })
         .join("sg-agent"))
 }

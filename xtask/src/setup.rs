@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 
 /// Debian packages: the BPF toolchain (Debian's Rust 1.96 with a prebuilt
 /// `core` for `bpfel-unknown-none`, LLVM 22 for bpf-linker), and the tools the
-/// tests, demo and bench drive.
+/// tests, demo and bench drive (and the font of the bench's plot).
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -24,6 +24,7 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "iptables",
     "netsniff-ng",
+    "fonts-dejavu-core",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -155,31 +155,25 @@ fn render(rules: &[Flat], format: Format) -> String {
     match format {
         Format::Nft => {
             // Sets of concatenated (address . protocol . port) intervals: one
-            // lookup per family, as a careful admin would write it.
-            let elems = |v6: bool| -> String {
-                rules
+            // lookup per family, as a careful admin would write it. Elements
+            // go in batches: one netlink message of 10,000 overflows.
+            let mut s = String::from(
+                "table inet sgbench {\n  set allow4 { type ipv4_addr . inet_proto . inet_service; flags interval; }\n  set allow6 { type ipv6_addr . inet_proto . inet_service; flags interval; }\n  chain input {\n    type filter hook input priority 0; policy drop;\n    ct state established,related accept\n    iif lo accept\n    icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept\n    ip saddr . meta l4proto . th dport @allow4 accept\n    ip6 saddr . meta l4proto . th dport @allow6 accept\n  }\n}\n",
+            );
+            for (set, v6) in [("allow4", false), ("allow6", true)] {
+                let elems: Vec<String> = rules
                     .iter()
                     .filter(|r| r.net.addr().is_ipv6() == v6)
                     .map(|r| format!("{} . {} . {}", r.net, proto_name(r.protocol), range(r)))
-                    .collect::<Vec<_>>()
-                    .join(",\n      ")
-            };
-            let set = |name: &str, ty: &str, elems: String| {
-                if elems.is_empty() {
-                    format!(
-                        "  set {name} {{ type {ty} . inet_proto . inet_service; flags interval; }}\n"
-                    )
-                } else {
-                    format!(
-                        "  set {name} {{ type {ty} . inet_proto . inet_service; flags interval;\n    elements = {{ {elems} }}\n  }}\n"
-                    )
+                    .collect();
+                for chunk in elems.chunks(500) {
+                    s.push_str(&format!(
+                        "add element inet sgbench {set} {{ {} }}\n",
+                        chunk.join(", ")
+                    ));
                 }
-            };
-            format!(
-                "table inet sgbench {{\n{}{}  chain input {{\n    type filter hook input priority 0; policy drop;\n    ct state established,related accept\n    iif lo accept\n    icmpv6 type {{ nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect }} accept\n    ip saddr . meta l4proto . th dport @allow4 accept\n    ip6 saddr . meta l4proto . th dport @allow6 accept\n  }}\n}}\n",
-                set("allow4", "ipv4_addr", elems(false)),
-                set("allow6", "ipv6_addr", elems(true)),
-            )
+            }
+            s
         }
         Format::Iptables | Format::Ip6tables => {
             // One rule per allowed entry, conntrack first: iptables as it is
