@@ -616,7 +616,7 @@ impl Maps {
     /// re-bases the flow count the datapath checks against the table's
     /// contents, so that nothing (a flush, an eviction) makes it drift.
     pub fn sweep(&mut self) -> Result<u64> {
-        let now = boottime_ns();
+        let now = flow_clock_ns();
         // Read before the walk: flows created during it then make the count
         // too high for one sweep, never too low.
         let inserted = self.inserted();
@@ -824,9 +824,10 @@ pub fn default_pin_dir() -> Result<PathBuf> {
     )))
 }
 
-/// The clock `bpf_ktime_get_boot_ns` reads.
-pub fn boottime_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME");
+/// The clock the datapath stamps flows with (`bpf_ktime_get_coarse_ns`,
+/// CLOCK_MONOTONIC at tick resolution).
+pub fn flow_clock_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
     Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32).as_nanos() as u64
 }
 
@@ -843,11 +844,12 @@ fn raise_memlock() {
     }
 }
 
-/// Renders a conntrack key's address for logs.
-pub fn ct_addr(family: u8, a: &[u8; 16]) -> IpAddr {
+/// A conntrack or fragment key's address as an `IpAddr`.
+pub fn ct_addr(family: u8, a: &sg_common::Addr) -> IpAddr {
+    let b = sg_common::addr_bytes(a);
     if family == sg_common::FAMILY_V4 {
-        IpAddr::from([a[0], a[1], a[2], a[3]])
+        IpAddr::from([b[0], b[1], b[2], b[3]])
     } else {
-        IpAddr::from(*a)
+        IpAddr::from(b)
     }
 }

@@ -11,7 +11,7 @@ use core::mem::size_of;
 /// Version of the map layout. Pins live under `/sys/fs/bpf/sg/v{LAYOUT_VERSION}`;
 /// bump it whenever a key or value below changes, since aya reuses a pinned map
 /// without checking its layout.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Direction of a packet relative to the workload behind the interface.
 pub const DIR_INBOUND: u8 = 0;
@@ -125,9 +125,25 @@ pub struct PortVal {
 }
 const _: () = assert!(size_of::<PortVal>() == 4);
 
+/// An IPv4 or IPv6 address as four 32-bit words holding its bytes in network
+/// order (IPv4: the first word, the rest zero). Words rather than bytes: the
+/// BPF target has no unaligned access, and byte arrays are copied a byte at a
+/// time.
+pub type Addr = [u32; 4];
+
+/// The bytes of an [`Addr`], in network order.
+#[inline(always)]
+pub fn addr_bytes(a: &Addr) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    for (i, w) in a.iter().enumerate() {
+        b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    b
+}
+
 /// Connection-tracking key: the same for both directions of a flow, because it
 /// names the workload's (local) end and the peer's (remote) end rather than
-/// source and destination. IPv4 addresses use the first 4 bytes.
+/// source and destination.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
@@ -139,8 +155,8 @@ pub struct CtKey {
     pub local_port: u16,
     pub remote_port: u16,
     pub _pad: u16,
-    pub local: [u8; 16],
-    pub remote: [u8; 16],
+    pub local: Addr,
+    pub remote: Addr,
 }
 const _: () = assert!(size_of::<CtKey>() == 44);
 
@@ -164,7 +180,7 @@ pub const CT_FIN_REPLY: u8 = 1 << 4;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtVal {
-    /// `bpf_ktime_get_boot_ns` of the last packet, refreshed in place at most
+    /// The flow clock (`bpf_ktime_get_coarse_ns`) at the last packet, refreshed in place at most
     /// once per [`CT_REFRESH_NS`].
     pub last_seen_ns: u64,
     pub created_ns: u64,
@@ -232,8 +248,8 @@ pub struct FragKey {
     pub family: u8,
     pub proto: u8,
     pub _pad: u16,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: Addr,
+    pub dst: Addr,
 }
 const _: () = assert!(size_of::<FragKey>() == 44);
 

@@ -9,11 +9,11 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
-use core::ffi::c_void;
+use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_NO_COMMON_LRU, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_ktime_get_boot_ns, generated::bpf_map_lookup_percpu_elem},
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_map_lookup_percpu_elem},
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
@@ -159,8 +159,8 @@ fn count(slot: u32, dir: u32, len: u64, verdict: Result<Pass, Reason>) {
 struct Pkt {
     family: u8,
     proto: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
+    src: Addr,
+    dst: Addr,
     /// Destination / source port in network order (ICMP: `[type, code]` in
     /// `dport`, the query identifier in `sport`).
     sport: [u8; 2],
@@ -182,8 +182,32 @@ const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
+/// The flow clock: CLOCK_MONOTONIC at tick resolution. Timeouts are seconds
+/// and refreshes a quarter second, so a tick (at most 10 ms) is precision
+/// enough, and the coarse clock is a plain read where the precise one reads
+/// the clock source (costly in a VM).
 #[inline(always)]
-fn load<T>(ctx: &TcContext, off: usize) -> Result<T, Reason> {
+fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+#[inline(always)]
+fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, Reason> {
+    // Headers are almost always in the linear part of the skb: read them in
+    // place (no helper call). The bound on `off` keeps the verifier's packet
+    // range analysis finite; anything else goes through the helper, which
+    // also reads paged data.
+    const DIRECT_MAX: usize = 255;
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if off <= DIRECT_MAX {
+        let off = off & DIRECT_MAX;
+        if start + off + size_of::<T>() <= end {
+            // SAFETY: bounds checked against data_end just above; packet
+            // loads need no alignment on the architectures BPF JITs for here.
+            return Ok(unsafe { core::ptr::read((start + off) as *const T) });
+        }
+    }
     ctx.load::<T>(off).map_err(|_| Reason::Malformed)
 }
 
@@ -216,7 +240,7 @@ fn decide(ctx: &TcContext, ifindex: u32, cfg: &IfaceCfg, dir: u8) -> Result<Pass
     let verdict = decide_l4(ifindex, cfg, dir, &pkt);
     if verdict.is_ok() && pkt.frag == FRAG_FIRST {
         let key = frag_key(ifindex, &pkt);
-        let now = unsafe { bpf_ktime_get_boot_ns() };
+        let now = now_ns();
         if FRAGS.insert(key, now, BPF_ANY as u64).is_err() {
             return Err(Reason::MapError);
         }
@@ -243,7 +267,7 @@ fn frag_key(ifindex: u32, p: &Pkt) -> FragKey {
 fn later_fragment(ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> Result<Pass, Reason> {
     let key = frag_key(ifindex, p);
     if let Some(t) = unsafe { FRAGS.get(key) } {
-        let now = unsafe { bpf_ktime_get_boot_ns() };
+        let now = now_ns();
         if now.wrapping_sub(*t) <= TIMEOUT_FRAG_S as u64 * 1_000_000_000 {
             return Ok(Pass::Plain);
         }
@@ -263,29 +287,35 @@ fn later_fragment(ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> Result<Pass
     }
 }
 
+/// The bytes of a header loaded as words (for aligned word access to the
+/// addresses and cheap byte access to the rest).
+#[inline(always)]
+fn bytes<const W: usize, const B: usize>(w: &[u32; W]) -> &[u8; B] {
+    const { assert!(W * 4 == B) };
+    // SAFETY: same size, and u8 has no alignment requirement.
+    unsafe { &*(w as *const [u32; W] as *const [u8; B]) }
+}
+
 #[inline(always)]
 fn parse_v4(ctx: &TcContext) -> Result<Pkt, Reason> {
-    let ip: Ipv4Hdr = load(ctx, EthHdr::LEN)?;
-    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
-    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl {
+    let w: [u32; 5] = load(ctx, EthHdr::LEN)?;
+    let b: &[u8; 20] = bytes(&w);
+    let ihl = ((b[0] & 0x0f) as usize) * 4;
+    let tot_len = u16::from_be_bytes([b[2], b[3]]) as usize;
+    if b[0] >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl {
         return Err(Reason::Malformed);
     }
     if EthHdr::LEN + tot_len > ctx.len() as usize {
         return Err(Reason::Malformed);
     }
-    let frags = u16::from_be_bytes(ip.frags);
+    let frags = u16::from_be_bytes([b[6], b[7]]);
     let offset = frags & 0x1fff;
     let more = frags & 0x2000 != 0;
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src[..4].copy_from_slice(&ip.src_addr);
-    dst[..4].copy_from_slice(&ip.dst_addr);
     let mut pkt = Pkt {
         family: FAMILY_V4,
-        proto: ip.proto,
-        src,
-        dst,
+        proto: b[9],
+        src: [w[3], 0, 0, 0],
+        dst: [w[4], 0, 0, 0],
         sport: [0, 0],
         dport: [0, 0],
         tcp_flags: 0,
@@ -296,7 +326,7 @@ fn parse_v4(ctx: &TcContext) -> Result<Pkt, Reason> {
         } else {
             FRAG_NONE
         },
-        frag_id: u16::from_be_bytes(ip.id) as u32,
+        frag_id: u16::from_be_bytes([b[4], b[5]]) as u32,
         l4_off: 0,
     };
     if pkt.frag != FRAG_LATER {
@@ -318,19 +348,20 @@ const NEXTHDR_DEST: u8 = 60;
 
 #[inline(always)]
 fn parse_v6(ctx: &TcContext) -> Result<Pkt, Reason> {
-    let ip: Ipv6Hdr = load(ctx, EthHdr::LEN)?;
-    if ip.vcf[0] >> 4 != 6 {
+    let w: [u32; 10] = load(ctx, EthHdr::LEN)?;
+    let b: &[u8; 40] = bytes(&w);
+    if b[0] >> 4 != 6 {
         return Err(Reason::Malformed);
     }
-    let end = EthHdr::LEN + Ipv6Hdr::LEN + u16::from_be_bytes(ip.payload_len) as usize;
+    let end = EthHdr::LEN + Ipv6Hdr::LEN + u16::from_be_bytes([b[4], b[5]]) as usize;
     if end > ctx.len() as usize {
         return Err(Reason::Malformed);
     }
     let mut pkt = Pkt {
         family: FAMILY_V6,
-        proto: ip.next_hdr,
-        src: ip.src_addr,
-        dst: ip.dst_addr,
+        proto: b[6],
+        src: [w[2], w[3], w[4], w[5]],
+        dst: [w[6], w[7], w[8], w[9]],
         sport: [0, 0],
         dport: [0, 0],
         tcp_flags: 0,
@@ -390,7 +421,8 @@ fn parse_l4(ctx: &TcContext, off: usize, end: usize, pkt: &mut Pkt) -> Result<()
             if off + TcpHdr::LEN > end {
                 return Err(Reason::Malformed);
             }
-            let h: [u8; 14] = load(ctx, off)?;
+            let w: [u32; 4] = load(ctx, off)?;
+            let h: &[u8; 16] = bytes(&w);
             let doff = (h[12] >> 4) as usize * 4;
             if doff < TcpHdr::LEN || off + doff > end {
                 return Err(Reason::Malformed);
@@ -403,7 +435,8 @@ fn parse_l4(ctx: &TcContext, off: usize, end: usize, pkt: &mut Pkt) -> Result<()
             if off + 8 > end {
                 return Err(Reason::Malformed);
             }
-            let h: [u8; 4] = load(ctx, off)?;
+            let w: [u32; 1] = load(ctx, off)?;
+            let h: &[u8; 4] = bytes(&w);
             pkt.sport = [h[0], h[1]];
             pkt.dport = [h[2], h[3]];
         }
@@ -411,7 +444,8 @@ fn parse_l4(ctx: &TcContext, off: usize, end: usize, pkt: &mut Pkt) -> Result<()
             if off + 8 > end {
                 return Err(Reason::Malformed);
             }
-            let h: [u8; 6] = load(ctx, off)?;
+            let w: [u32; 2] = load(ctx, off)?;
+            let h: &[u8; 8] = bytes(&w);
             pkt.dport = [h[0], h[1]];
             // The identifier keys query/reply pairs; other messages key by
             // addresses alone.
@@ -440,22 +474,28 @@ fn icmp_is_error(family: u8, proto: u8, t: u8) -> bool {
 #[inline(always)]
 fn related(ctx: &TcContext, ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> bool {
     let off = p.l4_off + 8;
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    let (proto, l4) = if p.family == FAMILY_V4 {
-        let Ok(ip) = ctx.load::<Ipv4Hdr>(off) else {
+    let (proto, l4, src, dst) = if p.family == FAMILY_V4 {
+        let Ok(w) = ctx.load::<[u32; 5]>(off) else {
             return false;
         };
-        src[..4].copy_from_slice(&ip.src_addr);
-        dst[..4].copy_from_slice(&ip.dst_addr);
-        (ip.proto, off + (((ip.vihl & 0x0f) as usize * 4) & 0x3c))
+        let b: &[u8; 20] = bytes(&w);
+        (
+            b[9],
+            off + (((b[0] & 0x0f) as usize * 4) & 0x3c),
+            [w[3], 0, 0, 0],
+            [w[4], 0, 0, 0],
+        )
     } else {
-        let Ok(ip) = ctx.load::<Ipv6Hdr>(off) else {
+        let Ok(w) = ctx.load::<[u32; 10]>(off) else {
             return false;
         };
-        src = ip.src_addr;
-        dst = ip.dst_addr;
-        (ip.next_hdr, off + Ipv6Hdr::LEN)
+        let b: &[u8; 40] = bytes(&w);
+        (
+            b[6],
+            off + Ipv6Hdr::LEN,
+            [w[2], w[3], w[4], w[5]],
+            [w[6], w[7], w[8], w[9]],
+        )
     };
     let Ok(h) = ctx.load::<[u8; 8]>(l4) else {
         return false;
@@ -489,7 +529,7 @@ fn related(ctx: &TcContext, ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> b
     let Some(ct) = (unsafe { CT.get(key) }) else {
         return false;
     };
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let now = now_ns();
     now.wrapping_sub(ct.last_seen_ns) <= timeout_ns(cfg, ct.state, ct.flags)
 }
 
@@ -526,7 +566,7 @@ fn policy(
     cfg: &IfaceCfg,
     dir: u8,
     family: u8,
-    remote: &[u8; 16],
+    remote: &Addr,
     proto: u8,
     port: [u8; 2],
     prefix: u32,
@@ -535,31 +575,32 @@ fn policy(
     if id == 0 {
         return None;
     }
+    // Trie keys are packed structs; built as word arrays of the same layout
+    // they are written with word stores instead of byte stores.
     let class = if family == FAMILY_V4 {
-        let mut addr = [0u8; 4];
-        addr.copy_from_slice(&remote[..4]);
-        let k = Key::new(ADDR_KEY_POLICY_BITS + 32, AddrKey4 { policy: id, addr });
-        *ADDR4.get(&k)?
+        let k: [u32; 3] = [ADDR_KEY_POLICY_BITS + 32, id, remote[0]];
+        // SAFETY: `Key<AddrKey4>` is packed (align 1) with this layout:
+        // prefix_len, policy, the address bytes.
+        *ADDR4.get(unsafe { &*(k.as_ptr() as *const Key<AddrKey4>) })?
     } else {
-        let k = Key::new(
+        let k: [u32; 6] = [
             ADDR_KEY_POLICY_BITS + 128,
-            AddrKey6 {
-                policy: id,
-                addr: *remote,
-            },
-        );
-        *ADDR6.get(&k)?
+            id,
+            remote[0],
+            remote[1],
+            remote[2],
+            remote[3],
+        ];
+        // SAFETY: as above, for `Key<AddrKey6>`.
+        *ADDR6.get(unsafe { &*(k.as_ptr() as *const Key<AddrKey6>) })?
     };
-    let k = Key::new(
+    let k: [u32; 3] = [
         prefix,
-        PortKey {
-            class,
-            proto,
-            port_be: port,
-            _pad: 0,
-        },
-    );
-    let v = PORTS.get(&k)?;
+        class,
+        u32::from_ne_bytes([proto, port[0], port[1], 0]),
+    ];
+    // SAFETY: `Key<PortKey>` is packed: prefix_len, class, proto, port, pad.
+    let v = PORTS.get(unsafe { &*(k.as_ptr() as *const Key<PortKey>) })?;
     if v.flags & PORT_ALLOW != 0 {
         Some(v.flags)
     } else {
@@ -595,7 +636,7 @@ fn decide_l4(ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> Result<Pass, Rea
         local,
         remote,
     };
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let now = now_ns();
 
     let existing = CT.get_ptr_mut(key);
     if let Some(ct) = existing {

@@ -255,7 +255,7 @@ fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
         let mut dp = Datapath::load(size.max(1024) as u32, pin_dir)?;
         dp.load_baseline()?;
         dp.install(&spec(1), &compile(&rules(1), &[]))?;
-        let now = datapath::boottime_ns();
+        let now = datapath::flow_clock_ns();
         let mut flows = Vec::with_capacity(size);
         let mut seen = HashSet::new();
         while flows.len() < size {
@@ -270,8 +270,8 @@ fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
                 proto: 6,
                 ..Default::default()
             };
-            key.local[..4].copy_from_slice(&LOCAL.octets());
-            key.remote[..4].copy_from_slice(&remote.octets());
+            key.local[0] = u32::from_ne_bytes(LOCAL.octets());
+            key.remote[0] = u32::from_ne_bytes(remote.octets());
             key.local_port = u16::from_ne_bytes(lp.to_be_bytes());
             key.remote_port = u16::from_ne_bytes(rp.to_be_bytes());
             let val = CtVal {
