@@ -11,7 +11,7 @@ use core::mem::size_of;
 /// Version of the map layout. Pins live under `/sys/fs/bpf/sg/v{LAYOUT_VERSION}`;
 /// bump it whenever a key or value below changes, since aya reuses a pinned map
 /// without checking its layout.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Direction of a packet relative to the workload behind the interface.
 pub const DIR_INBOUND: u8 = 0;
@@ -183,14 +183,13 @@ pub struct CtVal {
     /// The flow clock (`bpf_ktime_get_coarse_ns`) at the last packet, refreshed in place at most
     /// once per [`CT_REFRESH_NS`].
     pub last_seen_ns: u64,
-    pub created_ns: u64,
     pub state: u8,
     pub flags: u8,
     /// ICMP: the request type that opened the flow.
     pub icmp_type: u8,
     pub _pad: [u8; 5],
 }
-const _: () = assert!(size_of::<CtVal>() == 24);
+const _: () = assert!(size_of::<CtVal>() == 16);
 
 /// Refresh granularity of `CtVal::last_seen_ns`: rewriting it on every packet
 /// would bounce its cache line between CPUs for no gain in precision worth

@@ -775,7 +775,6 @@ fn create(key: &CtKey, replace: bool, p: &Pkt, dir: u8, now: u64) -> Result<Pass
     };
     let val = CtVal {
         last_seen_ns: now,
-        created_ns: now,
         state,
         flags: if dir == DIR_OUTBOUND {
             CT_ORIG_OUTBOUND

@@ -249,7 +249,6 @@ fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
         &[1_000, 65_536, 1_000_000]
     };
     let mut established = vec![];
-    let mut empty_ns = vec![];
     for &size in sizes {
         let _ = std::fs::remove_dir_all(pin_dir);
         let mut dp = Datapath::load(size.max(1024) as u32, pin_dir)?;
@@ -276,7 +275,6 @@ fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
             key.remote_port = u16::from_ne_bytes(rp.to_be_bytes());
             let val = CtVal {
                 last_seen_ns: now,
-                created_ns: now,
                 state: TCP_ESTABLISHED,
                 icmp_type: 0xff,
                 ..Default::default()
@@ -319,7 +317,6 @@ fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
         );
         established.push(json!({"flows": size, "sg_ns": sg, "empty_ns": base, "over_empty_ns": sg - base,
             "warm_sg_ns": warm_sg, "warm_empty_ns": warm_base, "warm_over_empty_ns": warm_sg - warm_base}));
-        empty_ns.push(base);
         if size == *sizes.last().expect("sizes") {
             let ct = dp.maps.memlock("CT")?;
             let entries = ((size.max(1024) as u64) + (size.max(1024) as u64 / 16).max(1024))
