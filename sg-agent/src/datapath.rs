@@ -139,22 +139,10 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("loading program {name} (verifier)"))?;
         }
-        let mut take = |name: &str| {
+        let maps = Maps::build(dir, |name| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the object"))
-        };
-        let maps = Maps {
-            dir: dir.to_path_buf(),
-            ifaces: HashMap::try_from(take("IFACES")?)?,
-            addr4: LpmTrie::try_from(take("ADDR4")?)?,
-            addr6: LpmTrie::try_from(take("ADDR6")?)?,
-            ports: LpmTrie::try_from(take("PORTS")?)?,
-            ct: HashMap::try_from(take("CT")?)?,
-            frags: HashMap::try_from(take("FRAGS")?)?,
-            ct_inserted: PerCpuArray::try_from(take("CT_INSERTED")?)?,
-            ct_removed: Array::try_from(take("CT_REMOVED")?)?,
-            stats: PerCpuArray::try_from(take("STATS")?)?,
-        };
+        })?;
         // Continue the ids of whatever an earlier agent left in force, so
         // that new policy never overwrites entries a live packet may use.
         let cfgs = maps.iface_cfgs();
@@ -552,7 +540,7 @@ pub struct IfaceStats {
 impl Maps {
     /// Opens the maps an agent pinned under `dir`.
     pub fn open(dir: &Path) -> Result<Maps> {
-        let open = |name: &str| -> Result<Map> {
+        Maps::build(dir, |name| {
             let path = dir.join(name);
             let data = MapData::from_pin(&path).with_context(|| {
                 format!(
@@ -561,18 +549,22 @@ impl Maps {
                 )
             })?;
             Ok(Map::from_map_data(data)?)
-        };
+        })
+    }
+
+    /// The typed maps, each got by name from `get`.
+    fn build(dir: &Path, mut get: impl FnMut(&str) -> Result<Map>) -> Result<Maps> {
         Ok(Maps {
             dir: dir.to_path_buf(),
-            ifaces: HashMap::try_from(open("IFACES")?)?,
-            addr4: LpmTrie::try_from(open("ADDR4")?)?,
-            addr6: LpmTrie::try_from(open("ADDR6")?)?,
-            ports: LpmTrie::try_from(open("PORTS")?)?,
-            ct: HashMap::try_from(open("CT")?)?,
-            frags: HashMap::try_from(open("FRAGS")?)?,
-            ct_inserted: PerCpuArray::try_from(open("CT_INSERTED")?)?,
-            ct_removed: Array::try_from(open("CT_REMOVED")?)?,
-            stats: PerCpuArray::try_from(open("STATS")?)?,
+            ifaces: HashMap::try_from(get("IFACES")?)?,
+            addr4: LpmTrie::try_from(get("ADDR4")?)?,
+            addr6: LpmTrie::try_from(get("ADDR6")?)?,
+            ports: LpmTrie::try_from(get("PORTS")?)?,
+            ct: HashMap::try_from(get("CT")?)?,
+            frags: HashMap::try_from(get("FRAGS")?)?,
+            ct_inserted: PerCpuArray::try_from(get("CT_INSERTED")?)?,
+            ct_removed: Array::try_from(get("CT_REMOVED")?)?,
+            stats: PerCpuArray::try_from(get("STATS")?)?,
         })
     }
 

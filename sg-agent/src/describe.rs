@@ -50,17 +50,9 @@ fn permissions(d: &Desired, g: &Group, rules: &[Rule]) -> Value {
                         peering,
                         stale,
                     } => {
-                        let mut p = desc("GroupId", id.clone());
-                        p["UserId"] = d
-                            .group(id)
-                            .map_or(g.owner.clone(), |x| x.owner.clone())
-                            .into();
-                        if *vpc != g.vpc {
-                            p["VpcId"] = vpc.clone().into();
-                            if let Some(pc) = peering {
-                                p["VpcPeeringConnectionId"] = pc.clone().into();
-                            }
-                            p["PeeringStatus"] = if *stale { "deleted" } else { "active" }.into();
+                        let mut p = group_pair(d, g, id, vpc, peering, *stale);
+                        if let Some(dsc) = &r.description {
+                            p["Description"] = dsc.clone().into();
                         }
                         pairs.push(p);
                     }
@@ -81,6 +73,29 @@ fn permissions(d: &Desired, g: &Group, rules: &[Rule]) -> Value {
         })
         .collect();
     Value::Array(perms)
+}
+
+/// A referenced group as AWS shows it (`UserIdGroupPairs` entries and
+/// `ReferencedGroupInfo`): with its VPC and peering when it lies in another
+/// VPC, `PeeringStatus: deleted` when the reference is stale.
+fn group_pair(
+    d: &Desired,
+    g: &Group,
+    id: &str,
+    vpc: &str,
+    peering: &Option<String>,
+    stale: bool,
+) -> Value {
+    let owner = d.group(id).map_or(&g.owner, |x| &x.owner);
+    let mut p = json!({"GroupId": id, "UserId": owner});
+    if vpc != g.vpc {
+        p["VpcId"] = vpc.into();
+        if let Some(pc) = peering {
+            p["VpcPeeringConnectionId"] = pc.clone().into();
+        }
+        p["PeeringStatus"] = if stale { "deleted" } else { "active" }.into();
+    }
+    p
 }
 
 pub fn security_groups(d: &Desired) -> Value {
@@ -127,18 +142,7 @@ pub fn security_group_rules(d: &Desired) -> Value {
                         vpc,
                         peering,
                         stale,
-                    } => {
-                        let mut info = json!({"GroupId": id, "UserId": g.owner});
-                        if *vpc != g.vpc {
-                            info["VpcId"] = vpc.clone().into();
-                            if let Some(pc) = peering {
-                                info["VpcPeeringConnectionId"] = pc.clone().into();
-                            }
-                            info["PeeringStatus"] =
-                                if *stale { "deleted" } else { "active" }.into();
-                        }
-                        v["ReferencedGroupInfo"] = info;
-                    }
+                    } => v["ReferencedGroupInfo"] = group_pair(d, g, id, vpc, peering, *stale),
                 }
                 if let Some(dsc) = &r.description {
                     v["Description"] = dsc.clone().into();

@@ -8,10 +8,7 @@ pub const ETH_IPV4: u16 = 0x0800;
 pub const ETH_IPV6: u16 = 0x86dd;
 pub const ETH_ARP: u16 = 0x0806;
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+pub use sg_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// The transport part of a packet.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use std::{
 use sg_common::{
     CT_FIN_ORIG, CT_FIN_REPLY, CT_ORIG_OUTBOUND, CT_SEEN_REPLY, CT_STATE_ICMP, CT_STATE_OTHER,
     CT_STATE_UDP, CT_UDP_STREAM, DIR_INBOUND, DIR_OUTBOUND, FAMILY_V4, FAMILY_V6, MAX_EXT_HEADERS,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Reason, TCP_CLOSED, TCP_ESTABLISHED,
-    TCP_FIN_WAIT, TCP_RESET, TCP_SYN_SENT,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Reason, TCP_ACK, TCP_CLOSED, TCP_ESTABLISHED,
+    TCP_FIN, TCP_FIN_WAIT, TCP_RESET, TCP_RST, TCP_SYN, TCP_SYN_SENT,
 };
 
 use crate::{compile::Flat, config::Protocol};
@@ -87,11 +87,6 @@ struct Packet {
     frag_id: u32,
     l4: usize,
 }
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 /// The verdict on `frame`, seen in direction `dir` (`DIR_INBOUND` or
 /// `DIR_OUTBOUND`), and the tracker's state after it.

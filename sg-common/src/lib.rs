@@ -160,6 +160,12 @@ pub struct CtKey {
 }
 const _: () = assert!(size_of::<CtKey>() == 44);
 
+/// TCP header flags.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
 /// TCP states kept by the tracker (SEMANTICS §3).
 pub const TCP_SYN_SENT: u8 = 1;
 pub const TCP_ESTABLISHED: u8 = 2;

@@ -177,11 +177,6 @@ const FRAG_NONE: u8 = 0;
 const FRAG_FIRST: u8 = 1;
 const FRAG_LATER: u8 = 2;
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-
 /// The flow clock: CLOCK_MONOTONIC at tick resolution. Timeouts are seconds
 /// and refreshes a quarter second, so a tick (at most 10 ms) is precision
 /// enough, and the coarse clock is a plain read where the precise one reads
@@ -505,32 +500,46 @@ fn related(ctx: &TcContext, ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> b
         PROTO_ICMP | PROTO_ICMPV6 => ([h[4], h[5]], [0, 0]),
         _ => ([0, 0], [0, 0]),
     };
-    let is_icmp = proto == PROTO_ICMP || proto == PROTO_ICMPV6;
     let quoted_outbound = dir == DIR_INBOUND;
     let (local, remote, lport, rport) = if quoted_outbound {
         (src, dst, sport, dport)
     } else {
         (dst, src, dport, sport)
     };
-    let key = CtKey {
-        ifindex,
-        family: p.family,
-        proto,
-        local_port: u16::from_ne_bytes(if is_icmp { sport } else { lport }),
-        remote_port: if is_icmp {
-            0
-        } else {
-            u16::from_ne_bytes(rport)
-        },
-        _pad: 0,
-        local,
-        remote,
-    };
+    let key = ct_key(ifindex, p.family, proto, local, remote, lport, rport, sport);
     let Some(ct) = (unsafe { CT.get(key) }) else {
         return false;
     };
     let now = now_ns();
     now.wrapping_sub(ct.last_seen_ns) <= timeout_ns(cfg, ct.state, ct.flags)
+}
+
+/// The tracking key of a flow, named by the workload's (local) and the peer's
+/// (remote) ends so that both directions find it. ICMP keys by the query
+/// identifier `id` alone.
+#[expect(clippy::too_many_arguments, reason = "a key has this many parts")]
+#[inline(always)]
+fn ct_key(
+    ifindex: u32,
+    family: u8,
+    proto: u8,
+    local: Addr,
+    remote: Addr,
+    lport: [u8; 2],
+    rport: [u8; 2],
+    id: [u8; 2],
+) -> CtKey {
+    let icmp = proto == PROTO_ICMP || proto == PROTO_ICMPV6;
+    CtKey {
+        ifindex,
+        family,
+        proto,
+        local_port: u16::from_ne_bytes(if icmp { id } else { lport }),
+        remote_port: if icmp { 0 } else { u16::from_ne_bytes(rport) },
+        _pad: 0,
+        local,
+        remote,
+    }
 }
 
 /// For an ICMP query type, the type of its reply.
@@ -616,26 +625,10 @@ fn decide_l4(ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> Result<Pass, Rea
     } else {
         (p.src, p.dst, p.sport, p.dport)
     };
-    let is_icmp = p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6;
-    let key = CtKey {
-        ifindex,
-        family: p.family,
-        proto: p.proto,
-        // ICMP queries key by identifier alone; the type travels in `dport`.
-        local_port: if is_icmp {
-            u16::from_ne_bytes(p.sport)
-        } else {
-            u16::from_ne_bytes(lport)
-        },
-        remote_port: if is_icmp {
-            0
-        } else {
-            u16::from_ne_bytes(rport)
-        },
-        _pad: 0,
-        local,
-        remote,
-    };
+    // ICMP queries key by identifier (in `sport`); the type travels in `dport`.
+    let key = ct_key(
+        ifindex, p.family, p.proto, local, remote, lport, rport, p.sport,
+    );
     let now = now_ns();
 
     let existing = CT.get_ptr_mut(key);

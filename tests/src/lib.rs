@@ -676,6 +676,12 @@ pub fn udp_probe(ns: &Netns, dst: SocketAddr, timeout: Duration) -> Result<Seen>
     })?
 }
 
+/// A socket address from an address of either family and a port.
+pub fn addr(ip: &str, port: u16) -> SocketAddr {
+    let ip: std::net::IpAddr = ip.parse().expect("an IP address");
+    SocketAddr::new(ip, port)
+}
+
 /// Waits until `f` holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

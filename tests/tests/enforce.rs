@@ -1,7 +1,7 @@
 //! First enforcement tests: real packets between two namespaces, filtered by
 //! the agent attached to the server's interface.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use sg_tests::*;
 
@@ -20,10 +20,6 @@ network_interfaces:
   - interface: eth0
     groups: [app]
 "#;
-
-fn addr(ip: &str, port: u16) -> SocketAddr {
-    format!("{ip}:{port}").parse().unwrap()
-}
 
 #[test]
 fn allowed_tcp_port_connects_and_carries_data() {
@@ -153,8 +149,8 @@ security_groups:
 network_interfaces:
   - {interface: eth0, groups: [app]}
 "#;
-    let ok = tcp_echo_server(&pair.server, addr(&format!("[{SERVER_V6}]"), 8080)).unwrap();
-    let no = tcp_echo_server(&pair.server, addr(&format!("[{SERVER_V6}]"), 8081)).unwrap();
+    let ok = tcp_echo_server(&pair.server, addr(SERVER_V6, 8080)).unwrap();
+    let no = tcp_echo_server(&pair.server, addr(SERVER_V6, 8081)).unwrap();
     let v4 = tcp_echo_server(&pair.server, addr(SERVER_V4, 8080)).unwrap();
     let _agent = Agent::start(&pair.server, policy).unwrap();
     assert_eq!(tcp_probe(&pair.client, ok, T).unwrap(), Seen::Pass);

@@ -1,20 +1,12 @@
 //! The agent under change: live reloads, group membership, interfaces that
 //! come and go, and restarts (also after `kill -9`), with traffic running.
 
-use std::{net::SocketAddr, thread, time::Duration};
+use std::{thread, time::Duration};
 
 use nix::sys::signal::Signal;
 use sg_tests::*;
 
 const T: Duration = Duration::from_secs(2);
-
-fn addr(ip: &str, port: u16) -> SocketAddr {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}").parse().unwrap()
-    } else {
-        format!("{ip}:{port}").parse().unwrap()
-    }
-}
 
 fn server_config(extra_rule: &str) -> String {
     format!(

@@ -13,14 +13,6 @@ use sg_tests::*;
 
 const T: Duration = Duration::from_secs(2);
 
-fn addr(ip: &str, port: u16) -> SocketAddr {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}").parse().unwrap()
-    } else {
-        format!("{ip}:{port}").parse().unwrap()
-    }
-}
-
 fn config(ingress: &str, extra: &str) -> String {
     format!(
         "security_groups:\n  - name: app\n    ingress:\n{ingress}\nnetwork_interfaces:\n  - interface: eth0\n    groups: [app]\n{extra}"

@@ -224,6 +224,17 @@ fn cost(dp: &Datapath, prog: &str, frames: &[Vec<u8>]) -> Result<f64> {
     Ok(median(ns))
 }
 
+/// sg's and the empty program's cost on `frames`, alternating the two over
+/// chunks so that the machine's drift hits both alike.
+fn alternate(dp: &Datapath, frames: &[Vec<u8>]) -> Result<(f64, f64)> {
+    let (mut sg, mut base) = (vec![], vec![]);
+    for chunk in frames.chunks(500) {
+        sg.push(cost(dp, PROG_INGRESS, chunk)?);
+        base.push(cost(dp, PROG_PASS, chunk)?);
+    }
+    Ok((median_f(sg), median_f(base)))
+}
+
 /// Mean nanoseconds per run when each frame is run 64 times in a row: the
 /// flow's own entries warm, as for a packet of a busy flow.
 fn warm_cost(dp: &Datapath, prog: &str, frames: &[Vec<u8>]) -> Result<f64> {
@@ -297,13 +308,7 @@ fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
                 .frame()
             })
             .collect();
-        // Alternate the two programs so that drift hits both alike.
-        let (mut sg, mut base) = (vec![], vec![]);
-        for chunk in frames.chunks(500) {
-            sg.push(cost(&dp, PROG_INGRESS, chunk)?);
-            base.push(cost(&dp, PROG_PASS, chunk)?);
-        }
-        let (sg, base) = (median_f(sg), median_f(base));
+        let (sg, base) = alternate(&dp, &frames)?;
         let (warm_sg, warm_base) = (
             warm_cost(&dp, PROG_INGRESS, &frames)?,
             warm_cost(&dp, PROG_PASS, &frames)?,
@@ -371,12 +376,7 @@ fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
                 Spec::new(src, dst, l4).frame()
             })
             .collect();
-        let (mut sg, mut base) = (vec![], vec![]);
-        for chunk in frames.chunks(500) {
-            sg.push(cost(&dp, PROG_INGRESS, chunk)?);
-            base.push(cost(&dp, PROG_PASS, chunk)?);
-        }
-        let (sg, base) = (median_f(sg), median_f(base));
+        let (sg, base) = alternate(&dp, &frames)?;
         // Denied packets of new flows: the decision alone, no flow created.
         let denied: Vec<Vec<u8>> = frames
             .iter()

@@ -763,48 +763,23 @@ pub fn validate(
             Some(id) => id.clone(),
             None => make_id("eni", &[&r.interface]),
         };
-        let mut ipv4 = Vec::new();
-        for (j, a) in r.private_ipv4.iter().enumerate() {
-            match a.trim().parse::<Ipv4Addr>() {
-                Ok(ip) if vpc.ipv4.is_empty() || vpc.ipv4.iter().any(|n| n.contains(&ip)) => {
-                    ipv4.push(ip)
-                }
-                Ok(ip) => v.err(
-                    0,
-                    &format!("{path}.private_ipv4[{j}]"),
-                    &obj,
-                    INVALID,
-                    format!("{ip} is outside the VPC's IPv4 blocks"),
-                ),
-                Err(_) => v.err(
-                    0,
-                    &format!("{path}.private_ipv4[{j}]"),
-                    &obj,
-                    INVALID,
-                    format!("invalid IPv4 address {a:?}"),
-                ),
-            }
-        }
-        let mut ipv6 = Vec::new();
-        for (j, a) in r.private_ipv6.iter().enumerate() {
-            match a.trim().parse::<Ipv6Addr>() {
-                Ok(ip) if vpc.ipv6.iter().any(|n| n.contains(&ip)) => ipv6.push(ip),
-                Ok(ip) => v.err(
-                    0,
-                    &format!("{path}.private_ipv6[{j}]"),
-                    &obj,
-                    INVALID,
-                    format!("{ip} is outside the VPC's IPv6 blocks"),
-                ),
-                Err(_) => v.err(
-                    0,
-                    &format!("{path}.private_ipv6[{j}]"),
-                    &obj,
-                    INVALID,
-                    format!("invalid IPv6 address {a:?}"),
-                ),
-            }
-        }
+        // Without IPv4 blocks (a VPC known only by id) any IPv4 address goes.
+        let ipv4 = private_addrs(
+            &mut v,
+            &r.private_ipv4,
+            &format!("{path}.private_ipv4"),
+            &obj,
+            "IPv4",
+            |ip: &Ipv4Addr| vpc.ipv4.is_empty() || vpc.ipv4.iter().any(|n| n.contains(ip)),
+        );
+        let ipv6 = private_addrs(
+            &mut v,
+            &r.private_ipv6,
+            &format!("{path}.private_ipv6"),
+            &obj,
+            "IPv6",
+            |ip: &Ipv6Addr| vpc.ipv6.iter().any(|n| n.contains(ip)),
+        );
         let mut gids = Vec::new();
         match &r.groups {
             None => gids.push(
@@ -888,6 +863,39 @@ pub fn validate(
         quotas: q,
         warnings,
     })
+}
+
+/// An interface's private addresses of one family, each inside the VPC.
+fn private_addrs<A: std::str::FromStr + fmt::Display>(
+    v: &mut V,
+    list: &[String],
+    path: &str,
+    obj: &str,
+    family: &str,
+    in_vpc: impl Fn(&A) -> bool,
+) -> Vec<A> {
+    let mut out = Vec::new();
+    for (j, a) in list.iter().enumerate() {
+        let at = format!("{path}[{j}]");
+        match a.trim().parse::<A>() {
+            Ok(ip) if in_vpc(&ip) => out.push(ip),
+            Ok(ip) => v.err(
+                0,
+                &at,
+                obj,
+                INVALID,
+                format!("{ip} is outside the VPC's {family} blocks"),
+            ),
+            Err(_) => v.err(
+                0,
+                &at,
+                obj,
+                INVALID,
+                format!("invalid {family} address {a:?}"),
+            ),
+        }
+    }
+    out
 }
 
 struct RuleCtx<'a> {
