@@ -65,6 +65,8 @@ struct Agent {
     text: String,
     desired: Desired,
     applied: HashMap<u32, Applied>,
+    /// The file could not be read at the last check.
+    unreadable: bool,
 }
 
 impl Agent {
@@ -132,9 +134,15 @@ impl Agent {
     /// file is refused as a whole and the policy in force stays.
     fn refresh(&mut self, force: bool) {
         let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
+            Ok(t) => {
+                self.unreadable = false;
+                t
+            }
             Err(e) => {
-                log::error!("{}: cannot read: {e}; the policy in force stays", self.file);
+                // Once, not at every check.
+                if !std::mem::replace(&mut self.unreadable, true) {
+                    log::error!("{}: cannot read: {e}; the policy in force stays", self.file);
+                }
                 return;
             }
         };
@@ -231,6 +239,7 @@ pub async fn run(config: &Path, pin_dir: &Path) -> Result<()> {
         text,
         desired: desired.clone(),
         applied: HashMap::new(),
+        unreadable: false,
     };
     agent.apply(plans)?;
     // What an earlier agent enforced and this configuration no longer lists.
