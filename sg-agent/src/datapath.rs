@@ -169,8 +169,9 @@ impl Datapath {
     }
 
     /// Writes `compiled` under fresh ids, points the interface at it in one
-    /// map update, then removes the entries of the policy it replaced. Each
-    /// packet therefore sees the whole old or the whole new policy.
+    /// map update; the entries of the policy it replaced go at the next
+    /// [`Datapath::retire`]. Each packet therefore sees the whole old or the
+    /// whole new policy.
     pub fn install(&mut self, iface: &IfaceSpec<'_>, compiled: &Compiled) -> Result<()> {
         let mut written = Installed::default();
         let result = self.write_policy(compiled, &mut written);

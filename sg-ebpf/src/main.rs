@@ -37,10 +37,10 @@ static ADDR6: LpmTrie<AddrKey6, u32> = LpmTrie::with_max_entries(1 << 20, 0);
 #[map]
 static PORTS: LpmTrie<PortKey, PortVal> = LpmTrie::with_max_entries(1 << 20, 0);
 
-/// Sized by the agent at load time (`set_max_entries`) to the allowance times
-/// the number of CPUs: with `BPF_F_NO_COMMON_LRU` each CPU's LRU list holds
-/// `max_entries / ncpus`, so that headroom means no list ever has to evict a
-/// live flow while the count stays within the allowance.
+/// Sized by the agent at load time (`map_max_entries`) to (allowance + slack)
+/// times the number of CPUs: with `BPF_F_NO_COMMON_LRU` each CPU's LRU list
+/// holds `max_entries / ncpus`, so that headroom means no list ever has to
+/// evict a live flow while the count stays within the allowance.
 #[map]
 static CT: LruHashMap<CtKey, CtVal> = LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
 

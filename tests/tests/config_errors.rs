@@ -19,18 +19,21 @@ fn run_agent(ns: &Netns, config: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn nothing_attached(ns: &Netns) -> bool {
-    let out = ns
-        .command("bpftool")
-        .args(["net", "show", "dev", "eth0"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bpftool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    !String::from_utf8_lossy(&out.stdout).contains("sg_tc_")
+/// Programs attached with tcx to the namespace's `eth0`, both directions.
+fn attached(ns: &Netns) -> usize {
+    use aya::programs::{SchedClassifier, tc::TcAttachType};
+    ns.run(|| {
+        [TcAttachType::Ingress, TcAttachType::Egress]
+            .into_iter()
+            .map(|t| {
+                SchedClassifier::query_tcx("eth0", t)
+                    .expect("query tcx")
+                    .1
+                    .len()
+            })
+            .sum()
+    })
+    .unwrap()
 }
 
 #[test]
@@ -66,11 +69,21 @@ fn bad_configs_are_refused_and_nothing_is_attached() {
         let (ok, err) = run_agent(&pair.server, config);
         assert!(!ok, "accepted: {config}");
         assert!(err.contains(want), "error {err:?} should contain {want:?}");
-        assert!(
-            nothing_attached(&pair.server),
+        assert_eq!(
+            attached(&pair.server),
+            0,
             "attached after refusing {config}"
         );
     }
+    // The check can see an attachment: a valid configuration makes two.
+    let agent = Agent::start(
+        &pair.server,
+        "security_groups: [{name: a}]\nnetwork_interfaces: [{interface: eth0, groups: [a]}]\n",
+    )
+    .unwrap();
+    assert_eq!(attached(&pair.server), 2);
+    drop(agent);
+    assert_eq!(attached(&pair.server), 0, "a clean stop detaches");
     // `check` agrees, without a kernel.
     let dir = TempDir::new().unwrap();
     let path = dir.0.join("bad.yaml");
