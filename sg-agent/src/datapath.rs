@@ -528,6 +528,32 @@ pub fn test_run(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<(u3
     Ok((r.return_value, r.duration))
 }
 
+/// Which tracked flows `Maps::flush` deletes: those matching every field given.
+#[derive(Debug, Clone, Default)]
+pub struct FlowMatch {
+    pub ifindex: Option<u32>,
+    /// The peer's address lies in this block.
+    pub peer: Option<IpNet>,
+    pub protocol: Option<u8>,
+    /// Either end's port (TCP and UDP).
+    pub port: Option<u16>,
+}
+
+impl FlowMatch {
+    pub fn matches(&self, k: &CtKey) -> bool {
+        let port = |p: u16| u16::from_be_bytes(p.to_ne_bytes());
+        self.ifindex.is_none_or(|i| k.ifindex == i)
+            && self
+                .peer
+                .is_none_or(|n| n.contains(&ct_addr(k.family, &k.remote)))
+            && self.protocol.is_none_or(|p| k.proto == p)
+            && self.port.is_none_or(|p| {
+                matches!(k.proto, sg_common::PROTO_TCP | sg_common::PROTO_UDP)
+                    && (port(k.local_port) == p || port(k.remote_port) == p)
+            })
+    }
+}
+
 /// Counters of one interface.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct IfaceStats {
@@ -688,16 +714,15 @@ impl Maps {
         Ok(out)
     }
 
-    /// Deletes the tracked flows of `ifindex` (all interfaces: `None`), the
-    /// operator's way to cut flows that rule removal leaves running
-    /// (SEMANTICS §3). Returns how many went. The flow count follows at the
-    /// agent's next sweep.
-    pub fn flush(&mut self, ifindex: Option<u32>) -> Result<u64> {
+    /// Deletes the tracked flows that `m` matches, the operator's way to cut
+    /// flows that rule removal leaves running (SEMANTICS §3). Returns how
+    /// many went. The flow count follows at the agent's next sweep.
+    pub fn flush(&mut self, m: &FlowMatch) -> Result<u64> {
         let keys: Vec<CtKey> = self
             .ct
             .keys()
             .filter_map(|k| k.ok())
-            .filter(|k| ifindex.is_none_or(|i| k.ifindex == i))
+            .filter(|k| m.matches(k))
             .collect();
         let mut removed = 0;
         for k in keys {
@@ -709,7 +734,7 @@ impl Maps {
             .frags
             .keys()
             .filter_map(|k| k.ok())
-            .filter(|k| ifindex.is_none_or(|i| k.ifindex == i))
+            .filter(|k| m.ifindex.is_none_or(|i| k.ifindex == i))
             .collect();
         for k in frags {
             let _ = self.frags.remove(&k);

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sg_agent::{
     agent, config,
-    datapath::{IfaceStats, Maps, default_pin_dir},
+    datapath::{FlowMatch, IfaceStats, Maps, default_pin_dir},
     describe,
 };
 use sg_common::Reason;
@@ -66,6 +66,15 @@ enum Command {
         /// Linux interface name; all interfaces when absent.
         #[arg(long)]
         interface: Option<String>,
+        /// Only flows whose peer lies in this CIDR.
+        #[arg(long)]
+        peer: Option<ipnet::IpNet>,
+        /// Only flows of this protocol (tcp, udp, icmp, icmpv6 or a number).
+        #[arg(long, value_parser = parse_protocol)]
+        protocol: Option<u8>,
+        /// Only TCP/UDP flows with this port at either end.
+        #[arg(long)]
+        port: Option<u16>,
     },
     /// Detach every sg program and remove every sg pin on this host (only
     /// those under `--pin-dir`, when it is given).
@@ -161,7 +170,12 @@ fn dispatch(cli: Cli) -> Result<()> {
             })
         }
         Command::Stats { json } => stats(&pin_dir, json),
-        Command::Flush { interface } => {
+        Command::Flush {
+            interface,
+            peer,
+            protocol,
+            port,
+        } => {
             let mut maps = Maps::open(&pin_dir)?;
             let ifindex = match &interface {
                 Some(name) => Some(
@@ -170,11 +184,23 @@ fn dispatch(cli: Cli) -> Result<()> {
                 ),
                 None => None,
             };
-            let n = maps.flush(ifindex)?;
+            let n = maps.flush(&FlowMatch {
+                ifindex,
+                peer: peer.map(|n| n.trunc()),
+                protocol,
+                port,
+            })?;
             println!("flushed {n} tracked flow(s)");
             Ok(())
         }
         Command::Cleanup => cleanup(),
+    }
+}
+
+fn parse_protocol(s: &str) -> Result<u8, String> {
+    match config::Protocol::parse(s)? {
+        config::Protocol::Number(n) => Ok(n),
+        config::Protocol::All => Err("give one protocol, not -1".into()),
     }
 }
 

@@ -418,7 +418,7 @@ fn datapath_matches_the_reference_model() {
         dp.install(&spec, &compile(&policy.inbound, &policy.outbound))
             .expect("install");
         dp.retire();
-        dp.maps.flush(None).expect("flush");
+        dp.maps.flush(&Default::default()).expect("flush");
         let mut state = State::default();
         let mut history: Vec<Sent> = Vec::new();
         let mut log: Vec<String> = Vec::new();

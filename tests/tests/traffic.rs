@@ -281,3 +281,41 @@ fn full_table_refuses_new_flows_and_keeps_established_ones() {
     .unwrap()
         == Seen::Pass));
 }
+
+#[test]
+fn flush_cuts_exactly_the_matching_tracked_flows() {
+    if !kernel_available("flush_cuts_exactly_the_matching_tracked_flows") {
+        return;
+    }
+    let pair = Pair::new("flush").unwrap();
+    let rules =
+        "      - {ip_protocol: tcp, from_port: 8080, to_port: 8080, ip_ranges: [10.77.0.0/24]}
+      - {ip_protocol: tcp, from_port: 9090, to_port: 9090, ip_ranges: [10.77.0.0/24]}";
+    let a = tcp_echo_server(&pair.server, addr(SERVER_V4, 8080)).unwrap();
+    let b = tcp_echo_server(&pair.server, addr(SERVER_V4, 9090)).unwrap();
+    let agent = Agent::start(&pair.server, &config(rules, "")).unwrap();
+    let (mut ca, mut cb) = (Conn::open(&pair.client, a), Conn::open(&pair.client, b));
+    assert!(ca.echoes() && cb.echoes());
+    // Rules gone: both flows live on, tracked.
+    let none = "      - {ip_protocol: udp, from_port: 53, to_port: 53, ip_ranges: [192.0.2.0/24]}";
+    assert!(agent.reload(&config(none, "")).unwrap());
+    assert!(ca.echoes() && cb.echoes());
+    let out = sh(pair.server.command(agent_bin()).args([
+        "flush",
+        "--interface",
+        "eth0",
+        "--peer",
+        "10.77.0.0/24",
+        "--protocol",
+        "tcp",
+        "--port",
+        "9090",
+    ]))
+    .unwrap();
+    assert!(out.contains("flushed 1 tracked flow"), "{out}");
+    assert!(
+        !cb.echoes(),
+        "the flushed flow is cut: no rule admits it again"
+    );
+    assert!(ca.echoes(), "the other flow keeps going");
+}
