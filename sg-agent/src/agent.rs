@@ -96,8 +96,9 @@ impl Agent {
             fresh.push(p);
         }
         for p in fresh {
-            if !self.dp.is_attached(p.ifindex) {
-                self.dp.attach(&p.iface.name, p.ifindex)?;
+            if self.dp.attached_hook(p.ifindex) != Some(p.iface.ingress_hook) {
+                self.dp
+                    .attach(&p.iface.name, p.ifindex, p.iface.ingress_hook)?;
                 let names: Vec<String> = p
                     .iface
                     .groups
@@ -106,11 +107,12 @@ impl Agent {
                     .map(|g| g.name.clone())
                     .collect();
                 log::info!(
-                    "enforcing on {} ({}, ifindex {}, {:?} side): groups {names:?}",
+                    "enforcing on {} ({}, ifindex {}, {:?} side, ingress at {:?}): groups {names:?}",
                     p.iface.name,
                     p.iface.id,
                     p.ifindex,
-                    p.iface.attach
+                    p.iface.attach,
+                    p.iface.ingress_hook
                 );
             }
         }

@@ -13,9 +13,10 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
     programs::{
-        SchedClassifier, TcAttachType,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
 use ipnet::IpNet;
@@ -27,7 +28,7 @@ use sg_common::{
 
 use crate::{
     compile::Compiled,
-    config::{AttachMode, Timeouts},
+    config::{AttachMode, IngressHook, Timeouts},
 };
 
 /// The eBPF object, embedded at build time.
@@ -37,6 +38,8 @@ pub const PROG_INGRESS: &str = "sg_tc_ingress";
 pub const PROG_EGRESS: &str = "sg_tc_egress";
 /// The baseline: passes everything (benchmarks only).
 pub const PROG_PASS: &str = "sg_tc_pass";
+/// The ingress decision at XDP.
+pub const PROG_XDP: &str = "sg_xdp";
 
 /// Spare entries per CPU list: replacing an expired entry briefly needs a
 /// second node, and the flow count the datapath checks may trail the table
@@ -80,8 +83,9 @@ pub struct Datapath {
     next_class: u32,
     next_slot: u32,
     free_slots: Vec<u32>,
-    /// Interfaces whose links this agent holds (pinned under `dir/links`).
-    links: HashSet<u32>,
+    /// Interfaces whose links this agent holds (pinned under `dir/links`),
+    /// with their ingress hook.
+    links: StdHashMap<u32, IngressHook>,
     installed: StdHashMap<u32, Installed>,
     retiring: Vec<Installed>,
 }
@@ -139,6 +143,11 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("loading program {name} (verifier)"))?;
         }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(PROG_XDP)
+            .context("program sg_xdp missing")?
+            .try_into()?;
+        xdp.load().context("loading program sg_xdp (verifier)")?;
         let maps = Maps::build(dir, |name| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the object"))
@@ -162,7 +171,7 @@ impl Datapath {
             next_class,
             next_slot,
             free_slots: Vec::new(),
-            links: HashSet::new(),
+            links: StdHashMap::new(),
             installed: StdHashMap::new(),
             retiring: Vec::new(),
         })
@@ -329,58 +338,91 @@ impl Datapath {
         }
     }
 
-    /// Attaches both programs to `name` with tcx links pinned under
-    /// `dir/links`. Where an earlier agent's link is pinned, the new program
-    /// replaces the old one inside it atomically: enforcement never pauses.
-    pub fn attach(&mut self, name: &str, ifindex: u32) -> Result<()> {
-        for (prog_name, hook) in [
-            (PROG_INGRESS, TcAttachType::Ingress),
-            (PROG_EGRESS, TcAttachType::Egress),
-        ] {
-            let pin = self.maps.link_pin(ifindex, hook);
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(prog_name)
-                .context("program missing")?
-                .try_into()?;
-            let adopted = match PinnedLink::from_pin(&pin) {
-                Ok(old) => {
-                    let link = SchedClassifierLink::try_from(FdLink::from(old))?;
-                    match prog.attach_to_link(link) {
-                        Ok(id) => {
-                            log::info!(
-                                "{name}: adopted the pinned {prog_name} link; the new program replaced the old in place"
-                            );
-                            Some(id)
-                        }
-                        Err(e) => {
-                            // The device went away with its link: start afresh.
-                            log::warn!(
-                                "{name}: pinned link {} is stale ({e}); attaching anew",
-                                pin.display()
-                            );
-                            let _ = std::fs::remove_file(&pin);
-                            None
-                        }
-                    }
-                }
-                Err(_) => None,
-            };
-            let fresh = adopted.is_none();
-            let id = match adopted {
-                Some(id) => id,
-                None => prog
-                    .attach(name, hook)
-                    .with_context(|| format!("attaching {prog_name} to {name} with tcx"))?,
-            };
-            let link = FdLink::try_from(prog.take_link(id)?)?;
-            if fresh {
-                link.pin(&pin)
-                    .with_context(|| format!("pinning {}", pin.display()))?;
-            }
-            // Dropping our handle leaves the link to its pin.
+    /// Attaches the programs to `name`: egress with tcx, ingress with tcx or
+    /// XDP, each link pinned under `dir/links`. Where an earlier agent's link
+    /// is pinned, the new program replaces the old one inside it atomically:
+    /// enforcement never pauses. A changed ingress hook is attached before
+    /// the old one goes, so no packet passes unjudged.
+    pub fn attach(&mut self, name: &str, ifindex: u32, ingress: IngressHook) -> Result<()> {
+        match ingress {
+            IngressHook::Tcx => self.attach_tc(name, ifindex, TcAttachType::Ingress)?,
+            IngressHook::Xdp => self.attach_xdp(name, ifindex)?,
         }
-        self.links.insert(ifindex);
+        self.attach_tc(name, ifindex, TcAttachType::Egress)?;
+        let other = match ingress {
+            IngressHook::Tcx => LINK_XDP,
+            IngressHook::Xdp => LINK_TC_INGRESS,
+        };
+        unpin_link(&link_pin_at(&self.maps.dir, ifindex, other));
+        self.links.insert(ifindex, ingress);
+        Ok(())
+    }
+
+    fn attach_tc(&mut self, name: &str, ifindex: u32, hook: TcAttachType) -> Result<()> {
+        let (prog_name, kind) = if hook == TcAttachType::Ingress {
+            (PROG_INGRESS, LINK_TC_INGRESS)
+        } else {
+            (PROG_EGRESS, LINK_TC_EGRESS)
+        };
+        let pin = link_pin_at(&self.maps.dir, ifindex, kind);
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(prog_name)
+            .context("program missing")?
+            .try_into()?;
+        let adopted = match PinnedLink::from_pin(&pin) {
+            Ok(old) => adopt(
+                name,
+                prog_name,
+                &pin,
+                prog.attach_to_link(SchedClassifierLink::try_from(FdLink::from(old))?),
+            ),
+            Err(_) => None,
+        };
+        let fresh = adopted.is_none();
+        let id = match adopted {
+            Some(id) => id,
+            None => prog
+                .attach(name, hook)
+                .with_context(|| format!("attaching {prog_name} to {name} with tcx"))?,
+        };
+        let link = FdLink::try_from(prog.take_link(id)?)?;
+        if fresh {
+            link.pin(&pin)
+                .with_context(|| format!("pinning {}", pin.display()))?;
+        }
+        // Dropping our handle leaves the link to its pin.
+        Ok(())
+    }
+
+    fn attach_xdp(&mut self, name: &str, ifindex: u32) -> Result<()> {
+        let pin = link_pin_at(&self.maps.dir, ifindex, LINK_XDP);
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(PROG_XDP)
+            .context("program missing")?
+            .try_into()?;
+        let adopted = match PinnedLink::from_pin(&pin) {
+            Ok(old) => adopt(
+                name,
+                PROG_XDP,
+                &pin,
+                prog.attach_to_link(XdpLink::try_from(FdLink::from(old))?),
+            ),
+            Err(_) => None,
+        };
+        let fresh = adopted.is_none();
+        let id = match adopted {
+            Some(id) => id,
+            None => prog
+                .attach(name, XdpMode::Default)
+                .with_context(|| format!("attaching {PROG_XDP} to {name} with XDP"))?,
+        };
+        let link = FdLink::try_from(prog.take_link(id)?)?;
+        if fresh {
+            link.pin(&pin)
+                .with_context(|| format!("pinning {}", pin.display()))?;
+        }
         Ok(())
     }
 
@@ -391,15 +433,16 @@ impl Datapath {
 
     /// Detaches everything and removes every pin: enforcement stops.
     pub fn stop(mut self) {
-        let all: Vec<u32> = self.links.iter().copied().collect();
+        let all: Vec<u32> = self.links.keys().copied().collect();
         for ifindex in all {
             self.detach(ifindex);
         }
         self.maps.remove_pins();
     }
 
-    pub fn is_attached(&self, ifindex: u32) -> bool {
-        self.links.contains(&ifindex)
+    /// The ingress hook this agent attached to the interface, if any.
+    pub fn attached_hook(&self, ifindex: u32) -> Option<IngressHook> {
+        self.links.get(&ifindex).copied()
     }
 
     /// Interfaces with a policy installed.
@@ -506,18 +549,22 @@ impl Datapath {
 
     /// As [`Datapath::test_run`], for any loaded program of the object.
     pub fn test_run_named(&self, name: &str, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
-        let prog: &SchedClassifier = self
-            .ebpf
-            .program(name)
-            .context("program missing")?
-            .try_into()?;
-        test_run(prog, frame, repeat)
+        match self.ebpf.program(name).context("program missing")? {
+            aya::programs::Program::Xdp(p) => test_run(p, frame, repeat),
+            other => test_run(<&SchedClassifier>::try_from(other)?, frame, repeat),
+        }
     }
 }
 
 /// `BPF_PROG_TEST_RUN` of `prog` on `frame`, `repeat` times.
-pub fn test_run(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
-    use aya::programs::{TestRun, TestRunOptions};
+pub fn test_run<P>(prog: &P, frame: &[u8], repeat: u32) -> Result<(u32, Duration)>
+where
+    P: for<'a> aya::programs::TestRun<
+            Opts<'a> = aya::programs::TestRunOptions<'a>,
+            Result = aya::programs::TestRunResult,
+        >,
+{
+    use aya::programs::TestRunOptions;
     let mut out = vec![0u8; frame.len() + 256];
     let r = prog.test_run(TestRunOptions {
         data_in: Some(frame),
@@ -597,10 +644,6 @@ impl Maps {
 
     pub fn iface_cfgs(&self) -> StdHashMap<u32, IfaceCfg> {
         self.ifaces.iter().filter_map(|r| r.ok()).collect()
-    }
-
-    fn link_pin(&self, ifindex: u32, hook: TcAttachType) -> PathBuf {
-        link_pin_at(&self.dir, ifindex, hook)
     }
 
     fn unpin_links(&self, ifindex: u32) {
@@ -781,29 +824,59 @@ impl Maps {
     }
 }
 
-fn link_pin_at(dir: &Path, ifindex: u32, hook: TcAttachType) -> PathBuf {
-    let hook = if hook == TcAttachType::Ingress {
-        "ingress"
-    } else {
-        "egress"
-    };
-    dir.join("links").join(format!("{ifindex}-{hook}"))
+/// Names of an interface's link pins, `<ifindex>-<kind>`.
+const LINK_TC_INGRESS: &str = "ingress";
+const LINK_TC_EGRESS: &str = "egress";
+const LINK_XDP: &str = "xdp";
+
+fn link_pin_at(dir: &Path, ifindex: u32, kind: &str) -> PathBuf {
+    dir.join("links").join(format!("{ifindex}-{kind}"))
 }
 
-/// Detaches an interface's links: unpinned, the last handle closes them.
-fn unpin_links_at(dir: &Path, ifindex: u32) {
-    for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
-        let pin = link_pin_at(dir, ifindex, hook);
-        match PinnedLink::from_pin(&pin) {
-            Ok(link) => {
-                if let Err(e) = link.unpin() {
-                    log::warn!("unpinning {}: {e}", pin.display());
-                }
-            }
-            Err(_) => {
-                let _ = std::fs::remove_file(&pin);
+/// The outcome of replacing the program inside an earlier agent's link.
+fn adopt<I>(
+    name: &str,
+    prog: &str,
+    pin: &Path,
+    replaced: Result<I, aya::programs::ProgramError>,
+) -> Option<I> {
+    match replaced {
+        Ok(id) => {
+            log::info!(
+                "{name}: adopted the pinned {prog} link; the new program replaced the old in place"
+            );
+            Some(id)
+        }
+        Err(e) => {
+            // The device went away with its link: start afresh.
+            log::warn!(
+                "{name}: pinned link {} is stale ({e}); attaching anew",
+                pin.display()
+            );
+            let _ = std::fs::remove_file(pin);
+            None
+        }
+    }
+}
+
+/// Detaches a link: unpinned, the last handle closes it.
+fn unpin_link(pin: &Path) {
+    match PinnedLink::from_pin(pin) {
+        Ok(link) => {
+            if let Err(e) = link.unpin() {
+                log::warn!("unpinning {}: {e}", pin.display());
             }
         }
+        Err(_) => {
+            let _ = std::fs::remove_file(pin);
+        }
+    }
+}
+
+/// Detaches all of an interface's links.
+fn unpin_links_at(dir: &Path, ifindex: u32) {
+    for kind in [LINK_TC_INGRESS, LINK_TC_EGRESS, LINK_XDP] {
+        unpin_link(&link_pin_at(dir, ifindex, kind));
     }
 }
 

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use sg_agent::{
     compile::{Flat, compile},
     config::{AttachMode, Protocol, Timeouts},
-    datapath::{Datapath, IfaceSpec, ct_addr},
+    datapath::{Datapath, IfaceSpec, PROG_EGRESS, PROG_INGRESS, PROG_XDP, ct_addr},
     frames::{self, Frag, L4, Spec, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     model::{self, FlowId, FragId, Policy, State, Verdict},
 };
@@ -428,27 +428,38 @@ fn datapath_matches_the_reference_model() {
             let ingress = (sent.dir == DIR_INBOUND) == (attach == AttachMode::Workload);
             let (want, next) = model::verdict(&policy, &state, sent.dir, &frame);
             let before = drops(&dp);
+            // The ingress side runs at tcx or at XDP: the same decision.
+            let xdp = ingress && rng.random_bool(0.5);
+            let prog = match (xdp, ingress) {
+                (true, _) => PROG_XDP,
+                (false, true) => PROG_INGRESS,
+                (false, false) => PROG_EGRESS,
+            };
             let (ret, _) = dp
-                .test_run(ingress, &frame, 1)
+                .test_run_named(prog, &frame, 1)
                 .unwrap_or_else(|e| panic!("test run of {} bytes {frame:02x?}: {e}", frame.len()));
             let after = drops(&dp);
             let reason = Reason::ALL
                 .into_iter()
                 .find(|r| after[*r as usize] > before[*r as usize]);
-            let got = match (ret, reason) {
-                (0, None) => Verdict::Pass,
-                (2, Some(r)) => Verdict::Drop(r),
-                other => panic!("seed {seed}: return {other:?} without a matching counter"),
+            // TC_ACT_OK is 0 and TC_ACT_SHOT 2; XDP_PASS is 2 and XDP_DROP 1.
+            let passed = if xdp { ret == 2 } else { ret == 0 };
+            let dropped = if xdp { ret == 1 } else { ret == 2 };
+            let got = match (passed, dropped, reason) {
+                (true, _, None) => Verdict::Pass,
+                (_, true, Some(r)) => Verdict::Drop(r),
+                other => panic!(
+                    "seed {seed}: {prog} returned {ret} {other:?} without a matching counter"
+                ),
             };
             log.push(format!(
-                "  {} {:?} via {} hook: model {want:?}, kernel {got:?}",
+                "  {} {:?} via {prog}: model {want:?}, kernel {got:?}",
                 if sent.dir == DIR_INBOUND {
                     "in "
                 } else {
                     "out"
                 },
                 sent.spec,
-                if ingress { "ingress" } else { "egress" },
             ));
             let kstate = kernel_state(&dp);
             if want != got || kstate != next {

@@ -319,3 +319,51 @@ fn flush_cuts_exactly_the_matching_tracked_flows() {
     );
     assert!(ca.echoes(), "the other flow keeps going");
 }
+
+#[test]
+fn xdp_ingress_hook() {
+    if !kernel_available("xdp_ingress_hook") {
+        return;
+    }
+    // Inbound judged at XDP on the workload's own interface, outbound at tcx.
+    let pair = Pair::new("xdp").unwrap();
+    let rules =
+        "      - {ip_protocol: tcp, from_port: 8080, to_port: 8080, ip_ranges: [10.77.0.0/24]}";
+    let ok = tcp_echo_server(&pair.server, addr(SERVER_V4, 8080)).unwrap();
+    let no = tcp_echo_server(&pair.server, addr(SERVER_V4, 8081)).unwrap();
+    let out = tcp_echo_server(&pair.client, addr(CLIENT_V4, 7000)).unwrap();
+    let agent = Agent::start(&pair.server, &config(rules, "    ingress_hook: xdp\n")).unwrap();
+    assert!(agent.log().contains("ingress at Xdp"), "{}", agent.log());
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(pair.server.path()).unwrap().ino();
+    let ifindex = pair.server.ifindex("eth0").unwrap();
+    let links = format!(
+        "/sys/fs/bpf/sg/v{}/net-{ino}/links",
+        sg_common::LAYOUT_VERSION
+    );
+    let pinned = |kind: &str| std::path::Path::new(&format!("{links}/{ifindex}-{kind}")).exists();
+    assert!(
+        pinned("xdp") && pinned("egress") && !pinned("ingress"),
+        "XDP in, tcx out"
+    );
+    assert_eq!(tcp_probe(&pair.client, ok, T).unwrap(), Seen::Pass);
+    assert_eq!(tcp_probe(&pair.client, no, T).unwrap(), Seen::Dropped);
+    assert_eq!(
+        tcp_probe(&pair.server, out, T).unwrap(),
+        Seen::Pass,
+        "replies of an outbound flow come in at XDP"
+    );
+    assert!(
+        !pair.client.ping(SERVER_V4, 1, 4000),
+        "no ICMP rule, also for fragments"
+    );
+    assert!(agent.counter("eth0", "inbound/drops/no_rule") >= 1);
+    // Back to tcx while running: the new hook goes in before the old comes out.
+    assert!(agent.reload(&config(rules, "")).unwrap());
+    assert!(
+        !pinned("xdp") && pinned("egress") && pinned("ingress"),
+        "tcx both ways"
+    );
+    assert_eq!(tcp_probe(&pair.client, ok, T).unwrap(), Seen::Pass);
+    assert_eq!(tcp_probe(&pair.client, no, T).unwrap(), Seen::Dropped);
+}

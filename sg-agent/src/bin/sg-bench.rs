@@ -126,7 +126,7 @@ fn enforce(interface: &str, n: usize, pin_dir: &Path) -> Result<()> {
         hi: u16::MAX,
     }];
     dp.install(&spec(ifindex), &compile(&inbound, &outbound))?;
-    dp.attach(interface, ifindex)?;
+    dp.attach(interface, ifindex, sg_agent::config::IngressHook::Tcx)?;
     println!("ready: {n} rules on {interface}");
     let mut set = nix::sys::signal::SigSet::empty();
     set.add(nix::sys::signal::Signal::SIGINT);

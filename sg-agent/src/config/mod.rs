@@ -74,6 +74,17 @@ pub enum AttachMode {
     Host,
 }
 
+/// Where inbound-side packets (the interface's ingress) are judged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngressHook {
+    /// tcx, like egress: the cheaper hook on veth.
+    #[default]
+    Tcx,
+    /// XDP, before the kernel builds an skb: drops cost least on real NICs.
+    Xdp,
+}
+
 /// AWS `ConnectionTrackingSpecification`, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -390,6 +401,8 @@ pub struct RawIface {
     pub groups: Option<Vec<String>>,
     #[serde(default)]
     pub attach: AttachMode,
+    #[serde(default)]
+    pub ingress_hook: IngressHook,
     #[serde(default, alias = "ConnectionTrackingSpecification")]
     pub conntrack: RawTimeouts,
     /// Let ICMP errors about a tracked flow through (Linux's RELATED). Off by

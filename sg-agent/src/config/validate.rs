@@ -12,8 +12,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sha2::{Digest, Sha256};
 
 use super::{
-    AttachMode, ConntrackTable, Doc, Issues, Protocol, Quotas, RawConfig, RawGroup, RawPeer,
-    RawRule, RawTimeouts, Timeouts,
+    AttachMode, ConntrackTable, Doc, IngressHook, Issues, Protocol, Quotas, RawConfig, RawGroup,
+    RawPeer, RawRule, RawTimeouts, Timeouts,
 };
 
 /// One problem: where, in which object, AWS's code, and what.
@@ -109,6 +109,7 @@ pub struct Interface {
     /// Group ids.
     pub groups: Vec<String>,
     pub attach: AttachMode,
+    pub ingress_hook: IngressHook,
     pub timeouts: Timeouts,
     pub related_icmp: bool,
     pub optional: bool,
@@ -840,6 +841,7 @@ pub fn validate(
             ipv6,
             groups: gids,
             attach: r.attach,
+            ingress_hook: r.ingress_hook,
             timeouts,
             related_icmp: r.related_icmp,
             optional: r.optional,
