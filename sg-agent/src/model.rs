@@ -13,7 +13,8 @@ use sg_common::{
     CT_FIN_ORIG, CT_FIN_REPLY, CT_ORIG_OUTBOUND, CT_SEEN_REPLY, CT_STATE_ICMP, CT_STATE_OTHER,
     CT_STATE_UDP, CT_UDP_STREAM, DIR_INBOUND, DIR_OUTBOUND, FAMILY_V4, FAMILY_V6, MAX_EXT_HEADERS,
     PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Reason, TCP_ACK, TCP_CLOSED, TCP_ESTABLISHED,
-    TCP_FIN, TCP_FIN_WAIT, TCP_RESET, TCP_RST, TCP_SYN, TCP_SYN_SENT,
+    TCP_FIN, TCP_FIN_WAIT, TCP_RESET, TCP_RST, TCP_SYN, TCP_SYN_SENT, icmp_reply_of,
+    icmp_request_of,
 };
 
 use crate::{compile::Flat, config::Protocol};
@@ -274,31 +275,14 @@ fn transport(f: &[u8], end: usize, p: &mut Packet) -> Result<(), Reason> {
             let h = need(8)?;
             p.icmp = Some((h[0], h[1]));
             p.dport = u16::from_be_bytes([h[0], h[1]]);
-            if query_reply(p.family, h[0]).is_some() || reply_query(p.family, h[0]).is_some() {
+            if icmp_reply_of(p.family, h[0]).is_some() || icmp_request_of(p.family, h[0]).is_some()
+            {
                 p.sport = u16::from_be_bytes([h[4], h[5]]);
             }
         }
         _ => {}
     }
     Ok(())
-}
-
-/// The reply type of an ICMP query type (echo, timestamp, information, mask).
-fn query_reply(family: u8, t: u8) -> Option<u8> {
-    match (family, t) {
-        (FAMILY_V4, 8) => Some(0),
-        (FAMILY_V4, 13) => Some(14),
-        (FAMILY_V4, 15) => Some(16),
-        (FAMILY_V4, 17) => Some(18),
-        (FAMILY_V6, 128) => Some(129),
-        _ => None,
-    }
-}
-
-fn reply_query(family: u8, t: u8) -> Option<u8> {
-    [8u8, 13, 15, 17, 128]
-        .into_iter()
-        .find(|q| query_reply(family, *q) == Some(t))
 }
 
 fn is_icmp_error(p: &Packet) -> bool {
@@ -450,7 +434,7 @@ fn track(policy: &Policy, st: &mut State, dir: u8, p: &Packet) -> Result<(), Rea
     // Only ICMP queries start conversations; errors and other messages are
     // judged by the rules each time.
     if let Some((t, _)) = p.icmp
-        && query_reply(p.family, t).is_none()
+        && icmp_reply_of(p.family, t).is_none()
     {
         return Ok(());
     }
@@ -485,7 +469,7 @@ fn icmp_fits(p: &Packet, flow: &Flow, dir: u8) -> bool {
     if from_originator(flow, dir) {
         t == flow.icmp_type
     } else {
-        query_reply(p.family, flow.icmp_type) == Some(t)
+        icmp_reply_of(p.family, flow.icmp_type) == Some(t)
     }
 }
 

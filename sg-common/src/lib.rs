@@ -25,6 +25,33 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
 
+/// For an ICMP query type (echo, timestamp, information, address mask; for
+/// ICMPv6, echo), the type of its reply.
+#[inline(always)]
+pub const fn icmp_reply_of(family: u8, t: u8) -> Option<u8> {
+    match (family, t) {
+        (FAMILY_V4, 8) => Some(0),
+        (FAMILY_V4, 13) => Some(14),
+        (FAMILY_V4, 15) => Some(16),
+        (FAMILY_V4, 17) => Some(18),
+        (FAMILY_V6, 128) => Some(129),
+        _ => None,
+    }
+}
+
+/// For an ICMP reply type, the type of its query.
+#[inline(always)]
+pub const fn icmp_request_of(family: u8, t: u8) -> Option<u8> {
+    match (family, t) {
+        (FAMILY_V4, 0) => Some(8),
+        (FAMILY_V4, 14) => Some(13),
+        (FAMILY_V4, 16) => Some(15),
+        (FAMILY_V4, 18) => Some(17),
+        (FAMILY_V6, 129) => Some(128),
+        _ => None,
+    }
+}
+
 /// `IfaceCfg::flags`: the program sits on the host side of a veth (or a tap)
 /// whose peer is the workload, so the host side's egress is the workload's
 /// inbound.

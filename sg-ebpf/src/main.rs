@@ -622,32 +622,6 @@ fn ct_key(
     }
 }
 
-/// For an ICMP query type, the type of its reply.
-#[inline(always)]
-fn icmp_reply_of(family: u8, t: u8) -> Option<u8> {
-    match (family, t) {
-        (FAMILY_V4, 8) => Some(0),
-        (FAMILY_V4, 13) => Some(14),
-        (FAMILY_V4, 15) => Some(16),
-        (FAMILY_V4, 17) => Some(18),
-        (FAMILY_V6, 128) => Some(129),
-        _ => None,
-    }
-}
-
-/// For an ICMP reply type, the type of its query.
-#[inline(always)]
-fn icmp_request_of(family: u8, t: u8) -> Option<u8> {
-    match (family, t) {
-        (FAMILY_V4, 0) => Some(8),
-        (FAMILY_V4, 14) => Some(13),
-        (FAMILY_V4, 16) => Some(15),
-        (FAMILY_V4, 18) => Some(17),
-        (FAMILY_V6, 129) => Some(128),
-        _ => None,
-    }
-}
-
 /// Allow flags of the policy for `(dir, family)` towards `remote` for
 /// `(proto, port)`, the port trie consulted up to `prefix` bits.
 #[inline(always)]

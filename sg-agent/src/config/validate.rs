@@ -161,6 +161,31 @@ fn valid_id(prefix: &str, id: &str) -> bool {
         })
 }
 
+/// An id written in the file: `None` when absent (the caller generates one),
+/// `Some(None)` when malformed (reported here), `Some(Some(id))` when good.
+fn given_id(
+    v: &mut V,
+    id: &Option<String>,
+    prefix: &str,
+    code: &'static str,
+    doc: usize,
+    path: &str,
+    obj: &str,
+) -> Option<Option<String>> {
+    let id = id.as_ref()?;
+    if valid_id(prefix, id) {
+        return Some(Some(id.clone()));
+    }
+    v.err(
+        doc,
+        &format!("{path}.id"),
+        obj,
+        code,
+        format!("{id:?} is not {prefix}- and 8-17 hex digits"),
+    );
+    Some(None)
+}
+
 /// AWS's character set for group names and descriptions (VPC).
 fn valid_text(s: &str) -> bool {
     s.chars()
@@ -281,19 +306,17 @@ pub fn validate(
             v.err(0, &path, "VPC", INVALID, "a VPC needs a name or an id");
             continue;
         }
-        let id = match &r.id {
-            Some(id) if !valid_id("vpc", id) => {
-                v.err(
-                    0,
-                    &format!("{path}.id"),
-                    &obj,
-                    "InvalidVpcID.Malformed",
-                    format!("{id:?} is not vpc- and 8-17 hex digits"),
-                );
-                continue;
-            }
-            Some(id) => id.clone(),
-            None => make_id("vpc", &[&name]),
+        let Some(id) = given_id(
+            &mut v,
+            &r.id,
+            "vpc",
+            "InvalidVpcID.Malformed",
+            0,
+            &path,
+            &obj,
+        )
+        .unwrap_or_else(|| Some(make_id("vpc", &[&name]))) else {
+            continue;
         };
         if vpcs.iter().any(|x| x.id == id || x.name == name) {
             v.err(
@@ -429,19 +452,17 @@ pub fn validate(
     for (i, r) in raw.prefix_lists.iter().enumerate() {
         let path = format!("prefix_lists[{i}]");
         let obj = format!("prefix list {:?}", r.name);
-        let id = match &r.id {
-            Some(id) if !valid_id("pl", id) => {
-                v.err(
-                    0,
-                    &format!("{path}.id"),
-                    &obj,
-                    "InvalidPrefixListID.Malformed",
-                    format!("{id:?} is not pl- and 8-17 hex digits"),
-                );
-                continue;
-            }
-            Some(id) => id.clone(),
-            None => make_id("pl", &[&r.name]),
+        let Some(id) = given_id(
+            &mut v,
+            &r.id,
+            "pl",
+            "InvalidPrefixListID.Malformed",
+            0,
+            &path,
+            &obj,
+        )
+        .unwrap_or_else(|| Some(make_id("pl", &[&r.name]))) else {
+            continue;
         };
         if pls.iter().any(|p| p.id == id || p.name == r.name) {
             v.err(0, &path, &obj, INVALID, "prefix list declared twice");
@@ -572,19 +593,17 @@ pub fn validate(
         let Some(vpc) = resolve_vpc(&mut v, &g.vpc, doc, &format!("{path}.vpc"), &obj) else {
             continue;
         };
-        let id = match &g.id {
-            Some(id) if !valid_id("sg", id) => {
-                v.err(
-                    doc,
-                    &format!("{path}.id"),
-                    &obj,
-                    "InvalidGroupId.Malformed",
-                    format!("{id:?} is not sg- and 8-17 hex digits"),
-                );
-                continue;
-            }
-            Some(id) => id.clone(),
-            None => make_id("sg", &[&vpc, &name]),
+        let Some(id) = given_id(
+            &mut v,
+            &g.id,
+            "sg",
+            "InvalidGroupId.Malformed",
+            doc,
+            path,
+            &obj,
+        )
+        .unwrap_or_else(|| Some(make_id("sg", &[&vpc, &name]))) else {
+            continue;
         };
         if let Some(other) = groups
             .iter()
@@ -750,19 +769,17 @@ pub fn validate(
             continue;
         };
         let vpc = vpcs.iter().find(|x| x.id == vpc_id).expect("resolved");
-        let id = match &r.id {
-            Some(id) if !valid_id("eni", id) => {
-                v.err(
-                    0,
-                    &format!("{path}.id"),
-                    &obj,
-                    "InvalidNetworkInterfaceID.Malformed",
-                    format!("{id:?} is not eni- and 8-17 hex digits"),
-                );
-                continue;
-            }
-            Some(id) => id.clone(),
-            None => make_id("eni", &[&r.interface]),
+        let Some(id) = given_id(
+            &mut v,
+            &r.id,
+            "eni",
+            "InvalidNetworkInterfaceID.Malformed",
+            0,
+            &path,
+            &obj,
+        )
+        .unwrap_or_else(|| Some(make_id("eni", &[&r.interface]))) else {
+            continue;
         };
         // Without IPv4 blocks (a VPC known only by id) any IPv4 address goes.
         let ipv4 = private_addrs(
