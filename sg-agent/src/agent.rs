@@ -205,7 +205,7 @@ impl Agent {
     }
 }
 
-pub async fn run(config: &Path, pin_dir: &Path) -> Result<()> {
+pub async fn run(config: &Path, pin_dir: &Path, keep_on_exit: bool) -> Result<()> {
     let file = config.display().to_string();
     let text = std::fs::read_to_string(config).with_context(|| format!("{file}: cannot read"))?;
     let desired = config::parse(&file, &text, config.parent(), None)?;
@@ -285,7 +285,16 @@ pub async fn run(config: &Path, pin_dir: &Path) -> Result<()> {
             o.rejected_packets
         );
     }
-    agent.dp.stop();
-    log::info!("detached; bye");
+    if keep_on_exit {
+        // The pinned links hold the programs, the pins hold the maps: the
+        // datapath keeps enforcing this policy until the next agent adopts it.
+        log::info!(
+            "leaving the datapath enforcing from {}; bye",
+            pin_dir.display()
+        );
+    } else {
+        agent.dp.stop();
+        log::info!("detached; bye");
+    }
     Ok(())
 }

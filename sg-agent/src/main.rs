@@ -31,6 +31,11 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// On SIGINT/SIGTERM, exit but leave the programs and maps pinned and
+        /// enforcing, for the next agent to adopt (a restart without a gap,
+        /// as under a service manager). `sg-agent cleanup` stops enforcing.
+        #[arg(long)]
+        keep_on_exit: bool,
     },
     /// Validate a configuration without touching the kernel: list every
     /// error (exit 1) or summarise it (exit 0).
@@ -124,10 +129,13 @@ fn dispatch(cli: Cli) -> Result<()> {
         None => default_pin_dir()?,
     };
     match cli.command {
-        Command::Run { config } => tokio::runtime::Builder::new_current_thread()
+        Command::Run {
+            config,
+            keep_on_exit,
+        } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(agent::run(&config, &pin_dir)),
+            .block_on(agent::run(&config, &pin_dir, keep_on_exit)),
         Command::Check { config } => {
             let d = config::load(&config, None)?;
             for w in &d.warnings {

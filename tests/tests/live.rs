@@ -292,3 +292,41 @@ fn a_changed_file_is_followed_without_a_signal() {
         agent.log()
     );
 }
+
+#[test]
+fn keep_on_exit_hands_over_without_a_gap() {
+    if !kernel_available("keep_on_exit_hands_over_without_a_gap") {
+        return;
+    }
+    let pair = Pair::new("keep").unwrap();
+    let denied = tcp_echo_server(&pair.server, addr(SERVER_V4, 8081)).unwrap();
+    let mut first =
+        Agent::start_with(&pair.server, &server_config(""), &["--keep-on-exit"]).unwrap();
+    let mut second = None;
+    no_loss_while(&pair, || {
+        let status = first.stop_with(Signal::SIGTERM).unwrap();
+        assert!(status.success(), "{}", first.log());
+        assert!(
+            first.log().contains("leaving the datapath enforcing"),
+            "{}",
+            first.log()
+        );
+        let before = rejected(&pair.server);
+        assert_eq!(
+            tcp_probe(&pair.client, denied, T).unwrap(),
+            Seen::Dropped,
+            "still enforcing between agents"
+        );
+        let probe_drops = rejected(&pair.server) - before;
+        let a = Agent::start(&pair.server, &server_config("")).unwrap();
+        assert!(a.log().contains("adopted the pinned"), "{}", a.log());
+        second = Some(a);
+        probe_drops
+    });
+    drop(second);
+    assert_eq!(
+        tcp_probe(&pair.client, denied, T).unwrap(),
+        Seen::Pass,
+        "a plain stop detaches"
+    );
+}
