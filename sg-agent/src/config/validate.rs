@@ -1070,38 +1070,27 @@ fn rules_of(
                 v.err(doc, &format!("{ppath}.description"), obj, INVALID, "a rule description is up to 255 characters of a-z A-Z 0-9, spaces and ._-:/()#,@[]+=&;{}!$*");
             }
             let peer = match kind {
-                "ip_ranges" => match parse_v4(&p.value) {
-                    Some(n) => {
-                        n4 += 1;
-                        Peer::Cidr(IpNet::V4(n))
-                    }
-                    None => {
+                "ip_ranges" | "ipv6_ranges" => {
+                    let v6 = kind == "ipv6_ranges";
+                    let net = if v6 {
+                        parse_v6(&p.value).map(IpNet::V6)
+                    } else {
+                        parse_v4(&p.value).map(IpNet::V4)
+                    };
+                    let Some(net) = net else {
+                        let fam = if v6 { "IPv6" } else { "IPv4" };
                         v.err(
                             doc,
                             &ppath,
                             obj,
                             INVALID,
-                            format!("invalid IPv4 CIDR {:?}", p.value),
+                            format!("invalid {fam} CIDR {:?}", p.value),
                         );
                         continue;
-                    }
-                },
-                "ipv6_ranges" => match parse_v6(&p.value) {
-                    Some(n) => {
-                        n6 += 1;
-                        Peer::Cidr(IpNet::V6(n))
-                    }
-                    None => {
-                        v.err(
-                            doc,
-                            &ppath,
-                            obj,
-                            INVALID,
-                            format!("invalid IPv6 CIDR {:?}", p.value),
-                        );
-                        continue;
-                    }
-                },
+                    };
+                    *(if v6 { &mut n6 } else { &mut n4 }) += 1;
+                    Peer::Cidr(net)
+                }
                 "prefix_list_ids" => match ctx
                     .pls
                     .iter()
