@@ -161,21 +161,30 @@ fn valid_id(prefix: &str, id: &str) -> bool {
         })
 }
 
-/// An id written in the file: `None` when absent (the caller generates one),
-/// `Some(None)` when malformed (reported here), `Some(Some(id))` when good.
-fn given_id(
+/// An object's id: the one written in the file when it is well formed, a
+/// generated one (from `parts`) when none is written, `None` (reported with
+/// AWS's code for the kind) when it is malformed.
+fn object_id(
     v: &mut V,
-    id: &Option<String>,
+    given: &Option<String>,
     prefix: &str,
-    code: &'static str,
+    parts: &[&str],
     doc: usize,
     path: &str,
     obj: &str,
-) -> Option<Option<String>> {
-    let id = id.as_ref()?;
+) -> Option<String> {
+    let Some(id) = given else {
+        return Some(make_id(prefix, parts));
+    };
     if valid_id(prefix, id) {
-        return Some(Some(id.clone()));
+        return Some(id.clone());
     }
+    let code = match prefix {
+        "vpc" => "InvalidVpcID.Malformed",
+        "pl" => "InvalidPrefixListID.Malformed",
+        "sg" => "InvalidGroupId.Malformed",
+        _ => "InvalidNetworkInterfaceID.Malformed",
+    };
     v.err(
         doc,
         &format!("{path}.id"),
@@ -183,7 +192,7 @@ fn given_id(
         code,
         format!("{id:?} is not {prefix}- and 8-17 hex digits"),
     );
-    Some(None)
+    None
 }
 
 /// AWS's character set for group names and descriptions (VPC).
@@ -306,16 +315,7 @@ pub fn validate(
             v.err(0, &path, "VPC", INVALID, "a VPC needs a name or an id");
             continue;
         }
-        let Some(id) = given_id(
-            &mut v,
-            &r.id,
-            "vpc",
-            "InvalidVpcID.Malformed",
-            0,
-            &path,
-            &obj,
-        )
-        .unwrap_or_else(|| Some(make_id("vpc", &[&name]))) else {
+        let Some(id) = object_id(&mut v, &r.id, "vpc", &[&name], 0, &path, &obj) else {
             continue;
         };
         if vpcs.iter().any(|x| x.id == id || x.name == name) {
@@ -452,16 +452,7 @@ pub fn validate(
     for (i, r) in raw.prefix_lists.iter().enumerate() {
         let path = format!("prefix_lists[{i}]");
         let obj = format!("prefix list {:?}", r.name);
-        let Some(id) = given_id(
-            &mut v,
-            &r.id,
-            "pl",
-            "InvalidPrefixListID.Malformed",
-            0,
-            &path,
-            &obj,
-        )
-        .unwrap_or_else(|| Some(make_id("pl", &[&r.name]))) else {
+        let Some(id) = object_id(&mut v, &r.id, "pl", &[&r.name], 0, &path, &obj) else {
             continue;
         };
         if pls.iter().any(|p| p.id == id || p.name == r.name) {
@@ -593,16 +584,7 @@ pub fn validate(
         let Some(vpc) = resolve_vpc(&mut v, &g.vpc, doc, &format!("{path}.vpc"), &obj) else {
             continue;
         };
-        let Some(id) = given_id(
-            &mut v,
-            &g.id,
-            "sg",
-            "InvalidGroupId.Malformed",
-            doc,
-            path,
-            &obj,
-        )
-        .unwrap_or_else(|| Some(make_id("sg", &[&vpc, &name]))) else {
+        let Some(id) = object_id(&mut v, &g.id, "sg", &[&vpc, &name], doc, path, &obj) else {
             continue;
         };
         if let Some(other) = groups
@@ -769,16 +751,7 @@ pub fn validate(
             continue;
         };
         let vpc = vpcs.iter().find(|x| x.id == vpc_id).expect("resolved");
-        let Some(id) = given_id(
-            &mut v,
-            &r.id,
-            "eni",
-            "InvalidNetworkInterfaceID.Malformed",
-            0,
-            &path,
-            &obj,
-        )
-        .unwrap_or_else(|| Some(make_id("eni", &[&r.interface]))) else {
+        let Some(id) = object_id(&mut v, &r.id, "eni", &[&r.interface], 0, &path, &obj) else {
             continue;
         };
         // Without IPv4 blocks (a VPC known only by id) any IPv4 address goes.
