@@ -1,6 +1,11 @@
 //! The daemon: validate, compile, install, attach; then follow the
-//! configuration (file changes and SIGHUP) and the interfaces (appearing,
-//! vanishing), and sweep the tracking table, until told to stop.
+//! configuration (inotify, `sg-agent apply`, SIGHUP) and the interfaces
+//! (appearing, vanishing), and sweep the tracking table, until told to stop.
+//!
+//! Nothing the file does can widen what passes except a complete file: which
+//! versions are taken is [`crate::reload`]'s rule, and an interface that
+//! leaves the file keeps its last policy (it is *retained*) until the file
+//! marks it `detached` or the operator runs `sg-agent detach`.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -14,13 +19,21 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     compile::{Compiled, compile, interface_rules},
     config::{self, Desired, Interface},
+    control::{self, Reply, Request},
     datapath::{Datapath, IfaceSpec},
+    file,
+    reload::{self, Trigger},
+    watch::{Change, Watch},
+    widen::{self, Enforced},
 };
 
 /// How often idle flows are swept from the tracking table.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
-/// How often the configuration file and the interfaces are checked.
-const WATCH_EVERY: Duration = Duration::from_millis(500);
+/// How often the interfaces are checked for appearing and vanishing.
+const IFACES_EVERY: Duration = Duration::from_millis(500);
+/// A read of the file that takes longer is abandoned (a hung file system):
+/// the loop goes on, the policy in force stays.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The compiled policy of one present interface.
 pub struct Plan<'a> {
@@ -29,12 +42,12 @@ pub struct Plan<'a> {
     pub compiled: Compiled,
 }
 
-/// Compiles every interface of `d` that exists here; returns the plans and
-/// the names of the interfaces that do not exist. Touches nothing.
+/// Compiles every interface of `d` that exists here and is not `detached`;
+/// returns the plans and the interfaces that do not exist. Touches nothing.
 pub fn plan(d: &Desired) -> (Vec<Plan<'_>>, Vec<&Interface>) {
     let mut plans = Vec::new();
     let mut absent = Vec::new();
-    for iface in &d.interfaces {
+    for iface in d.interfaces.iter().filter(|i| !i.detached) {
         match nix::net::if_::if_nametoindex(iface.name.as_str()) {
             Ok(ifindex) => {
                 let (inbound, outbound) = interface_rules(d, iface);
@@ -50,6 +63,32 @@ pub fn plan(d: &Desired) -> (Vec<Plan<'_>>, Vec<&Interface>) {
     (plans, absent)
 }
 
+/// Reads and validates the configuration at `path`, off the event loop (the
+/// read is bounded in size and time; see [`file::read_config`]). `trigger`
+/// says whether this version may be taken (see [`reload::admit`]).
+pub async fn load(
+    path: &Path,
+    trigger: Trigger,
+    previous: Option<Desired>,
+) -> Result<Desired, String> {
+    let shown = path.display().to_string();
+    let path = path.to_path_buf();
+    let name = shown.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        let text = file::read_config_text(&path).map_err(|e| format!("{name}: {e}"))?;
+        reload::admit(trigger, &text).map_err(|e| format!("{name}: not taken: {e}"))?;
+        config::parse(&name, &text, path.parent(), previous.as_ref()).map_err(|e| e.to_string())
+    });
+    match tokio::time::timeout(READ_TIMEOUT, job).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(format!("reading {shown}: {e}")),
+        Err(_) => Err(format!(
+            "{shown}: reading took more than {} s; abandoned",
+            READ_TIMEOUT.as_secs()
+        )),
+    }
+}
+
 /// What is installed for one interface, to skip reinstalling it unchanged.
 #[derive(PartialEq)]
 struct Applied {
@@ -62,21 +101,33 @@ struct Agent {
     dp: Datapath,
     path: PathBuf,
     file: String,
-    text: String,
+    /// The last configuration taken.
     desired: Desired,
+    /// What each enforced interface lets through, for reporting widenings.
+    enforced: Enforced,
+    /// Interfaces the file lists, with what is installed for them.
     applied: HashMap<u32, Applied>,
-    /// The file could not be read at the last check.
-    unreadable: bool,
+    /// Interfaces enforced that the file does not list: they keep the policy
+    /// they had (by ifindex, with their names).
+    retained: HashMap<u32, String>,
+    /// The last problem logged, so that a stuck file is reported once.
+    last_problem: Option<String>,
+}
+
+fn iface_exists(ifindex: u32) -> bool {
+    nix::net::if_::if_indextoname(ifindex).is_ok()
 }
 
 impl Agent {
     /// Makes the datapath enforce `plans`: changed policies swapped in per
     /// interface, new interfaces attached (after their policy is in place, so
-    /// a program never runs without one), interfaces gone forgotten.
+    /// a program never runs without one). Interfaces no longer planned are
+    /// forgotten if they are gone or `detached`, and retained otherwise.
     fn apply(&mut self, plans: Vec<Plan<'_>>) -> Result<()> {
         let wanted: HashSet<u32> = plans.iter().map(|p| p.ifindex).collect();
         let mut fresh = Vec::new();
         for p in &plans {
+            self.retained.remove(&p.ifindex);
             let next = Applied {
                 compiled: p.compiled.clone(),
                 iface: p.iface.clone(),
@@ -116,78 +167,124 @@ impl Agent {
                 );
             }
         }
-        let gone: Vec<u32> = self
+        let unplanned: Vec<(u32, String)> = self
             .applied
-            .keys()
-            .filter(|i| !wanted.contains(i))
-            .copied()
+            .iter()
+            .filter(|(i, _)| !wanted.contains(i))
+            .map(|(i, a)| (*i, a.iface.name.clone()))
             .collect();
-        for ifindex in gone {
-            log::info!("no longer enforcing on ifindex {ifindex}");
+        for (ifindex, name) in unplanned {
             self.applied.remove(&ifindex);
-            self.dp.forget(ifindex);
+            self.retained.insert(ifindex, name);
         }
+        self.settle_retained();
         self.dp.retire();
         Ok(())
     }
 
-    /// Re-reads the file if it changed (or `force`), and re-applies when the
-    /// configuration or the set of present interfaces changed. An invalid
-    /// file is refused as a whole and the policy in force stays.
-    fn refresh(&mut self, force: bool) {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => {
-                self.unreadable = false;
-                t
-            }
-            Err(e) => {
-                // Once, not at every check.
-                if !std::mem::replace(&mut self.unreadable, true) {
-                    log::error!("{}: cannot read: {e}; the policy in force stays", self.file);
-                }
-                return;
-            }
-        };
-        if text != self.text || force {
-            self.text = text;
-            match config::parse(
-                &self.file,
-                &self.text,
-                self.path.parent(),
-                Some(&self.desired),
-            ) {
-                Ok(d) => {
-                    for w in &d.warnings {
-                        log::warn!("{w}");
-                    }
-                    if d.conntrack.max_flows != self.desired.conntrack.max_flows {
-                        log::warn!(
-                            "{}: conntrack.max_flows changed to {}; the table keeps its size until a restart",
-                            self.file,
-                            d.conntrack.max_flows
-                        );
-                    }
-                    self.desired = d;
-                    self.reconcile("configuration applied");
-                }
-                Err(e) => log::error!("configuration rejected; the policy in force stays. {e}"),
-            }
-            return;
-        }
-        // Interfaces that appeared, vanished or were recreated.
-        let present: HashSet<u32> = self
+    /// Forgets retained interfaces that are gone or that the file detaches;
+    /// reports the others.
+    fn settle_retained(&mut self) {
+        let detached: HashSet<&str> = self
             .desired
             .interfaces
             .iter()
-            .filter_map(|i| nix::net::if_::if_nametoindex(i.name.as_str()).ok())
+            .filter(|i| i.detached)
+            .map(|i| i.name.as_str())
             .collect();
-        let applied: HashSet<u32> = self.applied.keys().copied().collect();
-        if present != applied {
-            self.reconcile("interfaces changed");
+        let mut forgot = false;
+        for (ifindex, name) in self.retained.clone() {
+            if !iface_exists(ifindex) {
+                log::info!("no longer enforcing on {name} (ifindex {ifindex}): it is gone");
+            } else if detached.contains(name.as_str()) {
+                log::warn!(
+                    "detached {name} (ifindex {ifindex}), as {} says: its traffic is no longer filtered",
+                    self.file
+                );
+                self.enforced.remove(&name);
+            } else {
+                continue;
+            }
+            self.retained.remove(&ifindex);
+            self.dp.forget(ifindex);
+            forgot = true;
+        }
+        if forgot {
+            self.dp.collect_garbage();
         }
     }
 
-    fn reconcile(&mut self, what: &str) {
+    fn retained_note(&self) -> Option<String> {
+        if self.retained.is_empty() {
+            return None;
+        }
+        let mut names: Vec<&str> = self.retained.values().map(String::as_str).collect();
+        names.sort();
+        Some(format!(
+            "not in {}, kept enforcing with their last policy: {} (to stop enforcing, mark an interface `detached: true` or run `sg-agent detach IFACE`)",
+            self.file,
+            names.join(", ")
+        ))
+    }
+
+    /// Logs a problem with the file, once until it changes.
+    fn problem(&mut self, level: log::Level, msg: String) -> Reply {
+        if self.last_problem.as_ref() != Some(&msg) {
+            log::log!(level, "{msg}; the policy in force stays");
+            self.last_problem = Some(msg.clone());
+        }
+        Reply {
+            ok: false,
+            message: format!("{msg}; the policy in force stays"),
+        }
+    }
+
+    /// Looks at the file after `trigger`; takes it if it is complete and
+    /// valid. Anything else leaves the policy in force as it is.
+    async fn refresh(&mut self, trigger: Trigger) -> Reply {
+        let d = match load(&self.path, trigger, Some(self.desired.clone())).await {
+            Ok(d) => d,
+            Err(e) => {
+                let level = if e.contains("not taken") {
+                    log::Level::Warn
+                } else {
+                    log::Level::Error
+                };
+                return self.problem(level, format!("configuration rejected: {e}"));
+            }
+        };
+        self.last_problem = None;
+        for w in &d.warnings {
+            log::warn!("{w}");
+        }
+        if d == self.desired && trigger != Trigger::Apply {
+            return Reply {
+                ok: true,
+                message: "unchanged".into(),
+            };
+        }
+        let after = widen::after(&self.enforced, &d);
+        let wider = widen::widenings(&self.enforced, &after);
+        if !wider.is_empty() {
+            log::warn!(
+                "{}: this change widens what passes:\n  {}",
+                self.file,
+                wider.join("\n  ")
+            );
+        }
+        if d.conntrack.max_flows != self.desired.conntrack.max_flows {
+            log::warn!(
+                "{}: conntrack.max_flows changed to {}; the table keeps its size until a restart",
+                self.file,
+                d.conntrack.max_flows
+            );
+        }
+        self.desired = d;
+        self.enforced = after;
+        self.reconcile("configuration applied")
+    }
+
+    fn reconcile(&mut self, what: &str) -> Reply {
         let desired = self.desired.clone();
         let (plans, absent) = plan(&desired);
         for a in absent {
@@ -198,17 +295,132 @@ impl Agent {
             );
         }
         let n = plans.len();
-        match self.apply(plans) {
-            Ok(()) => log::info!("{what}: enforcing on {n} interface(s)"),
-            Err(e) => log::error!("applying the configuration: {e:#}"),
+        let result = self.apply(plans);
+        if let Some(note) = self.retained_note() {
+            log::warn!("{note}");
+        }
+        match result {
+            Ok(()) => {
+                let msg = format!("{what}: enforcing on {n} interface(s)");
+                log::info!("{msg}");
+                Reply {
+                    ok: true,
+                    message: msg,
+                }
+            }
+            Err(e) => {
+                log::error!("applying the configuration: {e:#}");
+                Reply {
+                    ok: false,
+                    message: format!("applying the configuration: {e:#}"),
+                }
+            }
+        }
+    }
+
+    /// Re-applies when listed interfaces appeared, vanished or were
+    /// recreated, or a retained one went away.
+    fn check_interfaces(&mut self) {
+        let present: HashSet<u32> = self
+            .desired
+            .interfaces
+            .iter()
+            .filter(|i| !i.detached)
+            .filter_map(|i| nix::net::if_::if_nametoindex(i.name.as_str()).ok())
+            .collect();
+        let applied: HashSet<u32> = self.applied.keys().copied().collect();
+        if present != applied || self.retained.keys().any(|i| !iface_exists(*i)) {
+            self.reconcile("interfaces changed");
+        }
+    }
+
+    /// `sg-agent detach IFACE`: stops enforcing on an interface the file
+    /// does not list.
+    fn detach(&mut self, name: &str) -> Reply {
+        let fail = |message: String| Reply { ok: false, message };
+        if self
+            .desired
+            .interfaces
+            .iter()
+            .any(|i| i.name == name && !i.detached)
+        {
+            return fail(format!(
+                "{name} is listed in {}: remove it there (or mark it `detached: true`) first, or the agent would enforce it again",
+                self.file
+            ));
+        }
+        let Some(ifindex) = self
+            .retained
+            .iter()
+            .find(|(_, n)| n.as_str() == name)
+            .map(|(i, _)| *i)
+        else {
+            return fail(format!("sg-agent does not enforce on {name}"));
+        };
+        self.retained.remove(&ifindex);
+        self.enforced.remove(name);
+        self.dp.forget(ifindex);
+        self.dp.retire();
+        self.dp.collect_garbage();
+        let msg = format!("detached {name} (ifindex {ifindex}): its traffic is no longer filtered");
+        log::warn!("{msg}, as the operator asked");
+        Reply {
+            ok: true,
+            message: msg,
+        }
+    }
+
+    /// `sg-agent check` against the running agent: what `path` would change.
+    async fn check(&self, path: &Path) -> Reply {
+        match load(path, Trigger::Apply, Some(self.desired.clone())).await {
+            Err(e) => Reply {
+                ok: false,
+                message: e,
+            },
+            Ok(d) => {
+                let wider = widen::widenings(&self.enforced, &widen::after(&self.enforced, &d));
+                let mut message = if wider.is_empty() {
+                    "against the policy in force, it widens nothing".to_string()
+                } else {
+                    format!(
+                        "against the policy in force, it would widen what passes:\n  {}",
+                        wider.join("\n  ")
+                    )
+                };
+                let kept: Vec<&str> = self
+                    .enforced
+                    .keys()
+                    .filter(|n| !d.interfaces.iter().any(|i| &i.name == *n))
+                    .map(String::as_str)
+                    .collect();
+                if !kept.is_empty() {
+                    message.push_str(&format!(
+                        "\n  not in the file, kept as they are: {}",
+                        kept.join(", ")
+                    ));
+                }
+                Reply { ok: true, message }
+            }
+        }
+    }
+
+    async fn handle(&mut self, req: Request) -> Reply {
+        match req {
+            Request::Apply => {
+                log::info!("sg-agent apply: reloading {}", self.file);
+                self.refresh(Trigger::Apply).await
+            }
+            Request::Detach { interface } => self.detach(&interface),
+            Request::Check { path } => self.check(&path).await,
         }
     }
 }
 
 pub async fn run(config: &Path, pin_dir: &Path, keep_on_exit: bool) -> Result<()> {
     let file = config.display().to_string();
-    let text = std::fs::read_to_string(config).with_context(|| format!("{file}: cannot read"))?;
-    let desired = config::parse(&file, &text, config.parent(), None)?;
+    let desired = load(config, Trigger::Apply, None)
+        .await
+        .map_err(anyhow::Error::msg)?;
     for w in &desired.warnings {
         log::warn!("{w}");
     }
@@ -217,9 +429,8 @@ pub async fn run(config: &Path, pin_dir: &Path, keep_on_exit: bool) -> Result<()
     // configuration says it may come later.
     let missing: Vec<String> = absent
         .iter()
-        .enumerate()
-        .filter(|(_, i)| !i.optional)
-        .map(|(_, i)| format!("{file}: network interface {:?}: no such interface here (set `optional: true` if it comes later)", i.name))
+        .filter(|i| !i.optional)
+        .map(|i| format!("{file}: network interface {:?}: no such interface here (set `optional: true` if it comes later)", i.name))
         .collect();
     if !missing.is_empty() {
         bail!("{}", missing.join("\n"));
@@ -231,34 +442,78 @@ pub async fn run(config: &Path, pin_dir: &Path, keep_on_exit: bool) -> Result<()
             a.id
         );
     }
+    // Takes the pin directory's lock: from here on this agent owns it.
     let dp = Datapath::load(desired.conntrack.max_flows, pin_dir)?;
-    let plans: Vec<Plan<'_>> = plans;
-    let keep: HashSet<u32> = plans.iter().map(|p| p.ifindex).collect();
+    let mut calls = control::serve(pin_dir)?;
+    let mut watch = Watch::new(config)?;
+    // What an earlier agent enforced that this file does not list is kept.
+    let listed: HashSet<&str> = desired.interfaces.iter().map(|i| i.name.as_str()).collect();
+    let mut retained = HashMap::new();
+    let mut enforced: Enforced = widen::policies(&desired)
+        .into_iter()
+        .map(|(n, p)| (n, Some(p)))
+        .collect();
+    for ifindex in dp.maps.iface_cfgs().into_keys() {
+        if let Ok(name) = nix::net::if_::if_indextoname(ifindex) {
+            let name = name.to_string_lossy().into_owned();
+            let detached = desired
+                .interfaces
+                .iter()
+                .any(|i| i.name == name && i.detached);
+            if !listed.contains(name.as_str()) || detached {
+                if !detached {
+                    enforced.insert(name.clone(), None);
+                }
+                retained.insert(ifindex, name);
+            }
+        }
+    }
     let mut agent = Agent {
         dp,
         path: config.to_path_buf(),
         file,
-        text,
         desired: desired.clone(),
+        enforced,
         applied: HashMap::new(),
-        unreadable: false,
+        retained,
+        last_problem: None,
     };
     agent.apply(plans)?;
-    // What an earlier agent enforced and this configuration no longer lists.
-    agent.dp.collect_garbage(&keep);
-    log::info!("sg-agent running with {} interface(s)", agent.applied.len());
+    if let Some(note) = agent.retained_note() {
+        log::warn!("{note}");
+    }
+    agent.dp.collect_garbage();
+    log::info!(
+        "sg-agent running with {} interface(s)",
+        agent.applied.len() + agent.retained.len()
+    );
 
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
-    let mut watch = tokio::time::interval(WATCH_EVERY);
+    let mut ifaces = tokio::time::interval(IFACES_EVERY);
     loop {
         tokio::select! {
             _ = sigint.recv() => { log::info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); break; }
-            _ = sighup.recv() => { log::info!("SIGHUP: reloading {}", agent.file); agent.refresh(true); }
-            _ = watch.tick() => agent.refresh(false),
+            _ = sighup.recv() => {
+                log::info!("SIGHUP: reloading {}", agent.file);
+                agent.refresh(Trigger::Apply).await;
+            }
+            change = watch.next() => match change {
+                Ok(Change::Content(t)) => { agent.refresh(t).await; }
+                Ok(Change::Removed) => {
+                    let msg = format!("{}: deleted or renamed away", agent.file);
+                    agent.problem(log::Level::Warn, msg);
+                }
+                Err(e) => log::error!("watching {}: {e:#}", agent.file),
+            },
+            Some((req, reply)) = calls.recv() => {
+                let r = agent.handle(req).await;
+                let _ = reply.send(r);
+            }
+            _ = ifaces.tick() => agent.check_interfaces(),
             _ = sweep.tick() => match agent.dp.maps.sweep() {
                 Ok(0) => {}
                 Ok(n) => log::debug!("swept {n} idle flow(s)"),
@@ -266,11 +521,17 @@ pub async fn run(config: &Path, pin_dir: &Path, keep_on_exit: bool) -> Result<()
             },
         }
     }
-    let names: HashMap<u32, String> = agent
+    stop(agent, pin_dir, keep_on_exit);
+    Ok(())
+}
+
+fn stop(agent: Agent, pin_dir: &Path, keep_on_exit: bool) {
+    let mut names: HashMap<u32, String> = agent
         .applied
         .iter()
         .map(|(i, a)| (*i, a.iface.name.clone()))
         .collect();
+    names.extend(agent.retained.clone());
     for st in agent.dp.maps.stats().unwrap_or_default() {
         let [i, o] = st.dirs;
         log::info!(
@@ -296,5 +557,4 @@ pub async fn run(config: &Path, pin_dir: &Path, keep_on_exit: bool) -> Result<()
         agent.dp.stop();
         log::info!("detached; bye");
     }
-    Ok(())
 }

@@ -22,13 +22,13 @@ use aya::{
 use ipnet::IpNet;
 use sg_common::{
     ADDR_KEY_POLICY_BITS, AddrKey4, AddrKey6, CtKey, CtVal, FragKey, IFACE_HOST_SIDE,
-    IFACE_RELATED_ICMP, IfaceCfg, LAYOUT_VERSION, PortKey, PortVal, Reason, STATS_SLOTS, Stats,
-    timeout_ns,
+    IFACE_RELATED_ICMP, IfaceCfg, PortKey, PortVal, Reason, STATS_SLOTS, Stats, timeout_ns,
 };
 
 use crate::{
     compile::Compiled,
     config::{AttachMode, IngressHook, Timeouts},
+    pins::{self, PinLock},
 };
 
 /// The eBPF object, embedded at build time.
@@ -41,11 +41,18 @@ pub const PROG_PASS: &str = "sg_tc_pass";
 /// The ingress decision at XDP.
 pub const PROG_XDP: &str = "sg_xdp";
 
-/// Spare entries per CPU list: replacing an expired entry briefly needs a
-/// second node, and the flow count the datapath checks may trail the table
-/// by the flows created during one sweep (see `Maps::sweep`).
-fn ct_slack(max_flows: u32) -> u32 {
-    (max_flows / 16).max(1024)
+/// Entries beyond the allowance. The table is a preallocated hash whose free
+/// elements sit on per-CPU lists that an allocating CPU steals from when its
+/// own is empty (`kernel/bpf/percpu_freelist.c`, `___pcpu_freelist_pop`), so
+/// every element is usable from any CPU, and replacing an existing key takes
+/// one of the map's per-CPU `extra_elems` (`kernel/bpf/hashtab.c`), not a free
+/// element: the kernel needs no slack. The datapath's own check needs a
+/// little: each CPU may be between the allowance check and its insert in two
+/// contexts at once (a program in task context interrupted by one in
+/// softirq), and the sweeper re-bases the count so that it errs high, never
+/// low (`Maps::sweep`).
+pub fn ct_slack(ncpus: u32) -> u32 {
+    2 * ncpus
 }
 
 /// The maps, pinned under one directory: the agent's working set, and what
@@ -77,6 +84,8 @@ const MAP_NAMES: [&str; 9] = [
 ];
 
 pub struct Datapath {
+    /// This agent owns the pin directory for as long as it runs.
+    _lock: PinLock,
     ebpf: Ebpf,
     pub maps: Maps,
     next_policy: u32,
@@ -116,14 +125,14 @@ impl Datapath {
     /// restarted agent carries on with the flows and policy in force.
     pub fn load(max_flows: u32, dir: &Path) -> Result<Self> {
         raise_memlock();
-        ensure_bpffs(dir)?;
+        pins::prepare(dir)?;
+        let lock = PinLock::take(dir)?;
         std::fs::create_dir_all(dir.join("links"))
             .with_context(|| format!("creating {}", dir.display()))?;
         let ncpus = aya::util::nr_cpus().map_err(|(f, e)| anyhow!("{f}: {e}"))? as u32;
         let ct_entries = max_flows
-            .checked_add(ct_slack(max_flows))
-            .and_then(|n| n.checked_mul(ncpus))
-            .context("conntrack.max_flows is too large for this many CPUs")?;
+            .checked_add(ct_slack(ncpus))
+            .context("conntrack.max_flows is too large")?;
         let limit = max_flows as u64;
         let paths: Vec<(&str, PathBuf)> = MAP_NAMES.iter().map(|n| (*n, dir.join(n))).collect();
         let mut loader = EbpfLoader::new();
@@ -165,6 +174,7 @@ impl Datapath {
             .max()
             .unwrap_or(0);
         Ok(Datapath {
+            _lock: lock,
             ebpf,
             maps,
             next_policy,
@@ -445,17 +455,14 @@ impl Datapath {
         self.links.get(&ifindex).copied()
     }
 
-    /// Interfaces with a policy installed.
-    pub fn interfaces(&self) -> Vec<u32> {
-        self.installed.keys().copied().collect()
-    }
-
-    /// Removes policy entries and interface configurations that nothing in
-    /// force refers to: what an earlier agent left behind, once this one has
-    /// installed its own policy.
-    pub fn collect_garbage(&mut self, keep: &HashSet<u32>) {
+    /// Removes policy entries that no interface configuration refers to
+    /// (what an earlier agent left behind once this one installed its own,
+    /// or what a detach left), and the configurations of interfaces that no
+    /// longer exist. An interface that exists keeps whatever it has: leaving
+    /// it out of the configuration does not detach it.
+    pub fn collect_garbage(&mut self) {
         for (ifindex, _) in self.maps.iface_cfgs() {
-            if !keep.contains(&ifindex) {
+            if nix::net::if_::if_indextoname(ifindex).is_err() {
                 self.maps.unpin_links(ifindex);
                 let _ = self.maps.ifaces.remove(&ifindex);
             }
@@ -648,6 +655,16 @@ impl Maps {
 
     fn unpin_links(&self, ifindex: u32) {
         unpin_links_at(&self.dir, ifindex);
+    }
+
+    /// Stops enforcing on an interface with no agent running: its links
+    /// unpinned, its configuration removed (the next agent collects its
+    /// policy entries). Returns whether it was enforced.
+    pub fn detach_offline(&mut self, ifindex: u32) -> bool {
+        let known = self.ifaces.get(&ifindex, 0).is_ok();
+        self.unpin_links(ifindex);
+        let _ = self.ifaces.remove(&ifindex);
+        known
     }
 
     /// Removes every pin under `dir` (links first, so they detach).
@@ -878,41 +895,6 @@ fn unpin_links_at(dir: &Path, ifindex: u32) {
     for kind in [LINK_TC_INGRESS, LINK_TC_EGRESS, LINK_XDP] {
         unpin_link(&link_pin_at(dir, ifindex, kind));
     }
-}
-
-/// Pins live on bpffs, which is not mounted at boot on every system.
-fn ensure_bpffs(dir: &Path) -> Result<()> {
-    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-    let root = Path::new("/sys/fs/bpf");
-    if !dir.starts_with(root) {
-        return Ok(());
-    }
-    let is_bpffs =
-        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
-    if !is_bpffs(root) {
-        std::fs::create_dir_all(root).ok();
-        nix::mount::mount(
-            Some("bpf"),
-            root,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .context("mounting bpffs at /sys/fs/bpf")?;
-        log::info!("mounted bpffs at /sys/fs/bpf");
-    }
-    Ok(())
-}
-
-/// The default pin directory: versioned by map layout, and per network
-/// namespace, since interfaces (and their ifindexes) are.
-pub fn default_pin_dir() -> Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let ns = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
-    Ok(PathBuf::from(format!(
-        "/sys/fs/bpf/sg/v{LAYOUT_VERSION}/net-{}",
-        ns.ino()
-    )))
 }
 
 /// The clock the datapath stamps flows with (`bpf_ktime_get_coarse_ns`,

@@ -5,9 +5,16 @@
 
 pub mod agent;
 pub mod bench;
+pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod control;
 pub mod datapath;
 pub mod describe;
+pub mod file;
 pub mod frames;
 pub mod model;
+pub mod pins;
+pub mod reload;
+pub mod watch;
+pub mod widen;

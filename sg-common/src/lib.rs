@@ -9,9 +9,9 @@
 use core::mem::size_of;
 
 /// Version of the map layout. Pins live under `/sys/fs/bpf/sg/v{LAYOUT_VERSION}`;
-/// bump it whenever a key or value below changes, since aya reuses a pinned map
+/// bump it whenever a key or value below (or a map's type) changes, since aya reuses a pinned map
 /// without checking its layout.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Direction of a packet relative to the workload behind the interface.
 pub const DIR_INBOUND: u8 = 0;

@@ -40,12 +40,14 @@ static ADDR6: LpmTrie<AddrKey6, u32> = LpmTrie::with_max_entries(1 << 20, 0);
 #[map]
 static PORTS: LpmTrie<PortKey, PortVal> = LpmTrie::with_max_entries(1 << 20, 0);
 
-/// Sized by the agent at load time (`map_max_entries`) to (allowance + slack)
-/// times the number of CPUs: with `BPF_F_NO_COMMON_LRU` each CPU's LRU list
-/// holds `max_entries / ncpus`, so that headroom means no list ever has to
-/// evict a live flow while the count stays within the allowance.
+/// The tracking table: a plain, preallocated hash, so nothing is ever
+/// evicted; the program refuses new flows past the allowance (`CT_LIMIT`) and
+/// the agent sweeps idle ones. Sized by the agent at load time
+/// (`map_max_entries`) to the allowance plus a slack of a few entries per CPU
+/// (`ct_slack` in the agent says why): memory grows with the allowance, not
+/// with the number of CPUs, as an LRU's per-CPU lists would make it.
 #[map]
-static CT: LruHashMap<CtKey, CtVal> = LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+static CT: HashMap<CtKey, CtVal> = HashMap::with_max_entries(65536, 0);
 
 /// Flows inserted, counted per CPU: the BPF target has no atomic
 /// read-modify-write in Rust, and per-CPU cells need none.

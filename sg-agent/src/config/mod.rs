@@ -226,6 +226,11 @@ pub struct RawGroup {
     pub vpc: Option<String>,
     #[serde(default, alias = "OwnerId")]
     pub owner_id: Option<String>,
+    /// AWS's ARN of the group (`arn:aws:ec2:REGION:ACCOUNT:security-group/sg-…`):
+    /// accepted so that current `describe-security-groups` output imports,
+    /// and ignored, since it restates the account and the id.
+    #[serde(default, alias = "SecurityGroupArn")]
+    pub _arn: Option<String>,
     #[serde(default, alias = "Tags", deserialize_with = "tags")]
     pub tags: BTreeMap<String, String>,
     /// Inbound rules. A new group has none.
@@ -233,7 +238,12 @@ pub struct RawGroup {
     pub ingress: Vec<RawRule>,
     /// Outbound rules. Absent: AWS's default for a new group, all traffic to
     /// `0.0.0.0/0` (and `::/0` when the VPC has IPv6). Empty: none.
-    #[serde(default, alias = "outbound", alias = "IpPermissionsEgress")]
+    #[serde(
+        default,
+        alias = "outbound",
+        alias = "IpPermissionsEgress",
+        deserialize_with = "present_list"
+    )]
     pub egress: Option<Vec<RawRule>>,
     /// Where it came from, for error messages: set by the loader.
     #[serde(skip)]
@@ -245,6 +255,18 @@ pub struct RawGroup {
 pub struct Origin {
     pub doc: usize,
     pub path: String,
+}
+
+/// A list that, when present, must be a list: `egress:` with nothing after
+/// it (null) is refused rather than read as "absent", which would mean AWS's
+/// allow-all default. A file cut just after the key looks exactly like that.
+fn present_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<RawRule>>, D::Error> {
+    match Option::<Vec<RawRule>>::deserialize(d)? {
+        Some(v) => Ok(Some(v)),
+        None => Err(serde::de::Error::custom(
+            "egress is empty (null): write [] for no outbound rules, or leave the key out for AWS's default (all outbound traffic)",
+        )),
+    }
 }
 
 /// Tags as a YAML map or as AWS's `[{Key, Value}]`.
@@ -412,9 +434,16 @@ pub struct RawIface {
     /// The interface may be absent at start; it is enforced whenever it exists.
     #[serde(default)]
     pub optional: bool,
+    /// Stop enforcing on this interface (and forget its policy). Leaving an
+    /// interface out of the file keeps its last policy instead.
+    #[serde(default)]
+    pub detached: bool,
 }
 
-/// `describe-security-groups` output.
+/// `describe-security-groups` output (botocore's `DescribeSecurityGroupsResult`).
+/// Members beside `SecurityGroups` (`NextToken`, boto3's `ResponseMetadata`)
+/// say nothing about the groups and are ignored; inside a group every member
+/// is named (see [`RawGroup`]).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct AwsGroups {
     #[serde(rename = "SecurityGroups")]
@@ -431,8 +460,8 @@ pub struct Doc {
 /// `previous` is the state in force, if any (deleting a group still in use is
 /// a `DependencyViolation` rather than a `NotFound`).
 pub fn load(path: &Path, previous: Option<&Desired>) -> Result<Desired, Issues> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Issues::single(&path.display().to_string(), format!("cannot read: {e}")))?;
+    let text = crate::file::read_config_text(path)
+        .map_err(|e| Issues::single(&path.display().to_string(), e))?;
     parse(&path.display().to_string(), &text, path.parent(), previous)
 }
 
@@ -464,8 +493,8 @@ pub fn parse(
     for name in raw.import.clone() {
         let p = dir.map_or_else(|| Path::new(&name).to_path_buf(), |d| d.join(&name));
         let shown = p.display().to_string();
-        let text = std::fs::read_to_string(&p)
-            .map_err(|e| Issues::single(file, format!("import {shown}: cannot read: {e}")))?;
+        let text = crate::file::read_config_text(&p)
+            .map_err(|e| Issues::single(file, format!("import {shown}: {e}")))?;
         let aws: AwsGroups =
             serde_yaml::from_str(&text).map_err(|e| Issues::from_yaml(&shown, &e))?;
         let doc = docs.len();

@@ -113,6 +113,9 @@ pub struct Interface {
     pub timeouts: Timeouts,
     pub related_icmp: bool,
     pub optional: bool,
+    /// The operator's explicit "stop enforcing here": removing an interface
+    /// from the file never detaches it (README, "How reloads are taken").
+    pub detached: bool,
 }
 
 /// The validated desired state.
@@ -835,6 +838,7 @@ pub fn validate(
             timeouts,
             related_icmp: r.related_icmp,
             optional: r.optional,
+            detached: r.detached,
         });
     }
 

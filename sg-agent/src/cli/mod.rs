@@ -1,0 +1,266 @@
+//! The `sg-agent` command line: one subcommand per job, each a thin layer
+//! over the library (the agent, the configuration, the pinned maps).
+
+mod admin;
+mod stats;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::{agent, config, datapath::FlowMatch, describe, pins::default_pin_dir};
+
+/// Where the configuration is read from when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/sg/sg.yaml";
+
+/// AWS-style security groups for Linux interfaces, enforced by eBPF.
+#[derive(Parser)]
+#[command(name = "sg-agent", version, about)]
+pub struct Cli {
+    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: log::LevelFilter,
+    /// Where the maps and links are pinned
+    /// [default: /sys/fs/bpf/sg/v<layout>/net-<netns inode>].
+    #[arg(long, global = true)]
+    pin_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enforce the configuration, following its changes, until SIGINT or
+    /// SIGTERM (which detach everything).
+    Run {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// On SIGINT/SIGTERM, exit but leave the programs and maps pinned and
+        /// enforcing, for the next agent to adopt (a restart without a gap,
+        /// as under a service manager). `sg-agent cleanup` stops enforcing.
+        #[arg(long)]
+        keep_on_exit: bool,
+    },
+    /// Validate a configuration without touching the kernel: list every
+    /// error (exit 1) or summarise it (exit 0); with an agent running here,
+    /// also say what taking it would widen.
+    Check {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Make the running agent take its configuration file as it is now (for
+    /// editors that write in place); prints the outcome, exit 1 if refused.
+    Apply,
+    /// Stop enforcing on an interface that the configuration no longer
+    /// lists (leaving it out of the file keeps its last policy).
+    Detach {
+        /// Linux interface name.
+        interface: String,
+    },
+    /// Seal a configuration: append (or renew) the `# sg-sha256:` line that
+    /// lets the agent take a file written in place once it is complete.
+    /// FILE is rewritten by rename; `-` seals standard input to standard
+    /// output.
+    Seal {
+        #[arg(default_value = DEFAULT_CONFIG)]
+        file: PathBuf,
+    },
+    /// The effective security groups, as `aws ec2 describe-security-groups`
+    /// prints them.
+    DescribeSecurityGroups {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "json")]
+        output: Output,
+    },
+    /// The effective rules, one per peer, as `aws ec2
+    /// describe-security-group-rules` prints them.
+    DescribeSecurityGroupRules {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "json")]
+        output: Output,
+    },
+    /// Print the counters of the running agent's interfaces.
+    Stats {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete tracked flows (of one interface, or all), cutting flows that a
+    /// rule removal left running.
+    Flush {
+        /// Linux interface name; all interfaces when absent.
+        #[arg(long)]
+        interface: Option<String>,
+        /// Only flows whose peer lies in this CIDR.
+        #[arg(long)]
+        peer: Option<ipnet::IpNet>,
+        /// Only flows of this protocol (tcp, udp, icmp, icmpv6 or a number).
+        #[arg(long, value_parser = parse_protocol)]
+        protocol: Option<u8>,
+        /// Only TCP/UDP flows with this port at either end.
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Detach the programs and remove the pins of this network namespace's
+    /// agent (or of `--pin-dir`); refused while an agent runs there.
+    Cleanup {
+        /// Every sg pin directory on the host, all network namespaces'
+        /// (those of running agents are skipped).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), or write one page per command into DIR.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Json,
+    Yaml,
+    Table,
+}
+
+fn print(v: &serde_json::Value, output: Output, table: impl FnOnce() -> String) -> Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        Output::Yaml => print!("{}", serde_yaml::to_string(v)?),
+        Output::Table => print!("{}", table()),
+    }
+    Ok(())
+}
+
+/// The binary's entry point.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // Output into a closed pipe (`sg-agent stats | head`) ends the
+        // command quietly, as it does `ls`. The agent itself keeps Rust's
+        // default (ignored), so a closed log pipe cannot kill it.
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    env_logger::Builder::new()
+        .filter_level(cli.log_level)
+        .parse_env("RUST_LOG")
+        .format_timestamp_millis()
+        .init();
+    match dispatch(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    let explicit_pin_dir = cli.pin_dir.is_some();
+    let pin_dir = match cli.pin_dir {
+        Some(d) => d,
+        None => default_pin_dir()?,
+    };
+    match cli.command {
+        Command::Run {
+            config,
+            keep_on_exit,
+        } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(agent::run(&config, &pin_dir, keep_on_exit)),
+        Command::Check { config } => admin::check(&config, &pin_dir),
+        Command::Apply => admin::apply(&pin_dir),
+        Command::Detach { interface } => admin::detach(&pin_dir, &interface),
+        Command::Seal { file } => admin::seal(&file),
+        Command::DescribeSecurityGroups { config, output } => {
+            let d = config::load(&config, None)?;
+            print(&describe::security_groups(&d), output, || {
+                describe::rules_table(&d)
+            })
+        }
+        Command::DescribeSecurityGroupRules { config, output } => {
+            let d = config::load(&config, None)?;
+            print(&describe::security_group_rules(&d), output, || {
+                describe::rules_table(&d)
+            })
+        }
+        Command::Stats { json } => stats::stats(&pin_dir, json),
+        Command::Flush {
+            interface,
+            peer,
+            protocol,
+            port,
+        } => {
+            let mut maps = crate::datapath::Maps::open(&pin_dir)?;
+            let ifindex = match &interface {
+                Some(name) => Some(
+                    nix::net::if_::if_nametoindex(name.as_str())
+                        .with_context(|| format!("no network interface {name:?} here"))?,
+                ),
+                None => None,
+            };
+            let n = maps.flush(&FlowMatch {
+                ifindex,
+                peer: peer.map(|n| n.trunc()),
+                protocol,
+                port,
+            })?;
+            println!("flushed {n} tracked flow(s)");
+            Ok(())
+        }
+        Command::Cleanup { all } if all && !explicit_pin_dir => admin::cleanup_all(),
+        Command::Cleanup { all: true } => {
+            anyhow::bail!("give either --all or --pin-dir, not both")
+        }
+        Command::Cleanup { all: false } => admin::cleanup(&pin_dir),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "sg-agent",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { dir } => man(dir.as_deref()),
+    }
+}
+
+/// Manual pages in section 8 (system administration): `sg-agent(8)` and
+/// `sg-agent-<command>(8)` for each command.
+fn man(dir: Option<&std::path::Path>) -> Result<()> {
+    let root = Cli::command();
+    let Some(dir) = dir else {
+        clap_mangen::Man::new(root)
+            .section("8")
+            .render(&mut std::io::stdout())?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir)?;
+    let mut pages = vec![("sg-agent".to_string(), root.clone())];
+    for sub in root.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("sg-agent-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, cmd) in pages {
+        let path = dir.join(format!("{name}.8"));
+        let mut f = std::fs::File::create(&path)?;
+        clap_mangen::Man::new(cmd).section("8").render(&mut f)?;
+    }
+    Ok(())
+}
+
+fn parse_protocol(s: &str) -> Result<u8, String> {
+    match config::Protocol::parse(s)? {
+        config::Protocol::Number(n) => Ok(n),
+        config::Protocol::All => Err("give one protocol, not -1".into()),
+    }
+}
