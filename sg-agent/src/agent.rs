@@ -18,9 +18,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     compile::{Compiled, compile, interface_rules},
-    config::{self, Desired, Interface},
+    config::{Desired, Interface},
     control::{self, Reply, Request},
-    datapath::{Datapath, IfaceSpec},
+    datapath::{Datapath, IfaceSpec, ifname},
     file,
     reload::{self, Trigger},
     watch::{Change, Watch},
@@ -76,8 +76,7 @@ pub async fn load(
     let name = shown.clone();
     let job = tokio::task::spawn_blocking(move || {
         let text = file::read_config_text(&path).map_err(|e| format!("{name}: {e}"))?;
-        reload::admit(trigger, &text).map_err(|e| format!("{name}: not taken: {e}"))?;
-        config::parse(&name, &text, path.parent(), previous.as_ref()).map_err(|e| e.to_string())
+        reload::take(trigger, &name, &text, path.parent(), previous.as_ref())
     });
     match tokio::time::timeout(READ_TIMEOUT, job).await {
         Ok(Ok(r)) => r,
@@ -115,7 +114,7 @@ struct Agent {
 }
 
 fn iface_exists(ifindex: u32) -> bool {
-    nix::net::if_::if_indextoname(ifindex).is_ok()
+    ifname(ifindex).is_some()
 }
 
 impl Agent {
@@ -454,8 +453,7 @@ pub async fn run(config: &Path, pin_dir: &Path, keep_on_exit: bool) -> Result<()
         .map(|(n, p)| (n, Some(p)))
         .collect();
     for ifindex in dp.maps.iface_cfgs().into_keys() {
-        if let Ok(name) = nix::net::if_::if_indextoname(ifindex) {
-            let name = name.to_string_lossy().into_owned();
+        if let Some(name) = ifname(ifindex) {
             let detached = desired
                 .interfaces
                 .iter()

@@ -462,7 +462,7 @@ impl Datapath {
     /// it out of the configuration does not detach it.
     pub fn collect_garbage(&mut self) {
         for (ifindex, _) in self.maps.iface_cfgs() {
-            if nix::net::if_::if_indextoname(ifindex).is_err() {
+            if ifname(ifindex).is_none() {
                 self.maps.unpin_links(ifindex);
                 let _ = self.maps.ifaces.remove(&ifindex);
             }
@@ -895,6 +895,21 @@ fn unpin_links_at(dir: &Path, ifindex: u32) {
     for kind in [LINK_TC_INGRESS, LINK_TC_EGRESS, LINK_XDP] {
         unpin_link(&link_pin_at(dir, ifindex, kind));
     }
+}
+
+/// The name of the interface with `ifindex` in this network namespace, if
+/// there is one. (nix's `if_indextoname` cannot tell: it checks libc's
+/// null return against -1, and so names a missing interface "".)
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` holds IF_NAMESIZE bytes, as if_indextoname(3) needs.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// The clock the datapath stamps flows with (`bpf_ktime_get_coarse_ns`,

@@ -12,7 +12,11 @@
 //! A change written in place without a seal is never taken by itself, nor is
 //! an empty file, whatever the trigger.
 
+use std::path::Path;
+
 use sha2::{Digest, Sha256};
+
+use crate::config::{self, Desired};
 
 /// The seal line's prefix.
 pub const SEAL_PREFIX: &str = "# sg-sha256: ";
@@ -120,6 +124,20 @@ pub fn admit(trigger: Trigger, text: &str) -> Result<(), Refusal> {
         (Seal::None, Trigger::Renamed) => Err(Refusal::Cut),
         (Seal::None, Trigger::InPlace) => Err(Refusal::InPlace),
     }
+}
+
+/// The desired state a version of the file gives, if it may be taken:
+/// admitted (see [`admit`]), then parsed and validated as a whole. `name` is
+/// the file as messages show it; imports resolve against `dir`.
+pub fn take(
+    trigger: Trigger,
+    name: &str,
+    text: &str,
+    dir: Option<&Path>,
+    previous: Option<&Desired>,
+) -> Result<Desired, String> {
+    admit(trigger, text).map_err(|e| format!("{name}: not taken: {e}"))?;
+    config::parse(name, text, dir, previous).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

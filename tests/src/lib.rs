@@ -393,7 +393,11 @@ impl Agent {
     }
 
     pub fn start_with(ns: &Netns, config: &str, extra: &[&str]) -> Result<Agent> {
-        let dir = TempDir::new()?;
+        Self::start_in(ns, TempDir::new()?, config, extra)
+    }
+
+    /// As [`Agent::start_with`], with the configuration at `dir/sg.yaml`.
+    pub fn start_in(ns: &Netns, dir: TempDir, config: &str, extra: &[&str]) -> Result<Agent> {
         let path = dir.0.join("sg.yaml");
         std::fs::write(&path, config)?;
         let mut child = ns
@@ -532,6 +536,47 @@ impl Drop for Agent {
         if self.child.is_some() {
             let _ = self.stop_with(nix::sys::signal::Signal::SIGTERM);
         }
+    }
+}
+
+/// Connects from `ns` to `dst` over and over (each attempt gives up after
+/// 100 ms) until finished: the probe loop on a denied port that must never
+/// get through while the configuration is tampered with.
+pub struct ProbeLoop {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<(u32, u32)>>,
+}
+
+impl ProbeLoop {
+    pub fn start(ns: &Netns, dst: SocketAddr) -> Result<ProbeLoop> {
+        let file = File::open(ns.path()).with_context(|| format!("opening {}", ns.name))?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = thread::spawn(move || {
+            setns(file.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+            let (mut tries, mut passed) = (0, 0);
+            while !st.load(Ordering::Relaxed) {
+                tries += 1;
+                if TcpStream::connect_timeout(&dst, Duration::from_millis(100)).is_ok() {
+                    passed += 1;
+                }
+            }
+            (tries, passed)
+        });
+        Ok(ProbeLoop {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the loop: `(attempts, connections that got through)`.
+    pub fn finish(mut self) -> (u32, u32) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("probe thread")
     }
 }
 

@@ -17,6 +17,14 @@ fn loads_and_decides_at_10000_rules_and_a_million_flows() {
     }
     let pins = PinDir::new("scale");
     let mut dp = Datapath::load(1_000_000, &pins.0).expect("verifier accepts the programs");
+    // The tracking table is sized by the allowance, not by the CPU count: a
+    // plain hash (nothing is evicted) of the allowance plus two per CPU.
+    let ct = aya::maps::MapInfo::from_pin(pins.0.join("CT")).unwrap();
+    let ncpus = aya::util::nr_cpus().unwrap() as u32;
+    assert_eq!(ct.max_entries(), 1_000_000 + 2 * ncpus);
+    assert!(matches!(ct.map_type().unwrap(), aya::maps::MapType::Hash));
+    let bytes = dp.maps.memlock("CT").unwrap();
+    assert!(bytes < 200 * 1_000_000, "{bytes} bytes for a million flows");
     let inbound = sg_agent::bench::rules(10_000);
     let compiled = compile(&inbound, &[]);
     let spec = IfaceSpec {

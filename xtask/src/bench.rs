@@ -450,9 +450,11 @@ fn markdown(all: &Value, counts: &[usize]) -> String {
     ));
     let mem = &d["memory"];
     s.push_str(&format!(
-        "\nMemory (kernel map accounting): {:.0} bytes per tracked-flow table entry; {:.0} bytes per flow of allowance (the table holds (allowance + slack) x CPUs entries, preallocated); {:.0} bytes per rule (address and port tries, 10,000 rules).\n",
+        "\nMemory (kernel map accounting): {:.0} bytes per tracked-flow table entry; {:.0} bytes per flow of allowance at {} flows on {} CPUs (the table is a preallocated hash of allowance + 2 x CPUs entries: memory grows with the allowance, not with the CPU count); {:.0} bytes per rule (address and port tries, 10,000 rules).\n",
         mem["bytes_per_table_entry"].as_f64().unwrap_or(0.0),
         mem["bytes_per_allowed_flow"].as_f64().unwrap_or(0.0),
+        mem["ct_entries"].as_u64().unwrap_or(0) - 2 * mem["cpus"].as_u64().unwrap_or(0),
+        mem["cpus"],
         mem["bytes_per_rule"].as_f64().unwrap_or(0.0),
     ));
     s

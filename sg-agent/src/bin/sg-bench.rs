@@ -324,11 +324,12 @@ fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
             "warm_sg_ns": warm_sg, "warm_empty_ns": warm_base, "warm_over_empty_ns": warm_sg - warm_base}));
         if size == *sizes.last().expect("sizes") {
             let ct = dp.maps.memlock("CT")?;
-            let entries = ((size.max(1024) as u64) + (size.max(1024) as u64 / 16).max(1024))
-                * aya::util::nr_cpus().map_err(|(_, e)| e)? as u64;
+            let ncpus = aya::util::nr_cpus().map_err(|(_, e)| e)? as u32;
+            let entries = size.max(1024) as u64 + sg_agent::datapath::ct_slack(ncpus) as u64;
             out["memory"] = json!({
                 "ct_memlock_bytes": ct,
                 "ct_entries": entries,
+                "cpus": ncpus,
                 "bytes_per_table_entry": ct as f64 / entries as f64,
                 "bytes_per_allowed_flow": ct as f64 / size.max(1024) as f64,
             });

@@ -98,7 +98,7 @@ enum Command {
         #[arg(long)]
         peer: Option<ipnet::IpNet>,
         /// Only flows of this protocol (tcp, udp, icmp, icmpv6 or a number).
-        #[arg(long, value_parser = parse_protocol)]
+        #[arg(long, value_parser = parse_protocol, allow_hyphen_values = true)]
         protocol: Option<u8>,
         /// Only TCP/UDP flows with this port at either end.
         #[arg(long)]
@@ -199,7 +199,6 @@ fn dispatch(cli: Cli) -> Result<()> {
             protocol,
             port,
         } => {
-            let mut maps = crate::datapath::Maps::open(&pin_dir)?;
             let ifindex = match &interface {
                 Some(name) => Some(
                     nix::net::if_::if_nametoindex(name.as_str())
@@ -207,6 +206,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 ),
                 None => None,
             };
+            let mut maps = crate::datapath::Maps::open(&pin_dir)?;
             let n = maps.flush(&FlowMatch {
                 ifindex,
                 peer: peer.map(|n| n.trunc()),

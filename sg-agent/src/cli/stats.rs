@@ -5,12 +5,10 @@ use std::path::Path;
 use anyhow::Result;
 use sg_common::Reason;
 
-use crate::datapath::{IfaceStats, Maps};
+use crate::datapath::{IfaceStats, Maps, ifname};
 
 fn iface_name(ifindex: u32) -> String {
-    nix::net::if_::if_indextoname(ifindex)
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| format!("ifindex {ifindex}"))
+    ifname(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"))
 }
 
 pub fn stats(pin_dir: &Path, json: bool) -> Result<()> {

@@ -9,6 +9,8 @@
 //! reads a file without the docs.
 
 pub mod lines;
+#[cfg(test)]
+mod robust_tests;
 pub mod validate;
 
 use std::{collections::BTreeMap, fmt, path::Path};
@@ -269,8 +271,10 @@ fn present_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<RawRule>>,
     }
 }
 
-/// Tags as a YAML map or as AWS's `[{Key, Value}]`.
+/// Tags as a YAML map or as AWS's `[{Key, Value}]`. A key given twice is an
+/// error, as it is for AWS, rather than the last one silently winning.
 fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    use serde::de::Error;
     #[derive(Deserialize)]
     struct Kv {
         #[serde(rename = "Key", alias = "key")]
@@ -278,16 +282,34 @@ fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::
         #[serde(default, rename = "Value", alias = "value")]
         value: String,
     }
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        Map(BTreeMap<String, String>),
-        List(Vec<Kv>),
+    // Not an untagged enum: its "did not match any variant" would hide the
+    // reason (a duplicate key, which a `Mapping` refuses itself).
+    let pairs: Vec<(String, String)> = match serde_yaml::Value::deserialize(d)? {
+        serde_yaml::Value::Mapping(m) => m
+            .into_iter()
+            .map(|(k, v)| match (k, v) {
+                (serde_yaml::Value::String(k), serde_yaml::Value::String(v)) => Ok((k, v)),
+                _ => Err(D::Error::custom("tag keys and values are strings")),
+            })
+            .collect::<Result<_, _>>()?,
+        v @ serde_yaml::Value::Sequence(_) => serde_yaml::from_value::<Vec<Kv>>(v)
+            .map_err(D::Error::custom)?
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect(),
+        _ => {
+            return Err(D::Error::custom(
+                "tags are a map, or a list of {Key, Value}",
+            ));
+        }
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in pairs {
+        if out.insert(k.clone(), v).is_some() {
+            return Err(D::Error::custom(format!("duplicate tag key {k:?}")));
+        }
     }
-    Ok(match Either::deserialize(d)? {
-        Either::Map(m) => m,
-        Either::List(l) => l.into_iter().map(|kv| (kv.key, kv.value)).collect(),
-    })
+    Ok(out)
 }
 
 /// One AWS `IpPermission`: a protocol and port range, and its peers.
@@ -472,11 +494,14 @@ pub fn parse(
     dir: Option<&Path>,
     previous: Option<&Desired>,
 ) -> Result<Desired, Issues> {
+    check_nesting(file, text)?;
+    // serde_yaml first: it bounds nesting (and alias expansion), so the line
+    // index, whose cost grows with depth, only ever sees a shallow document.
+    let mut raw: RawConfig = serde_yaml::from_str(text).map_err(|e| Issues::from_yaml(file, &e))?;
     let mut docs = vec![Doc {
         file: file.into(),
         lines: lines::LineIndex::new(text),
     }];
-    let mut raw: RawConfig = serde_yaml::from_str(text).map_err(|e| Issues::from_yaml(file, &e))?;
     for (i, g) in raw.security_groups.iter_mut().enumerate() {
         g.origin = Origin {
             doc: 0,
@@ -495,6 +520,7 @@ pub fn parse(
         let shown = p.display().to_string();
         let text = crate::file::read_config_text(&p)
             .map_err(|e| Issues::single(file, format!("import {shown}: {e}")))?;
+        check_nesting(&shown, &text)?;
         let aws: AwsGroups =
             serde_yaml::from_str(&text).map_err(|e| Issues::from_yaml(&shown, &e))?;
         let doc = docs.len();
@@ -512,6 +538,50 @@ pub fn parse(
     }
     raw.aws_security_groups.extend(imported);
     validate::validate(&raw, &docs, previous)
+}
+
+/// Deeper flow nesting (`[[[…`, `{{{…`) than any configuration needs.
+const MAX_FLOW_DEPTH: usize = 64;
+
+/// Refuses documents nested deeper than [`MAX_FLOW_DEPTH`] in flow style
+/// before the YAML parser sees them: its cost grows with the square of the
+/// depth (20,000 brackets took seconds), and its own recursion limit only
+/// applies after that work. Brackets in quotes and comments do not count.
+fn check_nesting(file: &str, text: &str) -> Result<(), Issues> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut quote: Option<char> = None;
+    let (mut comment, mut escaped, mut prev) = (false, false, ' ');
+    for c in text.chars() {
+        if c == '\n' {
+            line += 1;
+            comment = false;
+        } else if comment {
+        } else if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if q == '"' && c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+        } else if c == '#' && prev.is_whitespace() {
+            comment = true;
+        } else if c == '"' || c == '\'' {
+            quote = Some(c);
+        } else if c == '[' || c == '{' {
+            depth += 1;
+            if depth > MAX_FLOW_DEPTH {
+                let mut e =
+                    Issues::single(file, format!("nested deeper than {MAX_FLOW_DEPTH} levels"));
+                e.0[0].line = Some(line);
+                return Err(e);
+            }
+        } else if c == ']' || c == '}' {
+            depth = depth.saturating_sub(1);
+        }
+        prev = c;
+    }
+    Ok(())
 }
 
 /// Every problem found in a configuration, each with its place.
