@@ -194,7 +194,7 @@ impl Agent {
         let mut forgot = false;
         for (ifindex, name) in self.retained.clone() {
             if !iface_exists(ifindex) {
-                log::info!("no longer enforcing on {name} (ifindex {ifindex}): it is gone");
+                log::info!("no longer enforcing: {name} (ifindex {ifindex}) is gone");
             } else if detached.contains(name.as_str()) {
                 log::warn!(
                     "detached {name} (ifindex {ifindex}), as {} says: its traffic is no longer filtered",
@@ -485,6 +485,10 @@ pub async fn run(config: &Path, pin_dir: &Path, keep_on_exit: bool) -> Result<()
         "sg-agent running with {} interface(s)",
         agent.applied.len() + agent.retained.len()
     );
+    // Under systemd (Type=notify): started means enforcing. Elsewhere a no-op.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        log::warn!("telling systemd we are ready: {e}");
+    }
 
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;

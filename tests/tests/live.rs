@@ -254,7 +254,8 @@ network_interfaces:
         assert_eq!(
             tcp_probe(&other, srv_no, T).unwrap(),
             Seen::Dropped,
-            "round {round}"
+            "round {round}: {}",
+            agent.log()
         );
         other.ip(&["link", "del", "eth0"]).unwrap();
         assert!(

@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask setup | build | demo | test`.
+//! Project tasks: `cargo xtask setup | build | demo | test | bench | package`.
 //! Orchestration only; the product lives in the other crates.
 
 mod bench;
 mod demo;
+mod package;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -34,8 +35,12 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Build the Debian package (target/debian/), with the man pages and
+    /// shell completions generated from the CLI.
+    Package,
     /// Build, check formatting and lints, then run every test of the
-    /// workspace (kernel tests need root).
+    /// workspace (kernel tests need root), then build, install and check the
+    /// Debian package (as root).
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
@@ -73,6 +78,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             bench::run(&target_dir().join("release/sg-bench"), quick)
         }
+        Task::Package => {
+            setup::run()?;
+            package::build().map(|_| ())
+        }
         Task::Test { args } => {
             setup::run()?;
             let bin = build(false)?;
@@ -108,7 +117,16 @@ fn run(cli: Cli) -> Result<()> {
             if !status.success() {
                 bail!("tests failed ({status})");
             }
-            Ok(())
+            if nix::unistd::geteuid().is_root() {
+                package::check(&package::build()?)
+            } else if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                bail!(
+                    "the package check installs the .deb: it needs root (CI=true: a failure, not a skip)"
+                )
+            } else {
+                eprintln!("package check SKIPPED: not root (it installs the .deb)");
+                Ok(())
+            }
         }
     }
 }

@@ -25,9 +25,14 @@ const PACKAGES: &[&str] = &[
     "iptables",
     "netsniff-ng",
     "fonts-dejavu-core",
+    // The package check: systemd-analyze verifies the unit; man reads pages.
+    "systemd",
+    "man-db",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Builds the Debian package (`cargo xtask package`); 3.x needs Rust 1.85.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 /// The rustup name under which Debian's compiler is linked; sg-agent's
 /// build.rs asks aya-build for it.
 const TOOLCHAIN: &str = "sg-bpf";
@@ -109,6 +114,18 @@ pub fn run() -> Result<()> {
                 .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"),
         )?;
     }
+    if !cargo_deb_ok() {
+        eprintln!("setup: building cargo-deb {CARGO_DEB_VERSION}");
+        run_cmd(
+            Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
+                "install",
+                "cargo-deb",
+                "--locked",
+                "--version",
+                CARGO_DEB_VERSION,
+            ]),
+        )?;
+    }
     if !toolchain_ok {
         eprintln!("setup: linking Debian's compiler as rustup toolchain {TOOLCHAIN}");
         run_cmd(Command::new("rustup").args(["toolchain", "link", TOOLCHAIN, "/usr"]))?;
@@ -141,6 +158,13 @@ fn bpf_linker_ok() -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+}
+
+fn cargo_deb_ok() -> bool {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_DEB_VERSION))
 }
 
 fn toolchain_linked() -> bool {
