@@ -237,7 +237,10 @@ fn dispatch(cli: Cli) -> Result<()> {
 /// Manual pages in section 8 (system administration): `sg-agent(8)` and
 /// `sg-agent-<command>(8)` for each command.
 fn man(dir: Option<&std::path::Path>) -> Result<()> {
-    let root = Cli::command();
+    let mut root = Cli::command();
+    // Propagates the global options (--log-level, --pin-dir) to every
+    // command, so that each page lists them as `--help` does.
+    root.build();
     let Some(dir) = dir else {
         clap_mangen::Man::new(root)
             .section("8")
@@ -246,7 +249,10 @@ fn man(dir: Option<&std::path::Path>) -> Result<()> {
     };
     std::fs::create_dir_all(dir)?;
     let mut pages = vec![("sg-agent".to_string(), root.clone())];
-    for sub in root.get_subcommands().filter(|s| !s.is_hide_set()) {
+    for sub in root
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
         let name = format!("sg-agent-{}", sub.get_name());
         pages.push((name.clone(), sub.clone().name(name)));
     }
