@@ -106,27 +106,11 @@ fn cuts(text: &str) -> Vec<usize> {
     at
 }
 
-#[test]
-fn no_write_to_the_file_opens_a_denied_port() {
-    if !kernel_available("no_write_to_the_file_opens_a_denied_port") {
-        return;
-    }
-    let pair = Pair::new("tamper").unwrap();
-    let denied = tcp_echo_server(&pair.server, addr(SERVER_V4, 9000)).unwrap();
-    let allowed = tcp_echo_server(&pair.server, addr(SERVER_V4, 8080)).unwrap();
-    // The configuration's directory is a small tmpfs, to fill it at the end.
-    let disk = Tmpfs::new("64k");
-    let dir = TempDir(disk.0.0.join("etc"));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let agent = Agent::start_in(&pair.server, dir, BASE, &[]).unwrap();
-    let path: PathBuf = agent.config.clone();
-    let applied = || agent.log().matches("configuration applied").count();
-    let probes = ProbeLoop::start(&pair.client, denied).unwrap();
-
-    // Truncated, emptied, an empty document and `{}` renamed in.
-    in_place(&path, b"");
-    publish(&path, "");
-    publish(&path, "{}\n");
+/// Truncated, emptied, an empty document and `{}` renamed in.
+fn empty_files(agent: &Agent, path: &Path) {
+    in_place(path, b"");
+    publish(path, "");
+    publish(path, "{}\n");
     assert!(
         agent
             .log()
@@ -134,92 +118,97 @@ fn no_write_to_the_file_opens_a_denied_port() {
         "{}",
         agent.log()
     );
-    publish(&path, BASE);
-    // Cut at every line and inside values, written in place; and the cuts
-    // inside a line renamed in.
+    publish(path, BASE);
+}
+
+/// Cut at every line and inside values, written in place; and the cuts
+/// inside a line renamed in.
+fn cut_files(path: &Path) {
     for text in [BASE, wide().as_str()] {
         for cut in cuts(text) {
-            in_place(&path, &text.as_bytes()[..cut]);
+            in_place(path, &text.as_bytes()[..cut]);
             if !text[..cut].ends_with('\n') {
-                publish(&path, &text[..cut]);
+                publish(path, &text[..cut]);
             }
         }
     }
-    publish(&path, BASE);
-    // `cp` of a complete, wider file over it: written in place.
-    let elsewhere = disk.0.0.join("wide.yaml");
+    publish(path, BASE);
+}
+
+/// `cp` of a complete, wider file over it; the same in two halves with a
+/// pause; an editor that renames the original away and writes anew in place
+/// (vim's default); then one that writes a swap file and renames it over (a
+/// complete file: taken).
+fn writers_and_editors(agent: &Agent, path: &Path, scratch: &Path) {
+    let elsewhere = scratch.join("wide.yaml");
     std::fs::write(&elsewhere, wide()).unwrap();
-    std::fs::copy(&elsewhere, &path).unwrap();
+    std::fs::copy(&elsewhere, path).unwrap();
     thread::sleep(PAUSE);
-    // Two halves with a pause.
     {
         let w = wide();
         let mut f = OpenOptions::new()
             .write(true)
             .truncate(true)
-            .open(&path)
+            .open(path)
             .unwrap();
         f.write_all(&w.as_bytes()[..w.len() / 2]).unwrap();
         thread::sleep(Duration::from_millis(400));
         f.write_all(&w.as_bytes()[w.len() / 2..]).unwrap();
     }
     thread::sleep(PAUSE);
-    publish(&path, BASE);
-    // An editor that renames the original away and writes anew in place
-    // (vim's default), then one that writes a swap file and renames it over
-    // (a complete file: taken).
-    std::fs::rename(&path, path.with_extension("yaml~")).unwrap();
-    in_place(&path, wide().as_bytes());
+    publish(path, BASE);
+    std::fs::rename(path, path.with_extension("yaml~")).unwrap();
+    in_place(path, wide().as_bytes());
+    let applied = || agent.log().matches("configuration applied").count();
     let before = applied();
     let edited = BASE.replace(
         "network_interfaces:",
         "      - {ip_protocol: tcp, from_port: 7000, to_port: 7000, ip_ranges: [10.9.0.201/32]}\nnetwork_interfaces:",
     );
-    publish(&path, &edited);
+    publish(path, &edited);
     assert!(
         wait_until(Duration::from_secs(3), || applied() > before),
         "a renamed-in file is taken: {}",
         agent.log()
     );
-    // Deleted; a symlink to /dev/zero; a FIFO; each also asked for by
-    // `sg-agent apply`, which must answer at once (the loop never blocks).
-    let apply = || {
-        pair.server
-            .command(agent_bin())
-            .arg("apply")
-            .output()
-            .unwrap()
-    };
-    std::fs::remove_file(&path).unwrap();
+}
+
+/// Deleted; a symlink to /dev/zero; a FIFO; each also asked for by
+/// `sg-agent apply`, which must answer at once (the loop never blocks); and
+/// `chmod 000` after a write in place.
+fn odd_files(ns: &Netns, path: &Path) {
+    let apply = || ns.command(agent_bin()).arg("apply").output().unwrap();
+    std::fs::remove_file(path).unwrap();
     thread::sleep(PAUSE);
-    let out = apply();
-    assert!(!out.status.success());
-    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+    assert!(!apply().status.success());
+    std::os::unix::fs::symlink("/dev/zero", path).unwrap();
     thread::sleep(PAUSE);
     let out = apply();
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("character device"),
         "{out:?}"
     );
-    std::fs::remove_file(&path).unwrap();
-    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::fs::remove_file(path).unwrap();
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::S_IRWXU).unwrap();
     thread::sleep(PAUSE);
     let out = apply();
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("FIFO"),
         "{out:?}"
     );
-    std::fs::remove_file(&path).unwrap();
-    publish(&path, BASE);
-    // chmod 000 after a write in place.
-    in_place(&path, wide().as_bytes());
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
+    std::fs::remove_file(path).unwrap();
+    publish(path, BASE);
+    in_place(path, wide().as_bytes());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o000)).unwrap();
     thread::sleep(PAUSE);
-    publish(&path, BASE);
-    // A full disk: a careless writer's new file, cut at the page the disk
-    // had left, renamed in; then the same written in place, cut too.
-    let filler = disk.0.0.join("filler");
-    let free = nix::sys::statvfs::statvfs(&disk.0.0).unwrap();
+    publish(path, BASE);
+}
+
+/// A full disk: a careless writer's new file, cut at the page the disk had
+/// left, renamed in; then the same written in place, cut too.
+fn full_disk(path: &Path, disk: &Path) {
+    let filler = disk.join("filler");
+    let free = nix::sys::statvfs::statvfs(disk).unwrap();
     let room = free.blocks_available() as usize * free.fragment_size() as usize;
     std::fs::write(&filler, vec![0u8; room - 4096]).unwrap();
     let big = format!(
@@ -236,19 +225,40 @@ fn no_write_to_the_file_opens_a_denied_port() {
         std::fs::write(&tmp, big.as_bytes()).is_err(),
         "the disk is full"
     );
-    std::fs::rename(&tmp, &path).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
     thread::sleep(PAUSE);
     let torn = OpenOptions::new()
         .write(true)
         .truncate(true)
-        .open(&path)
+        .open(path)
         .unwrap()
         .write_all(big.as_bytes());
     assert!(torn.is_err(), "the disk is full");
     thread::sleep(PAUSE);
     std::fs::remove_file(&filler).unwrap();
-    publish(&path, BASE);
+    publish(path, BASE);
+}
 
+#[test]
+fn no_write_to_the_file_opens_a_denied_port() {
+    if !kernel_available("no_write_to_the_file_opens_a_denied_port") {
+        return;
+    }
+    let pair = Pair::new("tamper").unwrap();
+    let denied = tcp_echo_server(&pair.server, addr(SERVER_V4, 9000)).unwrap();
+    let allowed = tcp_echo_server(&pair.server, addr(SERVER_V4, 8080)).unwrap();
+    // The configuration's directory is a small tmpfs, to fill it at the end.
+    let disk = Tmpfs::new("64k");
+    let dir = TempDir(disk.0.0.join("etc"));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let agent = Agent::start_in(&pair.server, dir, BASE, &[]).unwrap();
+    let path: PathBuf = agent.config.clone();
+    let probes = ProbeLoop::start(&pair.client, denied).unwrap();
+    empty_files(&agent, &path);
+    cut_files(&path);
+    writers_and_editors(&agent, &path, &disk.0.0);
+    odd_files(&pair.server, &path);
+    full_disk(&path, &disk.0.0);
     let (tries, passed) = probes.finish();
     assert_eq!(
         passed,

@@ -8,6 +8,7 @@
 //! `user_id_group_pairs`, or `IpProtocol`, `FromPort`, ...), so an AWS user
 //! reads a file without the docs.
 
+mod limits;
 pub mod lines;
 #[cfg(test)]
 mod robust_tests;
@@ -494,7 +495,7 @@ pub fn parse(
     dir: Option<&Path>,
     previous: Option<&Desired>,
 ) -> Result<Desired, Issues> {
-    check_nesting(file, text)?;
+    limits::check_nesting(file, text)?;
     // serde_yaml first: it bounds nesting (and alias expansion), so the line
     // index, whose cost grows with depth, only ever sees a shallow document.
     let mut raw: RawConfig = serde_yaml::from_str(text).map_err(|e| Issues::from_yaml(file, &e))?;
@@ -520,7 +521,7 @@ pub fn parse(
         let shown = p.display().to_string();
         let text = crate::file::read_config_text(&p)
             .map_err(|e| Issues::single(file, format!("import {shown}: {e}")))?;
-        check_nesting(&shown, &text)?;
+        limits::check_nesting(&shown, &text)?;
         let aws: AwsGroups =
             serde_yaml::from_str(&text).map_err(|e| Issues::from_yaml(&shown, &e))?;
         let doc = docs.len();
@@ -540,56 +541,12 @@ pub fn parse(
     validate::validate(&raw, &docs, previous)
 }
 
-/// Deeper flow nesting (`[[[…`, `{{{…`) than any configuration needs.
-const MAX_FLOW_DEPTH: usize = 64;
-
-/// Refuses documents nested deeper than [`MAX_FLOW_DEPTH`] in flow style
-/// before the YAML parser sees them: its cost grows with the square of the
-/// depth (20,000 brackets took seconds), and its own recursion limit only
-/// applies after that work. Brackets in quotes and comments do not count.
-fn check_nesting(file: &str, text: &str) -> Result<(), Issues> {
-    let (mut depth, mut line) = (0usize, 1usize);
-    let mut quote: Option<char> = None;
-    let (mut comment, mut escaped, mut prev) = (false, false, ' ');
-    for c in text.chars() {
-        if c == '\n' {
-            line += 1;
-            comment = false;
-        } else if comment {
-        } else if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if q == '"' && c == '\\' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
-            }
-        } else if c == '#' && prev.is_whitespace() {
-            comment = true;
-        } else if c == '"' || c == '\'' {
-            quote = Some(c);
-        } else if c == '[' || c == '{' {
-            depth += 1;
-            if depth > MAX_FLOW_DEPTH {
-                let mut e =
-                    Issues::single(file, format!("nested deeper than {MAX_FLOW_DEPTH} levels"));
-                e.0[0].line = Some(line);
-                return Err(e);
-            }
-        } else if c == ']' || c == '}' {
-            depth = depth.saturating_sub(1);
-        }
-        prev = c;
-    }
-    Ok(())
-}
-
 /// Every problem found in a configuration, each with its place.
 #[derive(Debug, Clone, thiserror::Error)]
 pub struct Issues(pub Vec<Issue>);
 
 impl Issues {
-    fn single(file: &str, message: String) -> Issues {
+    pub(crate) fn single(file: &str, message: String) -> Issues {
         Issues(vec![Issue {
             file: file.into(),
             line: None,
