@@ -70,13 +70,21 @@ pub async fn load(
     path: &Path,
     trigger: Trigger,
     previous: Option<Desired>,
+    enforced: Option<Enforced>,
 ) -> Result<Desired, String> {
     let shown = path.display().to_string();
     let path = path.to_path_buf();
     let name = shown.clone();
     let job = tokio::task::spawn_blocking(move || {
         let text = file::read_config_text(&path).map_err(|e| format!("{name}: {e}"))?;
-        reload::take(trigger, &name, &text, path.parent(), previous.as_ref())
+        reload::take(
+            trigger,
+            &name,
+            &text,
+            path.parent(),
+            previous.as_ref(),
+            enforced.as_ref(),
+        )
     });
     match tokio::time::timeout(READ_TIMEOUT, job).await {
         Ok(Ok(r)) => r,
@@ -195,6 +203,7 @@ impl Agent {
         for (ifindex, name) in self.retained.clone() {
             if !iface_exists(ifindex) {
                 log::info!("no longer enforcing: {name} (ifindex {ifindex}) is gone");
+                self.enforced.remove(&name);
             } else if detached.contains(name.as_str()) {
                 log::warn!(
                     "detached {name} (ifindex {ifindex}), as {} says: its traffic is no longer filtered",
@@ -241,7 +250,8 @@ impl Agent {
     /// Looks at the file after `trigger`; takes it if it is complete and
     /// valid. Anything else leaves the policy in force as it is.
     async fn refresh(&mut self, trigger: Trigger) -> Reply {
-        let d = match load(&self.path, trigger, Some(self.desired.clone())).await {
+        let (previous, enforced) = (self.desired.clone(), self.enforced.clone());
+        let d = match load(&self.path, trigger, Some(previous), Some(enforced)).await {
             Ok(d) => d,
             Err(e) => {
                 let level = if e.contains("not taken") {
@@ -371,7 +381,7 @@ impl Agent {
 
     /// `sg-agent check` against the running agent: what `path` would change.
     async fn check(&self, path: &Path) -> Reply {
-        match load(path, Trigger::Apply, Some(self.desired.clone())).await {
+        match load(path, Trigger::Apply, Some(self.desired.clone()), None).await {
             Err(e) => Reply {
                 ok: false,
                 message: e,
@@ -417,7 +427,7 @@ impl Agent {
 
 pub async fn run(config: &Path, pin_dir: &Path, keep_on_exit: bool) -> Result<()> {
     let file = config.display().to_string();
-    let desired = load(config, Trigger::Apply, None)
+    let desired = load(config, Trigger::Apply, None, None)
         .await
         .map_err(anyhow::Error::msg)?;
     for w in &desired.warnings {

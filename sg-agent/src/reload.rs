@@ -16,7 +16,10 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{self, Desired};
+use crate::{
+    config::{self, Desired},
+    widen::{self, Enforced},
+};
 
 /// The seal line's prefix.
 pub const SEAL_PREFIX: &str = "# sg-sha256: ";
@@ -128,15 +131,36 @@ pub fn admit(trigger: Trigger, text: &str) -> Result<(), Refusal> {
 
 /// The desired state a version of the file gives, if it may be taken:
 /// admitted (see [`admit`]), then parsed and validated as a whole. `name` is
-/// the file as messages show it; imports resolve against `dir`.
+/// the file as messages show it; imports resolve against `dir`. A version
+/// refused only for how it was written is still read, when `enforced` is
+/// given, so that the refusal says what taking it would widen.
 pub fn take(
     trigger: Trigger,
     name: &str,
     text: &str,
     dir: Option<&Path>,
     previous: Option<&Desired>,
+    enforced: Option<&Enforced>,
 ) -> Result<Desired, String> {
-    admit(trigger, text).map_err(|e| format!("{name}: not taken: {e}"))?;
+    if let Err(refusal) = admit(trigger, text) {
+        let mut msg = format!("{name}: not taken: {refusal}");
+        if let Some(before) = enforced
+            && refusal != Refusal::Empty
+        {
+            match config::parse(name, text, dir, previous) {
+                Ok(d) => {
+                    let w = widen::widenings(before, &widen::after(before, &d));
+                    if w.is_empty() {
+                        msg.push_str("; as it stands, it would widen nothing");
+                    } else {
+                        msg.push_str(&format!("; as it stands, it would widen: {}", w.join("; ")));
+                    }
+                }
+                Err(_) => msg.push_str("; as it stands, it is not valid either"),
+            }
+        }
+        return Err(msg);
+    }
     config::parse(name, text, dir, previous).map_err(|e| e.to_string())
 }
 

@@ -144,6 +144,13 @@ fn writers_and_editors(agent: &Agent, path: &Path, scratch: &Path) {
     std::fs::write(&elsewhere, wide()).unwrap();
     std::fs::copy(&elsewhere, path).unwrap();
     thread::sleep(PAUSE);
+    assert!(
+        agent
+            .log()
+            .contains("as it stands, it would widen: eth0: inbound tcp 9000 from 10.77.0.0/24"),
+        "a refusal says what taking the file would widen: {}",
+        agent.log()
+    );
     {
         let w = wide();
         let mut f = OpenOptions::new()

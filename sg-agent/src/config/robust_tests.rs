@@ -158,7 +158,7 @@ fn mutated_documents_never_panic() {
         let Ok(text) = crate::file::utf8(b) else {
             continue;
         };
-        let _ = reload::take(Trigger::Apply, "t.yaml", &text, None, None);
+        let _ = reload::take(Trigger::Apply, "t.yaml", &text, None, None, None);
     }
     assert!(
         start.elapsed() < Duration::from_secs(60),
@@ -200,7 +200,8 @@ fn no_prefix_of_a_file_widens_what_passes() {
                         triggers.push(Trigger::Renamed);
                     }
                     for t in triggers {
-                        let Ok(d) = reload::take(t, "t.yaml", prefix, None, None) else {
+                        let Ok(d) = reload::take(t, "t.yaml", prefix, None, None, Some(&before))
+                        else {
                             continue;
                         };
                         // Sealed, the whole file with or without its last
