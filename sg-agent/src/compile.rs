@@ -122,7 +122,7 @@ pub fn compile(inbound: &[Flat], outbound: &[Flat]) -> Compiled {
     let mut out = Compiled::default();
     let by_dir = [(DIR_INBOUND, inbound), (DIR_OUTBOUND, outbound)];
     // Which (dir, family, tcp/udp) allow all responses: a /0 rule of the
-    // protocol (or of all protocols) on all ports (SEMANTICS §3).
+    // protocol (or of all protocols) on all ports (docs/contract.md §3).
     for (dir, rules) in by_dir {
         for r in rules {
             if is_default_route(&r.net) && r.lo == 0 && r.hi == u16::MAX {

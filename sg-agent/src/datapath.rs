@@ -775,7 +775,7 @@ impl Maps {
     }
 
     /// Deletes the tracked flows that `m` matches, the operator's way to cut
-    /// flows that rule removal leaves running (SEMANTICS §3). Returns how
+    /// flows that rule removal leaves running (docs/contract.md §3). Returns how
     /// many went. The flow count follows at the agent's next sweep.
     pub fn flush(&mut self, m: &FlowMatch) -> Result<u64> {
         let keys: Vec<CtKey> = self

@@ -1,4 +1,4 @@
-//! The reference model: what verdict SEMANTICS §2, §3 and §5 give a frame,
+//! The reference model: what verdict docs/contract.md §2, §3 and §5 give a frame,
 //! written as plainly as possible and independently of the datapath's map
 //! layout. Rules are scanned one by one, flows live in an ordinary map, and
 //! the frame is parsed from a byte slice. The differential tests run the real

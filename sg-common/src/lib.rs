@@ -68,7 +68,7 @@ pub const fn policy_index(dir: u8, family: u8) -> usize {
 
 /// Bit of `IfaceCfg::all_response`: the direction allows all traffic of the
 /// protocol on all ports to `0.0.0.0/0` (or `::/0`), which is what makes flows
-/// started in the *other* direction untracked (SEMANTICS §3).
+/// started in the *other* direction untracked (docs/contract.md §3).
 #[inline(always)]
 pub const fn all_response_bit(dir: u8, family: u8, proto: u8) -> u32 {
     let p = if proto == PROTO_UDP { 1 } else { 0 };
@@ -91,7 +91,7 @@ pub struct IfaceCfg {
     pub flags: u32,
     /// [`all_response_bit`]s.
     pub all_response: u32,
-    /// Idle timeouts in seconds (SEMANTICS §3).
+    /// Idle timeouts in seconds (docs/contract.md §3).
     pub tcp_established: u32,
     pub udp_stream: u32,
     pub udp: u32,
@@ -193,7 +193,7 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// TCP states kept by the tracker (SEMANTICS §3).
+/// TCP states kept by the tracker (docs/contract.md §3).
 pub const TCP_SYN_SENT: u8 = 1;
 pub const TCP_ESTABLISHED: u8 = 2;
 pub const TCP_FIN_WAIT: u8 = 3;
@@ -230,7 +230,7 @@ const _: () = assert!(size_of::<CtVal>() == 16);
 pub const CT_REFRESH_NS: u64 = 250_000_000;
 
 /// Timeouts the program applies besides the configurable ones
-/// (SEMANTICS §3, marked "ours").
+/// (docs/contract.md §3, a choice of sg's).
 pub const TIMEOUT_TCP_SYN_S: u32 = 120;
 pub const TIMEOUT_TCP_CLOSED_S: u32 = 120;
 pub const TIMEOUT_TCP_RESET_S: u32 = 10;

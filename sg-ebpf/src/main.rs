@@ -98,7 +98,7 @@ pub fn sg_tc_egress(ctx: TcContext) -> i32 {
 }
 
 /// The same decision at XDP, for an interface's ingress: drops before an skb
-/// exists, which pays on real NICs (on veth tcx is cheaper, PERF-FACTS).
+/// exists, which pays on real NICs (on veth tcx is cheaper, docs/datapath.md).
 #[xdp]
 pub fn sg_xdp(ctx: XdpContext) -> u32 {
     if run(&ctx, true) {
@@ -295,7 +295,7 @@ fn decide<C: Frame>(ctx: &C, ifindex: u32, cfg: &IfaceCfg, dir: u8) -> Result<Pa
         ETH_P_IP => parse_v4(ctx)?,
         ETH_P_IPV6 => {
             let p = parse_v6(ctx)?;
-            // Neighbour discovery (ICMPv6 133-137) always passes (SEMANTICS §5).
+            // Neighbour discovery (ICMPv6 133-137) always passes (docs/contract.md §5).
             if p.proto == PROTO_ICMPV6 && p.frag == FRAG_NONE && (133..=137).contains(&p.dport[0]) {
                 return Ok(Pass::Plain);
             }

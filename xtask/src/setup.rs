@@ -1,5 +1,5 @@
 //! `cargo xtask setup`: installs what building and testing sg need, skipping
-//! what is already there (TOOLCHAIN.md is the verified recipe).
+//! what is already there (docs/build.md says why).
 
 use std::{path::Path, process::Command};
 

@@ -1,4 +1,4 @@
-//! Validation as AWS validates (SEMANTICS §4), with AWS's error codes, and
+//! Validation as AWS validates (docs/contract.md §4), with AWS's error codes, and
 //! resolution of the written configuration into the desired state: ids,
 //! default groups, default egress, one peer per rule.
 
@@ -59,7 +59,7 @@ pub struct PrefixList {
     pub entries: Vec<(IpNet, Option<String>)>,
 }
 
-/// A rule's one peer (SEMANTICS §1).
+/// A rule's one peer (docs/contract.md §1).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Peer {
     Cidr(IpNet),
@@ -1301,7 +1301,7 @@ fn port_range(
             };
             Some((t as i32, c as i32, ports))
         }
-        // All ports, whatever range is given (SEMANTICS §2).
+        // All ports, whatever range is given (docs/contract.md §2).
         _ => Some((-1, -1, (0, u16::MAX))),
     }
 }
