@@ -17,11 +17,11 @@ use anyhow::{Context, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    compile::{Compiled, compile, interface_rules},
-    config::{Desired, Interface},
+    compile::{Compiled, compile_interface},
     control::{self, Reply, Request},
-    datapath::{Datapath, IfaceSpec, ifname},
+    datapath::{Datapath, ifname},
     file,
+    model::{Desired, Interface},
     reload::{self, Trigger},
     watch::{Change, Watch},
     widen::{self, Enforced},
@@ -35,28 +35,27 @@ const IFACES_EVERY: Duration = Duration::from_millis(500);
 /// the loop goes on, the policy in force stays.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The compiled policy of one present interface.
-pub struct Plan<'a> {
-    pub iface: &'a Interface,
+/// One interface's way down: the interface as configured, where it is, and
+/// its compiled policy. What is in force is kept as the plan it came from.
+#[derive(Clone, PartialEq)]
+pub struct Plan {
+    pub iface: Interface,
     pub ifindex: u32,
     pub compiled: Compiled,
 }
 
 /// Compiles every interface of `d` that exists here and is not `detached`;
 /// returns the plans and the interfaces that do not exist. Touches nothing.
-pub fn plan(d: &Desired) -> (Vec<Plan<'_>>, Vec<&Interface>) {
+pub fn plan(d: &Desired) -> (Vec<Plan>, Vec<&Interface>) {
     let mut plans = Vec::new();
     let mut absent = Vec::new();
     for iface in d.interfaces.iter().filter(|i| !i.detached) {
         match nix::net::if_::if_nametoindex(iface.name.as_str()) {
-            Ok(ifindex) => {
-                let (inbound, outbound) = interface_rules(d, iface);
-                plans.push(Plan {
-                    iface,
-                    ifindex,
-                    compiled: compile(&inbound, &outbound),
-                });
-            }
+            Ok(ifindex) => plans.push(Plan {
+                iface: iface.clone(),
+                ifindex,
+                compiled: compile_interface(d, iface),
+            }),
             Err(_) => absent.push(iface),
         }
     }
@@ -96,13 +95,6 @@ pub async fn load(
     }
 }
 
-/// What is installed for one interface, to skip reinstalling it unchanged.
-#[derive(PartialEq)]
-struct Applied {
-    compiled: Compiled,
-    iface: Interface,
-}
-
 /// The agent: the datapath, the file it follows, and what is in force.
 struct Agent {
     dp: Datapath,
@@ -113,7 +105,7 @@ struct Agent {
     /// What each enforced interface lets through, for reporting widenings.
     enforced: Enforced,
     /// Interfaces the file lists, with what is installed for them.
-    applied: HashMap<u32, Applied>,
+    applied: HashMap<u32, Plan>,
     /// Interfaces enforced that the file does not list: they keep the policy
     /// they had (by ifindex, with their names).
     retained: HashMap<u32, String>,
@@ -130,27 +122,16 @@ impl Agent {
     /// interface, new interfaces attached (after their policy is in place, so
     /// a program never runs without one). Interfaces no longer planned are
     /// forgotten if they are gone or `detached`, and retained otherwise.
-    fn apply(&mut self, plans: Vec<Plan<'_>>) -> Result<()> {
+    fn apply(&mut self, plans: Vec<Plan>) -> Result<()> {
         let wanted: HashSet<u32> = plans.iter().map(|p| p.ifindex).collect();
         let mut fresh = Vec::new();
         for p in &plans {
             self.retained.remove(&p.ifindex);
-            let next = Applied {
-                compiled: p.compiled.clone(),
-                iface: p.iface.clone(),
-            };
-            if self.applied.get(&p.ifindex) == Some(&next) {
+            if self.applied.get(&p.ifindex) == Some(p) {
                 continue;
             }
-            let spec = IfaceSpec {
-                name: &p.iface.name,
-                ifindex: p.ifindex,
-                attach: p.iface.attach,
-                timeouts: p.iface.timeouts,
-                related_icmp: p.iface.related_icmp,
-            };
-            self.dp.install(&spec, &p.compiled)?;
-            self.applied.insert(p.ifindex, next);
+            self.dp.install(&p.iface.name, p.ifindex, &p.compiled)?;
+            self.applied.insert(p.ifindex, p.clone());
             fresh.push(p);
         }
         for p in fresh {

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::config::{Desired, Group, Peer, Rule};
+use crate::model::{Desired, Group, Peer, Rule};
 
 fn port(r: &Rule) -> (Option<i32>, Option<i32>) {
     match r.protocol {
-        crate::config::Protocol::All => (None, None),
+        crate::model::Protocol::All => (None, None),
         _ => (Some(r.from_port), Some(r.to_port)),
     }
 }
@@ -172,7 +172,7 @@ pub fn rules_table(d: &Desired) -> String {
                     Peer::Group {
                         id, stale: true, ..
                     } => format!("{id} (stale)"),
-                    p => crate::config::validate::peer_text(p),
+                    p => crate::model::validate::peer_text(p),
                 };
                 s.push_str(&format!(
                     "{:<22} {:<22} {:<16} {:<8} {:<7} {:<11} {}\n",

@@ -4,17 +4,15 @@
 //! and are unit-tested here; `datapath` talks to the kernel.
 
 pub mod agent;
-pub mod bench;
 pub mod cli;
 pub mod compile;
-pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod describe;
 pub mod file;
-pub mod frames;
 pub mod model;
 pub mod pins;
 pub mod reload;
+pub mod source;
 pub mod watch;
 pub mod widen;

@@ -17,7 +17,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    config::{self, Desired},
+    model::Desired,
     widen::{self, Enforced},
 };
 
@@ -147,7 +147,7 @@ pub fn take(
         if let Some(before) = enforced
             && refusal != Refusal::Empty
         {
-            match config::parse(name, text, dir, previous) {
+            match crate::source::file::parse(name, text, dir, previous) {
                 Ok(d) => {
                     let w = widen::widenings(before, &widen::after(before, &d));
                     if w.is_empty() {
@@ -161,7 +161,7 @@ pub fn take(
         }
         return Err(msg);
     }
-    config::parse(name, text, dir, previous).map_err(|e| e.to_string())
+    crate::source::file::parse(name, text, dir, previous).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     compile::{Flat, interface_rules},
-    config::{Desired, Protocol},
+    model::{Desired, Protocol},
 };
 
 /// The rules in force on one interface, as the datapath matches them.
@@ -118,10 +118,10 @@ pub fn widenings(before: &Enforced, after: &Enforced) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config;
+    use crate::source;
 
     fn desired(text: &str) -> Desired {
-        config::parse("t.yaml", text, None, None).unwrap_or_else(|e| panic!("{e}"))
+        source::file::parse("t.yaml", text, None, None).unwrap_or_else(|e| panic!("{e}"))
     }
 
     const BASE: &str = "security_groups:

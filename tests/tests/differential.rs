@@ -1,6 +1,6 @@
 //! Differential tests: random policies and random packet sequences run through
-//! the real program with `BPF_PROG_TEST_RUN` and through the reference model
-//! (`sg_agent::model`); every verdict, drop reason and tracker state must be
+//! the real program with `BPF_PROG_TEST_RUN` and through the reference oracle
+//! (`sg_testkit::oracle`); every verdict, drop reason and tracker state must be
 //! the same.
 //!
 //! `SG_SEED=<n>` reproduces a run; `SG_CASES=<n>` sets the number of packets
@@ -12,13 +12,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use sg_agent::{
-    compile::{Flat, compile},
-    config::{AttachMode, Protocol, Timeouts},
-    datapath::{Datapath, IfaceSpec, PROG_EGRESS, PROG_INGRESS, PROG_XDP, ct_addr},
-    frames::{self, Frag, L4, Spec, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    model::{self, FlowId, FragId, Policy, State, Verdict},
+    compile::{Flat, Settings, compile},
+    datapath::{Datapath, PROG_EGRESS, PROG_INGRESS, PROG_XDP, ct_addr},
+    model::{AttachMode, Protocol, Timeouts},
 };
 use sg_common::{DIR_INBOUND, DIR_OUTBOUND, Reason};
+use sg_testkit::{
+    frames::{self, Frag, L4, Spec, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    oracle::{self, FlowId, FragId, Policy, State, Verdict},
+};
 use sg_tests::{PinDir, kernel_available};
 
 /// `BPF_PROG_TEST_RUN` runs on the loopback device of this namespace.
@@ -332,7 +334,7 @@ fn fix_ip_length(f: &mut [u8], v6: bool) {
     }
 }
 
-/// The tracker's state as the kernel holds it, in the model's terms.
+/// The tracker's state as the kernel holds it, in the oracle's terms.
 fn kernel_state(dp: &Datapath) -> State {
     let mut st = State::default();
     for (k, v) in dp.maps.flows(IFINDEX) {
@@ -346,7 +348,7 @@ fn kernel_state(dp: &Datapath) -> State {
         };
         st.flows.insert(
             id,
-            model::Flow {
+            oracle::Flow {
                 state: v.state,
                 flags: v.flags,
                 icmp_type: v.icmp_type,
@@ -381,8 +383,8 @@ fn drops(dp: &Datapath) -> [u64; sg_common::REASON_COUNT] {
 }
 
 #[test]
-fn datapath_matches_the_reference_model() {
-    if !kernel_available("datapath_matches_the_reference_model") {
+fn datapath_matches_the_reference_oracle() {
+    if !kernel_available("datapath_matches_the_reference_oracle") {
         return;
     }
     let seed: u64 = std::env::var("SG_SEED")
@@ -408,15 +410,13 @@ fn datapath_matches_the_reference_model() {
         } else {
             AttachMode::Host
         };
-        let spec = IfaceSpec {
-            name: "lo",
-            ifindex: IFINDEX,
+        let settings = Settings {
             attach,
             timeouts: Timeouts::default(),
             related_icmp: policy.related_icmp,
         };
-        dp.install(&spec, &compile(&policy.inbound, &policy.outbound))
-            .expect("install");
+        let compiled = compile(&policy.inbound, &policy.outbound, &settings);
+        dp.install("lo", IFINDEX, &compiled).expect("install");
         dp.retire();
         dp.maps.flush(&Default::default()).expect("flush");
         let mut state = State::default();
@@ -426,7 +426,7 @@ fn datapath_matches_the_reference_model() {
             let (sent, frame) = random_packet(&mut rng, &history);
             // Which hook sees this direction in this attach mode.
             let ingress = (sent.dir == DIR_INBOUND) == (attach == AttachMode::Workload);
-            let (want, next) = model::verdict(&policy, &state, sent.dir, &frame);
+            let (want, next) = oracle::verdict(&policy, &state, sent.dir, &frame);
             let before = drops(&dp);
             // The ingress side runs at tcx or at XDP: the same decision.
             let xdp = ingress && rng.random_bool(0.5);
@@ -453,7 +453,7 @@ fn datapath_matches_the_reference_model() {
                 ),
             };
             log.push(format!(
-                "  {} {:?} via {prog}: model {want:?}, kernel {got:?}",
+                "  {} {:?} via {prog}: oracle {want:?}, kernel {got:?}",
                 if sent.dir == DIR_INBOUND {
                     "in "
                 } else {
@@ -464,9 +464,9 @@ fn datapath_matches_the_reference_model() {
             let kstate = kernel_state(&dp);
             if want != got || kstate != next {
                 panic!(
-                    "seed {seed}, scenario {scenarios}: the datapath differs from the model\n\
+                    "seed {seed}, scenario {scenarios}: the datapath differs from the oracle\n\
                      policy ({attach:?}, related_icmp {}):\n  inbound {:?}\n  outbound {:?}\n\
-                     packets:\n{}\nframe {:02x?}\nmodel state {:#?}\nkernel state {:#?}",
+                     packets:\n{}\nframe {:02x?}\noracle state {:#?}\nkernel state {:#?}",
                     policy.related_icmp,
                     policy.inbound,
                     policy.outbound,

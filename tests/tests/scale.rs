@@ -2,11 +2,10 @@
 //! 10,000 rules on one interface and a table of 1,000,000 flows.
 
 use sg_agent::{
-    compile::compile,
-    config::{AttachMode, Timeouts},
-    datapath::{Datapath, IfaceSpec},
-    frames::{L4, Spec, TCP_SYN},
+    compile::{Settings, compile},
+    datapath::Datapath,
 };
+use sg_testkit::frames::{L4, Spec, TCP_SYN};
 use sg_tests::{PinDir, kernel_available};
 use std::net::IpAddr;
 
@@ -25,16 +24,10 @@ fn loads_and_decides_at_10000_rules_and_a_million_flows() {
     assert!(matches!(ct.map_type().unwrap(), aya::maps::MapType::Hash));
     let bytes = dp.maps.memlock("CT").unwrap();
     assert!(bytes < 200 * 1_000_000, "{bytes} bytes for a million flows");
-    let inbound = sg_agent::bench::rules(10_000);
-    let compiled = compile(&inbound, &[]);
-    let spec = IfaceSpec {
-        name: "lo",
-        ifindex: 1,
-        attach: AttachMode::Workload,
-        timeouts: Timeouts::default(),
-        related_icmp: false,
-    };
-    dp.install(&spec, &compiled).expect("install 10,000 rules");
+    let inbound = sg_testkit::policies::rules(10_000);
+    let compiled = compile(&inbound, &[], &Settings::default());
+    dp.install("lo", 1, &compiled)
+        .expect("install 10,000 rules");
     let local: IpAddr = "10.255.0.1".parse().unwrap();
     let syn = |src: &str, dport: u16| {
         Spec::new(

@@ -70,7 +70,14 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench { quick } => {
             setup::run()?;
             let status = cargo()
-                .args(["build", "--release", "--package", "sg-agent", "--bins"])
+                .args([
+                    "build",
+                    "--release",
+                    "--package",
+                    "sg-testkit",
+                    "--bin",
+                    "sg-bench",
+                ])
                 .status()
                 .context("running cargo build")?;
             if !status.success() {

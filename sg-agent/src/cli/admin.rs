@@ -11,11 +11,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    config,
     control::{self, Request},
     datapath::Maps,
     pins::{self, PinLock},
-    reload,
+    reload, source,
 };
 
 fn no_agent(pin_dir: &Path) -> String {
@@ -26,7 +25,7 @@ fn no_agent(pin_dir: &Path) -> String {
 }
 
 pub fn check(path: &Path, pin_dir: &Path) -> Result<()> {
-    let d = config::load(path, None)?;
+    let d = source::file::load(path, None)?;
     for w in &d.warnings {
         println!("warning: {w}");
     }

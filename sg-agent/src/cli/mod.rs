@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::{agent, config, datapath::FlowMatch, describe, pins::default_pin_dir};
+use crate::{agent, datapath::FlowMatch, describe, model, pins::default_pin_dir, source};
 
 /// Where the configuration is read from when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/sg/sg.yaml";
@@ -181,13 +181,13 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Detach { interface } => admin::detach(&pin_dir, &interface),
         Command::Seal { file } => admin::seal(&file),
         Command::DescribeSecurityGroups { config, output } => {
-            let d = config::load(&config, None)?;
+            let d = source::file::load(&config, None)?;
             print(&describe::security_groups(&d), output, || {
                 describe::rules_table(&d)
             })
         }
         Command::DescribeSecurityGroupRules { config, output } => {
-            let d = config::load(&config, None)?;
+            let d = source::file::load(&config, None)?;
             print(&describe::security_group_rules(&d), output, || {
                 describe::rules_table(&d)
             })
@@ -265,8 +265,8 @@ fn man(dir: Option<&std::path::Path>) -> Result<()> {
 }
 
 fn parse_protocol(s: &str) -> Result<u8, String> {
-    match config::Protocol::parse(s)? {
-        config::Protocol::Number(n) => Ok(n),
-        config::Protocol::All => Err("give one protocol, not -1".into()),
+    match model::Protocol::parse(s)? {
+        model::Protocol::Number(n) => Ok(n),
+        model::Protocol::All => Err("give one protocol, not -1".into()),
     }
 }

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::{
-    config,
+    model,
     reload::{self, Trigger},
+    source,
     widen::{self, Enforced},
 };
 
-fn parse(text: &str) -> Result<config::Desired, String> {
-    config::parse("t.yaml", text, None, None).map_err(|e| e.to_string())
+fn parse(text: &str) -> Result<model::Desired, String> {
+    source::file::parse("t.yaml", text, None, None).map_err(|e| e.to_string())
 }
 
 /// Parses within a time bound, and returns the error text.

@@ -1,11 +1,11 @@
-use super::*;
 use crate::{
-    compile::interface_rules,
-    config::{self, Issues},
+    compile::{interface_rules, port_span},
+    model::{Desired, Issues, Peer, Protocol, validate::peer_text},
+    source,
 };
 
 fn parse(text: &str) -> Result<Desired, Issues> {
-    config::parse("t.yaml", text, None, None)
+    source::file::parse("t.yaml", text, None, None)
 }
 
 fn ok(text: &str) -> Desired {
@@ -136,7 +136,8 @@ fn protocols_ports_and_icmp() {
         "{ip_protocol: 47, from_port: 5, to_port: 6, ip_ranges: [0.0.0.0/0]}",
     ));
     let g = d.groups.iter().find(|g| g.name == "g").unwrap();
-    assert_eq!(g.ingress[0].ports, (0, u16::MAX));
+    let r = &g.ingress[0];
+    assert_eq!(port_span(r.protocol, r.from_port, r.to_port), (0, u16::MAX));
     let d = ok(&group(
         "{ip_protocol: \"6\", from_port: 80, to_port: 80, ip_ranges: [0.0.0.0/0]}",
     ));
@@ -272,7 +273,7 @@ fn references_resolve_or_are_reported() {
     let after = format!(
         "{VPC}security_groups:\n  - name: web\n    ingress:\n      - {{ip_protocol: tcp, from_port: 1, to_port: 1, user_id_group_pairs: [{api}]}}\n"
     );
-    let e = config::parse("t.yaml", &after, None, Some(&before)).unwrap_err();
+    let e = source::file::parse("t.yaml", &after, None, Some(&before)).unwrap_err();
     assert_eq!(e.0[0].code, "DependencyViolation", "{e}");
 }
 
@@ -448,7 +449,7 @@ fn imports_describe_security_groups_output() {
     let yaml = "vpcs: [{id: vpc-0123456789abcdef0, name: prod, cidr_blocks: [10.0.0.0/16]}]\nimport: [aws.json]\nnetwork_interfaces:\n  - {interface: e0, vpc: prod, private_ipv4: [10.0.0.7], groups: [sg-0bbbbbbbbbbbbbbb2]}\n  - {interface: e1, vpc: prod, private_ipv4: [10.0.0.8], groups: [bastion]}\n";
     let path = dir.join("sg.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let d = config::load(&path, None).unwrap_or_else(|e| panic!("{e}"));
+    let d = source::file::load(&path, None).unwrap_or_else(|e| panic!("{e}"));
     let web = d.group("sg-0bbbbbbbbbbbbbbb2").expect("ids kept");
     assert_eq!(web.name, "web");
     assert_eq!(web.owner, "123456789012");
@@ -478,7 +479,7 @@ fn imports_describe_security_groups_output() {
         AWS_JSON.replace("\"FromPort\": 22", "\"FromPort\": 99999"),
     )
     .unwrap();
-    let e = config::load(&path, None).unwrap_err();
+    let e = source::file::load(&path, None).unwrap_err();
     assert!(
         e.to_string()
             .contains("aws.json:16: security group \"web\""),
@@ -586,7 +587,7 @@ import: [aws.json]
 ";
     let path = dir.join("sg.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let d = config::load(&path, None).unwrap_or_else(|e| panic!("{e}"));
+    let d = source::file::load(&path, None).unwrap_or_else(|e| panic!("{e}"));
     let g = d.group("sg-0ccccccccccccccc3").expect("imported");
     assert_eq!(
         (g.name.as_str(), g.owner.as_str()),

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
-use crate::{compile::Flat, config::Protocol};
+use sg_agent::{compile::Flat, model::Protocol};
 
 /// `n` inbound rules: mixed prefix lengths of both families (/24, /28, /32;
 /// /48 to /128), single ports and 100-port ranges, TCP and UDP. Rule `i` is

@@ -25,13 +25,15 @@ use ipnet::IpNet;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 use sg_agent::{
-    bench::{rules, rules_ending_with},
-    compile::{Flat, compile},
-    config::{AttachMode, Protocol, Timeouts},
-    datapath::{self, Datapath, IfaceSpec, PROG_INGRESS, PROG_PASS},
-    frames::{L4, Spec, TCP_ACK, TCP_SYN},
+    compile::{Compiled, Flat, Settings, compile},
+    datapath::{self, Datapath, PROG_INGRESS, PROG_PASS},
+    model::Protocol,
 };
 use sg_common::{CtKey, CtVal, FAMILY_V4, TCP_ESTABLISHED};
+use sg_testkit::{
+    frames::{L4, Spec, TCP_ACK, TCP_SYN},
+    policies::{rules, rules_ending_with},
+};
 
 #[derive(Parser)]
 struct Cli {
@@ -104,14 +106,10 @@ fn main() -> Result<()> {
     }
 }
 
-fn spec(ifindex: u32) -> IfaceSpec<'static> {
-    IfaceSpec {
-        name: "bench",
-        ifindex,
-        attach: AttachMode::Workload,
-        timeouts: Timeouts::default(),
-        related_icmp: false,
-    }
+/// The benchmarks' interface settings: a workload's own interface, AWS's
+/// default timeouts.
+fn compiled(inbound: &[Flat], outbound: &[Flat]) -> Compiled {
+    compile(inbound, outbound, &Settings::default())
 }
 
 fn enforce(interface: &str, n: usize, pin_dir: &Path) -> Result<()> {
@@ -125,8 +123,8 @@ fn enforce(interface: &str, n: usize, pin_dir: &Path) -> Result<()> {
         lo: 0,
         hi: u16::MAX,
     }];
-    dp.install(&spec(ifindex), &compile(&inbound, &outbound))?;
-    dp.attach(interface, ifindex, sg_agent::config::IngressHook::Tcx)?;
+    dp.install("bench", ifindex, &compiled(&inbound, &outbound))?;
+    dp.attach(interface, ifindex, sg_agent::model::IngressHook::Tcx)?;
     println!("ready: {n} rules on {interface}");
     let mut set = nix::sys::signal::SigSet::empty();
     set.add(nix::sys::signal::Signal::SIGINT);
@@ -264,7 +262,7 @@ fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
         let _ = std::fs::remove_dir_all(pin_dir);
         let mut dp = Datapath::load(size.max(1024) as u32, pin_dir)?;
         dp.load_baseline()?;
-        dp.install(&spec(1), &compile(&rules(1), &[]))?;
+        dp.install("bench", 1, &compiled(&rules(1), &[]))?;
         let now = datapath::flow_clock_ns();
         let mut flows = Vec::with_capacity(size);
         let mut seen = HashSet::new();
@@ -351,7 +349,7 @@ fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
             .map(|m| dp.maps.memlock(m).unwrap_or(0))
             .sum();
         let inbound = rules(n);
-        dp.install(&spec(1), &compile(&inbound, &[]))?;
+        dp.install("bench", 1, &compiled(&inbound, &[]))?;
         let after: u64 = ["ADDR4", "ADDR6", "PORTS"]
             .iter()
             .map(|m| dp.maps.memlock(m).unwrap_or(0))
@@ -466,7 +464,7 @@ fn update(pin_dir: &Path) -> Result<serde_json::Value> {
     let mut b = rules(10_001);
     b.remove(0);
     b.extend_from_slice(&target);
-    dp.install(&spec(1), &compile(&a, &[]))?;
+    dp.install("bench", 1, &compiled(&a, &[]))?;
     let prog_pin = pin_dir.join("probe-prog");
     dp.pin_program(PROG_INGRESS, &prog_pin)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -497,9 +495,9 @@ fn update(pin_dir: &Path) -> Result<serde_json::Value> {
     };
     std::thread::sleep(Duration::from_millis(200));
     let t0 = Instant::now();
-    let compiled = compile(&b, &[]);
+    let compiled = compiled(&b, &[]);
     let t1 = Instant::now();
-    dp.install(&spec(1), &compiled)?;
+    dp.install("bench", 1, &compiled)?;
     let t2 = Instant::now();
     dp.retire();
     let t3 = Instant::now();
@@ -538,7 +536,7 @@ fn parse_validate_ms() -> Result<f64> {
         }
     }
     let t = Instant::now();
-    let d = sg_agent::config::parse("bench.yaml", &text, None, None)
+    let d = sg_agent::source::file::parse("bench.yaml", &text, None, None)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     let n: usize = d

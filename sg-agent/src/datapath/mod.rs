@@ -1,0 +1,225 @@
+//! The agent's handle on the eBPF object, by kernel object: loading the
+//! programs (here), the pinned maps (`maps`), policy entries and their ids
+//! (`policy`), links (`links`), tracked flows (`conntrack`), counters
+//! (`counters`). docs/datapath.md describes the design.
+
+mod conntrack;
+mod counters;
+mod links;
+mod maps;
+mod policy;
+
+use std::{
+    collections::HashMap as StdHashMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{SchedClassifier, Xdp},
+};
+
+pub use conntrack::{FlowMatch, ct_addr, ct_slack, flow_clock_ns};
+pub use counters::IfaceStats;
+pub use maps::Maps;
+
+use crate::{
+    model::IngressHook,
+    pins::{self, PinLock},
+};
+use maps::MAP_NAMES;
+use policy::Written;
+
+/// The eBPF object, embedded at build time.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg"));
+
+pub const PROG_INGRESS: &str = "sg_tc_ingress";
+pub const PROG_EGRESS: &str = "sg_tc_egress";
+/// The baseline: passes everything (benchmarks only).
+pub const PROG_PASS: &str = "sg_tc_pass";
+/// The ingress decision at XDP.
+pub const PROG_XDP: &str = "sg_xdp";
+
+pub struct Datapath {
+    /// This agent owns the pin directory for as long as it runs.
+    _lock: PinLock,
+    ebpf: Ebpf,
+    pub maps: Maps,
+    next_policy: u32,
+    next_class: u32,
+    next_slot: u32,
+    free_slots: Vec<u32>,
+    /// Interfaces whose links this agent holds (pinned under `dir/links`),
+    /// with their ingress hook.
+    links: StdHashMap<u32, IngressHook>,
+    written: StdHashMap<u32, Written>,
+    retiring: Vec<Written>,
+}
+
+impl Datapath {
+    /// Loads the programs with the maps pinned under `dir`: maps already
+    /// pinned there (an earlier agent's) are reused with their contents, so a
+    /// restarted agent carries on with the flows and policy in force.
+    pub fn load(max_flows: u32, dir: &Path) -> Result<Self> {
+        raise_memlock();
+        pins::prepare(dir)?;
+        let lock = PinLock::take(dir)?;
+        std::fs::create_dir_all(dir.join("links"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let ncpus = aya::util::nr_cpus().map_err(|(f, e)| anyhow!("{f}: {e}"))? as u32;
+        let ct_entries = max_flows
+            .checked_add(ct_slack(ncpus))
+            .context("conntrack.max_flows is too large")?;
+        let limit = max_flows as u64;
+        let paths: Vec<(&str, PathBuf)> = MAP_NAMES.iter().map(|n| (*n, dir.join(n))).collect();
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries("CT", ct_entries)
+            .override_global("CT_LIMIT", &limit, true)
+            .override_global("NR_CPUS", &ncpus, true);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+        for name in [PROG_INGRESS, PROG_EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("loading program {name} (verifier)"))?;
+        }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(PROG_XDP)
+            .context("program sg_xdp missing")?
+            .try_into()?;
+        xdp.load().context("loading program sg_xdp (verifier)")?;
+        let maps = Maps::build(dir, |name| {
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing from the object"))
+        })?;
+        // Continue the ids of whatever an earlier agent left in force, so
+        // that new policy never overwrites entries a live packet may use.
+        let cfgs = maps.iface_cfgs();
+        let next_policy = 1 + cfgs.values().flat_map(|c| c.policy).max().unwrap_or(0);
+        let next_slot = 1 + cfgs.values().map(|c| c.stats_slot).max().unwrap_or(0);
+        let next_class = 1 + maps
+            .ports
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| k.data().class)
+            .max()
+            .unwrap_or(0);
+        Ok(Datapath {
+            _lock: lock,
+            ebpf,
+            maps,
+            next_policy,
+            next_class,
+            next_slot,
+            free_slots: Vec::new(),
+            links: StdHashMap::new(),
+            written: StdHashMap::new(),
+            retiring: Vec::new(),
+        })
+    }
+
+    /// Detaches everything and removes every pin: enforcement stops.
+    pub fn stop(mut self) {
+        let all: Vec<u32> = self.links.keys().copied().collect();
+        for ifindex in all {
+            self.detach(ifindex);
+        }
+        self.maps.remove_pins();
+    }
+
+    /// Runs one program on `frame` with `BPF_PROG_TEST_RUN` (the loopback
+    /// device's ifindex, 1) `repeat` times; returns the program's return value
+    /// and the kernel's mean time per run.
+    pub fn test_run(&self, ingress: bool, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+        self.test_run_named(
+            if ingress { PROG_INGRESS } else { PROG_EGRESS },
+            frame,
+            repeat,
+        )
+    }
+
+    /// Loads the pass-everything program, the benchmarks' baseline.
+    pub fn load_baseline(&mut self) -> Result<()> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(PROG_PASS)
+            .context("program missing")?
+            .try_into()?;
+        prog.load()?;
+        Ok(())
+    }
+
+    /// Pins a loaded program, so another thread can open it to run it.
+    pub fn pin_program(&mut self, name: &str, path: &Path) -> Result<()> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .context("program missing")?
+            .try_into()?;
+        prog.pin(path)?;
+        Ok(())
+    }
+
+    /// As [`Datapath::test_run`], for any loaded program of the object.
+    pub fn test_run_named(&self, name: &str, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+        match self.ebpf.program(name).context("program missing")? {
+            aya::programs::Program::Xdp(p) => test_run(p, frame, repeat),
+            other => test_run(<&SchedClassifier>::try_from(other)?, frame, repeat),
+        }
+    }
+}
+
+/// `BPF_PROG_TEST_RUN` of `prog` on `frame`, `repeat` times.
+pub fn test_run<P>(prog: &P, frame: &[u8], repeat: u32) -> Result<(u32, Duration)>
+where
+    P: for<'a> aya::programs::TestRun<
+            Opts<'a> = aya::programs::TestRunOptions<'a>,
+            Result = aya::programs::TestRunResult,
+        >,
+{
+    use aya::programs::TestRunOptions;
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat,
+        ..Default::default()
+    })?;
+    Ok((r.return_value, r.duration))
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so large
+/// tables load there too (harmless on newer kernels).
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall on a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!("could not lift RLIMIT_MEMLOCK");
+    }
+}
+
+/// The name of the interface with `ifindex` in this network namespace, if
+/// there is one. (nix's `if_indextoname` cannot tell: it checks libc's
+/// null return against -1, and so names a missing interface "".)
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` holds IF_NAMESIZE bytes, as if_indextoname(3) needs.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}

@@ -1,0 +1,13 @@
+//! The desired state, independent of where it comes from: the domain types
+//! (`types`), the unvalidated input that sources produce (`input`), what
+//! validation reports (`issues`), and validation itself (`validate`), one
+//! file per phase.
+
+pub mod input;
+mod issues;
+mod types;
+pub mod validate;
+
+pub use issues::{Collector, INVALID, Issue, Issues, Locate};
+pub use types::*;
+pub use validate::validate;

@@ -1,0 +1,450 @@
+//! Rules: protocol, ports, peers and descriptions, one rule per peer; AWS's
+//! default egress; references to groups and prefix lists.
+
+use std::collections::HashSet;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use super::{
+    ids::{make_id, parse_v4, parse_v6, valid_text},
+    vpcs::Vpcs,
+};
+use crate::model::{
+    Collector, Desired, Group, INVALID, Peer, PrefixList, Protocol, Rule, Vpc,
+    input::{RawGroup, RawPeer, RawRule},
+};
+
+/// Resolves every written group's rules; a group without written egress gets
+/// AWS's default.
+pub fn resolve(
+    v: &mut Collector,
+    groups: &mut [Group],
+    group_src: &[Option<&RawGroup>],
+    vpcs: &Vpcs,
+    pls: &[PrefixList],
+    previous: Option<&Desired>,
+    rules_per_group: u32,
+) {
+    // Rules.
+    let previous_groups: HashSet<&str> = previous
+        .map(|p| p.groups.iter().map(|g| g.id.as_str()).collect())
+        .unwrap_or_default();
+    let snapshot: Vec<(String, String, String)> = groups
+        .iter()
+        .map(|g| (g.id.clone(), g.name.clone(), g.vpc.clone()))
+        .collect();
+    for gi in 0..groups.len() {
+        let Some(src) = group_src[gi] else { continue };
+        let (doc, gpath) = (src.origin.doc, src.origin.path.clone());
+        let obj = format!("security group {:?} ({})", groups[gi].name, groups[gi].id);
+        let vpc = vpcs
+            .list
+            .iter()
+            .find(|x| x.id == groups[gi].vpc)
+            .expect("resolved")
+            .clone();
+        let ctx = RuleCtx {
+            vpc: &vpc,
+            vpcs: &vpcs.list,
+            groups: &snapshot,
+            pls,
+            previous: &previous_groups,
+        };
+        let ingress = rules_of(
+            v,
+            &ctx,
+            &groups[gi].id,
+            "ingress",
+            &src.ingress,
+            doc,
+            &gpath,
+            &obj,
+            rules_per_group,
+        );
+        let egress = match &src.egress {
+            Some(rs) => rules_of(
+                v,
+                &ctx,
+                &groups[gi].id,
+                "egress",
+                rs,
+                doc,
+                &gpath,
+                &obj,
+                rules_per_group,
+            ),
+            None => default_egress(&groups[gi].id, &vpc),
+        };
+        groups[gi].ingress = ingress;
+        groups[gi].egress = egress;
+    }
+}
+
+struct RuleCtx<'a> {
+    vpc: &'a Vpc,
+    vpcs: &'a [Vpc],
+    /// (id, name, vpc) of every group.
+    groups: &'a [(String, String, String)],
+    pls: &'a [PrefixList],
+    previous: &'a HashSet<&'a str>,
+}
+
+pub fn rule(
+    group: &str,
+    dir: &str,
+    protocol: Protocol,
+    from: i32,
+    to: i32,
+    peer: Peer,
+    description: Option<String>,
+) -> Rule {
+    let peer_s = format!("{peer:?}");
+    Rule {
+        id: make_id(
+            "sgr",
+            &[
+                group,
+                dir,
+                &protocol.to_string(),
+                &from.to_string(),
+                &to.to_string(),
+                &peer_s,
+            ],
+        ),
+        protocol,
+        from_port: from,
+        to_port: to,
+        peer,
+        description,
+    }
+}
+
+/// AWS's default outbound rules: all traffic to 0.0.0.0/0, and to ::/0 when
+/// the VPC has an IPv6 block.
+pub fn default_egress(group: &str, vpc: &Vpc) -> Vec<Rule> {
+    let mut out = vec![rule(
+        group,
+        "egress",
+        Protocol::All,
+        -1,
+        -1,
+        Peer::Cidr(IpNet::V4(Ipv4Net::default())),
+        None,
+    )];
+    if !vpc.ipv6.is_empty() {
+        out.push(rule(
+            group,
+            "egress",
+            Protocol::All,
+            -1,
+            -1,
+            Peer::Cidr(IpNet::V6(Ipv6Net::default())),
+            None,
+        ));
+    }
+    out
+}
+
+/// Protocol, ports, peers and descriptions of one direction's rules; each
+/// written permission becomes one rule per peer.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the place of every error needs all of these"
+)]
+fn rules_of(
+    v: &mut Collector,
+    ctx: &RuleCtx,
+    group: &str,
+    dir: &'static str,
+    raw: &[RawRule],
+    doc: usize,
+    gpath: &str,
+    obj: &str,
+    quota: u32,
+) -> Vec<Rule> {
+    let mut out: Vec<Rule> = Vec::new();
+    let (mut n4, mut n6) = (0u32, 0u32);
+    for (i, r) in raw.iter().enumerate() {
+        let path = format!("{gpath}.{dir}[{i}]");
+        let protocol = match Protocol::parse(&r.ip_protocol) {
+            Ok(p) => p,
+            Err(e) => {
+                v.err(doc, &format!("{path}.ip_protocol"), obj, INVALID, e);
+                continue;
+            }
+        };
+        let Some((from, to)) = port_range(v, protocol, r, doc, &path, obj) else {
+            continue;
+        };
+        let peers: Vec<(&str, usize, &RawPeer)> = [
+            ("ip_ranges", &r.ip_ranges),
+            ("ipv6_ranges", &r.ipv6_ranges),
+            ("prefix_list_ids", &r.prefix_list_ids),
+            ("user_id_group_pairs", &r.user_id_group_pairs),
+        ]
+        .into_iter()
+        .flat_map(|(k, list)| list.iter().enumerate().map(move |(j, p)| (k, j, p)))
+        .collect();
+        if peers.is_empty() {
+            v.err(doc, &path, obj, INVALID, "a rule needs a peer: ip_ranges, ipv6_ranges, prefix_list_ids or user_id_group_pairs");
+        }
+        for (kind, j, p) in peers {
+            let ppath = format!("{path}.{kind}[{j}]");
+            if let Some(d) = &p.description
+                && (d.len() > 255 || !valid_text(d))
+            {
+                v.err(doc, &format!("{ppath}.description"), obj, INVALID, "a rule description is up to 255 characters of a-z A-Z 0-9, spaces and ._-:/()#,@[]+=&;{}!$*");
+            }
+            let peer = match kind {
+                "ip_ranges" | "ipv6_ranges" => {
+                    let v6 = kind == "ipv6_ranges";
+                    let net = if v6 {
+                        parse_v6(&p.value).map(IpNet::V6)
+                    } else {
+                        parse_v4(&p.value).map(IpNet::V4)
+                    };
+                    let Some(net) = net else {
+                        let fam = if v6 { "IPv6" } else { "IPv4" };
+                        v.err(
+                            doc,
+                            &ppath,
+                            obj,
+                            INVALID,
+                            format!("invalid {fam} CIDR {:?}", p.value),
+                        );
+                        continue;
+                    };
+                    *(if v6 { &mut n6 } else { &mut n4 }) += 1;
+                    Peer::Cidr(net)
+                }
+                "prefix_list_ids" => match ctx
+                    .pls
+                    .iter()
+                    .find(|pl| pl.id == p.value || pl.name == p.value)
+                {
+                    Some(pl) => {
+                        // A prefix-list reference weighs its max entries.
+                        if pl.ipv6 {
+                            n6 += pl.max_entries;
+                        } else {
+                            n4 += pl.max_entries;
+                        }
+                        Peer::PrefixList(pl.id.clone())
+                    }
+                    None => {
+                        v.err(
+                            doc,
+                            &ppath,
+                            obj,
+                            "InvalidPrefixListID.NotFound",
+                            format!("no prefix list {:?}", p.value),
+                        );
+                        continue;
+                    }
+                },
+                _ => {
+                    n4 += 1;
+                    match group_peer(v, ctx, p, doc, &ppath, obj) {
+                        Some(peer) => peer,
+                        None => continue,
+                    }
+                }
+            };
+            let new = rule(group, dir, protocol, from, to, peer, p.description.clone());
+            if out.iter().any(|x| {
+                (x.protocol, x.from_port, x.to_port, &x.peer)
+                    == (new.protocol, new.from_port, new.to_port, &new.peer)
+            }) {
+                v.err(
+                    doc,
+                    &ppath,
+                    obj,
+                    "InvalidPermission.Duplicate",
+                    format!(
+                        "the {dir} rule {} {}-{} {} is already there",
+                        new.protocol,
+                        from,
+                        to,
+                        peer_text(&new.peer)
+                    ),
+                );
+                continue;
+            }
+            out.push(new);
+        }
+    }
+    for (fam, n) in [("IPv4", n4), ("IPv6", n6)] {
+        if n > quota {
+            v.err(doc, &format!("{gpath}.{dir}"), obj, "RulesPerSecurityGroupLimitExceeded", format!("{n} {fam} {dir} rules (prefix lists weigh their max entries), the quota is {quota}"));
+        }
+    }
+    out
+}
+
+pub fn peer_text(p: &Peer) -> String {
+    match p {
+        Peer::Cidr(n) => n.to_string(),
+        Peer::PrefixList(id) => id.clone(),
+        Peer::Group { id, .. } => id.clone(),
+    }
+}
+
+fn group_peer(
+    v: &mut Collector,
+    ctx: &RuleCtx,
+    p: &RawPeer,
+    doc: usize,
+    path: &str,
+    obj: &str,
+) -> Option<Peer> {
+    let other_vpc = p
+        .vpc
+        .as_ref()
+        .filter(|x| **x != ctx.vpc.id && **x != ctx.vpc.name);
+    match other_vpc {
+        None => match ctx
+            .groups
+            .iter()
+            .find(|(id, name, vpc)| *vpc == ctx.vpc.id && (*id == p.value || *name == p.value))
+        {
+            Some((id, ..)) => Some(Peer::Group {
+                id: id.clone(),
+                vpc: ctx.vpc.id.clone(),
+                peering: None,
+                stale: false,
+            }),
+            None if ctx.previous.contains(p.value.as_str()) => {
+                v.err(doc, path, obj, "DependencyViolation", format!("group {:?} is still referenced here; remove the reference before the group", p.value));
+                None
+            }
+            None => {
+                v.err(
+                    doc,
+                    path,
+                    obj,
+                    "InvalidGroup.NotFound",
+                    format!("no security group {:?} in {}", p.value, ctx.vpc.id),
+                );
+                None
+            }
+        },
+        Some(vpc) => {
+            // A group in another VPC: usable through a peering; when the
+            // group or the peering is gone the rule is stale (kept, matches
+            // nothing), as on AWS.
+            let vpc_id = ctx
+                .vpcs
+                .iter()
+                .find(|x| x.id == *vpc || x.name == *vpc)
+                .map_or(vpc.clone(), |x| x.id.clone());
+            let peered = ctx.vpc.peers.contains(&vpc_id);
+            let found = ctx
+                .groups
+                .iter()
+                .find(|(id, name, gv)| *gv == vpc_id && (*id == p.value || *name == p.value));
+            let id = found.map_or(p.value.clone(), |(id, ..)| id.clone());
+            let stale = !peered || found.is_none();
+            if stale {
+                let why = if found.is_none() {
+                    "the group is gone"
+                } else {
+                    "the VPCs are not peered"
+                };
+                v.push(
+                    doc,
+                    path,
+                    obj,
+                    "StaleSecurityGroupReference",
+                    format!(
+                        "{} in {vpc_id}: {why}; the rule is kept and matches nothing",
+                        p.value
+                    ),
+                    true,
+                );
+            }
+            Some(Peer::Group {
+                id,
+                vpc: vpc_id,
+                peering: p.peering.clone(),
+                stale,
+            })
+        }
+    }
+}
+
+/// Ports of a permission, as AWS reports them and as the datapath matches.
+fn port_range(
+    v: &mut Collector,
+    protocol: Protocol,
+    r: &RawRule,
+    doc: usize,
+    path: &str,
+    obj: &str,
+) -> Option<(i32, i32)> {
+    match protocol {
+        Protocol::Number(6 | 17) => {
+            let (Some(from), Some(to)) = (r.from_port, r.to_port) else {
+                v.err(
+                    doc,
+                    path,
+                    obj,
+                    INVALID,
+                    format!("a {protocol} rule needs from_port and to_port"),
+                );
+                return None;
+            };
+            let ok = |p: i64| (0..=65535).contains(&p);
+            if !ok(from) || !ok(to) {
+                v.err(
+                    doc,
+                    path,
+                    obj,
+                    INVALID,
+                    format!("invalid port range {from}-{to}: ports are 0-65535"),
+                );
+                return None;
+            }
+            if from > to {
+                v.err(
+                    doc,
+                    path,
+                    obj,
+                    INVALID,
+                    format!("invalid port range {from}-{to}: from_port is greater than to_port"),
+                );
+                return None;
+            }
+            Some((from as i32, to as i32))
+        }
+        Protocol::Number(1 | 58) => {
+            let t = r.from_port.unwrap_or(-1);
+            let c = r.to_port.unwrap_or(-1);
+            let ok = |x: i64| (-1..=255).contains(&x);
+            if !ok(t) || !ok(c) {
+                v.err(
+                    doc,
+                    path,
+                    obj,
+                    INVALID,
+                    format!("invalid ICMP type {t} / code {c}: each is -1 (all) or 0-255"),
+                );
+                return None;
+            }
+            if t == -1 && c != -1 {
+                v.err(
+                    doc,
+                    path,
+                    obj,
+                    INVALID,
+                    format!(
+                        "invalid ICMP code {c} with type -1: the code must be -1 when the type is -1"
+                    ),
+                );
+                return None;
+            }
+            Some((t as i32, c as i32))
+        }
+        // All ports, whatever range is given (docs/contract.md §2).
+        _ => Some((-1, -1)),
+    }
+}
