@@ -1,0 +1,57 @@
+//! The maps and load-time globals, shared by every stage. Their names are
+//! `sg_common::names`' (the agent opens them by those names).
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use sg_common::*;
+
+#[map]
+pub(crate) static IFACES: HashMap<u32, IfaceCfg> = HashMap::with_max_entries(STATS_SLOTS, 0);
+
+#[map]
+pub(crate) static ADDR4: LpmTrie<AddrKey4, u32> = LpmTrie::with_max_entries(1 << 20, 0);
+
+#[map]
+pub(crate) static ADDR6: LpmTrie<AddrKey6, u32> = LpmTrie::with_max_entries(1 << 20, 0);
+
+#[map]
+pub(crate) static PORTS: LpmTrie<PortKey, PortVal> = LpmTrie::with_max_entries(1 << 20, 0);
+
+/// The tracking table: a plain, preallocated hash, so nothing is ever
+/// evicted; the program refuses new flows past the allowance (`CT_LIMIT`) and
+/// the agent sweeps idle ones. Sized by the agent at load time
+/// (`map_max_entries`) to the allowance plus a slack of a few entries per CPU
+/// (`ct_slack` in the agent says why): memory grows with the allowance, not
+/// with the number of CPUs, as an LRU's per-CPU lists would make it.
+#[map]
+pub(crate) static CT: HashMap<CtKey, CtVal> = HashMap::with_max_entries(65536, 0);
+
+/// Flows inserted, counted per CPU: the BPF target has no atomic
+/// read-modify-write in Rust, and per-CPU cells need none.
+#[map]
+pub(crate) static CT_INSERTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Flows the agent's sweeper deleted; the agent is its only writer.
+#[map]
+pub(crate) static CT_REMOVED: Array<u64> = Array::with_max_entries(1, 0);
+
+#[map]
+pub(crate) static FRAGS: LruHashMap<FragKey, u64> =
+    LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU);
+
+#[map]
+pub(crate) static STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(STATS_SLOTS * 2, 0);
+
+/// The tracking table's allowance, patched by the agent at load time.
+#[unsafe(no_mangle)]
+pub(crate) static CT_LIMIT: u64 = 65536;
+
+/// Possible CPUs (the per-CPU cells to sum), patched by the agent at load time.
+#[unsafe(no_mangle)]
+pub(crate) static NR_CPUS: u32 = 1;
+
+/// Bound of the per-CPU sum, for the verifier.
+pub(crate) const MAX_CPUS: u32 = 256;
