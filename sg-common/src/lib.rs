@@ -6,12 +6,49 @@
 //! change is a compile error rather than a verifier or lookup mystery.
 #![no_std]
 
-use core::mem::size_of;
+use core::mem::{offset_of, size_of};
 
 /// Version of the map layout. Pins live under `/sys/fs/bpf/sg/v{LAYOUT_VERSION}`;
 /// bump it whenever a key or value below (or a map's type) changes, since aya reuses a pinned map
 /// without checking its layout.
 pub const LAYOUT_VERSION: u32 = 4;
+
+/// Names of the object's maps and programs. The agent loads, opens and pins
+/// them by these; the eBPF side declares them with the same names (its
+/// macros take the item's identifier), which a unit test of the agent checks
+/// against the embedded object.
+pub mod names {
+    pub const IFACES: &str = "IFACES";
+    pub const ADDR4: &str = "ADDR4";
+    pub const ADDR6: &str = "ADDR6";
+    pub const PORTS: &str = "PORTS";
+    pub const CT: &str = "CT";
+    pub const FRAGS: &str = "FRAGS";
+    pub const CT_INSERTED: &str = "CT_INSERTED";
+    pub const CT_REMOVED: &str = "CT_REMOVED";
+    pub const STATS: &str = "STATS";
+    /// Every map, each pinned as `<pin dir>/<name>`.
+    pub const MAPS: [&str; 9] = [
+        IFACES,
+        ADDR4,
+        ADDR6,
+        PORTS,
+        CT,
+        FRAGS,
+        CT_INSERTED,
+        CT_REMOVED,
+        STATS,
+    ];
+    /// Load-time globals.
+    pub const CT_LIMIT: &str = "CT_LIMIT";
+    pub const NR_CPUS: &str = "NR_CPUS";
+    pub const PROG_INGRESS: &str = "sg_tc_ingress";
+    pub const PROG_EGRESS: &str = "sg_tc_egress";
+    /// The ingress decision at XDP.
+    pub const PROG_XDP: &str = "sg_xdp";
+    /// The baseline: passes everything (benchmarks only).
+    pub const PROG_PASS: &str = "sg_tc_pass";
+}
 
 /// Direction of a packet relative to the workload behind the interface.
 pub const DIR_INBOUND: u8 = 0;
@@ -108,6 +145,8 @@ pub struct AddrKey4 {
     pub addr: [u8; 4],
 }
 const _: () = assert!(size_of::<AddrKey4>() == 8);
+// The kernel side builds this key by hand, as words: [prefix, policy, addr].
+const _: () = assert!(offset_of!(AddrKey4, policy) == 0 && offset_of!(AddrKey4, addr) == 4);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -116,6 +155,8 @@ pub struct AddrKey6 {
     pub addr: [u8; 16],
 }
 const _: () = assert!(size_of::<AddrKey6>() == 20);
+// Built by hand too: [prefix, policy, addr words].
+const _: () = assert!(offset_of!(AddrKey6, policy) == 0 && offset_of!(AddrKey6, addr) == 4);
 
 /// Prefix length, in bits, of the policy id in an address-trie key.
 pub const ADDR_KEY_POLICY_BITS: u32 = 32;
@@ -134,6 +175,13 @@ pub struct PortKey {
     pub _pad: u8,
 }
 const _: () = assert!(size_of::<PortKey>() == 8);
+// Built by hand as [prefix, class, proto | port << 8].
+const _: () = assert!(
+    offset_of!(PortKey, class) == 0
+        && offset_of!(PortKey, proto) == 4
+        && offset_of!(PortKey, port_be) == 5
+        && offset_of!(PortKey, _pad) == 7
+);
 
 pub const PORT_KEY_CLASS_BITS: u32 = 32;
 pub const PORT_KEY_PROTO_BITS: u32 = 40;

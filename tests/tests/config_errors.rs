@@ -241,7 +241,9 @@ fn cleanup_removes_every_trace() {
     let ino = std::fs::metadata(pair.server.path()).unwrap().ino();
     let dir = format!("/sys/fs/bpf/sg/v{}/net-{ino}", sg_common::LAYOUT_VERSION);
     assert!(
-        std::path::Path::new(&dir).join("CT").exists(),
+        std::path::Path::new(&dir)
+            .join(sg_common::names::CT)
+            .exists(),
         "pinned at {dir}"
     );
     sh(pair

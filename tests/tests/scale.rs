@@ -18,11 +18,11 @@ fn loads_and_decides_at_10000_rules_and_a_million_flows() {
     let mut dp = Datapath::load(1_000_000, &pins.0).expect("verifier accepts the programs");
     // The tracking table is sized by the allowance, not by the CPU count: a
     // plain hash (nothing is evicted) of the allowance plus two per CPU.
-    let ct = aya::maps::MapInfo::from_pin(pins.0.join("CT")).unwrap();
+    let ct = aya::maps::MapInfo::from_pin(pins.0.join(sg_common::names::CT)).unwrap();
     let ncpus = aya::util::nr_cpus().unwrap() as u32;
     assert_eq!(ct.max_entries(), 1_000_000 + 2 * ncpus);
     assert!(matches!(ct.map_type().unwrap(), aya::maps::MapType::Hash));
-    let bytes = dp.maps.memlock("CT").unwrap();
+    let bytes = dp.maps.memlock(sg_common::names::CT).unwrap();
     assert!(bytes < 200 * 1_000_000, "{bytes} bytes for a million flows");
     let inbound = sg_testkit::policies::rules(10_000);
     let compiled = compile(&inbound, &[], &Settings::default());

@@ -8,7 +8,9 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
-use sg_common::{AddrKey4, AddrKey6, CtKey, CtVal, FragKey, IfaceCfg, PortKey, PortVal, Stats};
+use sg_common::{
+    AddrKey4, AddrKey6, CtKey, CtVal, FragKey, IfaceCfg, PortKey, PortVal, Stats, names,
+};
 
 use super::links::unpin_links_at;
 
@@ -26,19 +28,6 @@ pub struct Maps {
     pub(super) ct_removed: Array<MapData, u64>,
     pub(super) stats: PerCpuArray<MapData, Stats>,
 }
-
-/// Every map of the object, by name; each is pinned as `<dir>/<name>`.
-pub(super) const MAP_NAMES: [&str; 9] = [
-    "IFACES",
-    "ADDR4",
-    "ADDR6",
-    "PORTS",
-    "CT",
-    "FRAGS",
-    "CT_INSERTED",
-    "CT_REMOVED",
-    "STATS",
-];
 
 impl Maps {
     /// Opens the maps an agent pinned under `dir`.
@@ -59,15 +48,15 @@ impl Maps {
     pub(super) fn build(dir: &Path, mut get: impl FnMut(&str) -> Result<Map>) -> Result<Maps> {
         Ok(Maps {
             dir: dir.to_path_buf(),
-            ifaces: HashMap::try_from(get("IFACES")?)?,
-            addr4: LpmTrie::try_from(get("ADDR4")?)?,
-            addr6: LpmTrie::try_from(get("ADDR6")?)?,
-            ports: LpmTrie::try_from(get("PORTS")?)?,
-            ct: HashMap::try_from(get("CT")?)?,
-            frags: HashMap::try_from(get("FRAGS")?)?,
-            ct_inserted: PerCpuArray::try_from(get("CT_INSERTED")?)?,
-            ct_removed: Array::try_from(get("CT_REMOVED")?)?,
-            stats: PerCpuArray::try_from(get("STATS")?)?,
+            ifaces: HashMap::try_from(get(names::IFACES)?)?,
+            addr4: LpmTrie::try_from(get(names::ADDR4)?)?,
+            addr6: LpmTrie::try_from(get(names::ADDR6)?)?,
+            ports: LpmTrie::try_from(get(names::PORTS)?)?,
+            ct: HashMap::try_from(get(names::CT)?)?,
+            frags: HashMap::try_from(get(names::FRAGS)?)?,
+            ct_inserted: PerCpuArray::try_from(get(names::CT_INSERTED)?)?,
+            ct_removed: Array::try_from(get(names::CT_REMOVED)?)?,
+            stats: PerCpuArray::try_from(get(names::STATS)?)?,
         })
     }
 
@@ -106,7 +95,7 @@ impl Maps {
         for ifindex in ifindexes {
             unpin_links_at(dir, ifindex);
         }
-        for name in MAP_NAMES {
+        for name in names::MAPS {
             let _ = std::fs::remove_file(dir.join(name));
         }
         let _ = std::fs::remove_dir(links);

@@ -29,18 +29,13 @@ use crate::{
     model::IngressHook,
     pins::{self, PinLock},
 };
-use maps::MAP_NAMES;
 use policy::Written;
+use sg_common::names;
 
 /// The eBPF object, embedded at build time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg"));
 
-pub const PROG_INGRESS: &str = "sg_tc_ingress";
-pub const PROG_EGRESS: &str = "sg_tc_egress";
-/// The baseline: passes everything (benchmarks only).
-pub const PROG_PASS: &str = "sg_tc_pass";
-/// The ingress decision at XDP.
-pub const PROG_XDP: &str = "sg_xdp";
+pub use sg_common::names::{PROG_EGRESS, PROG_INGRESS, PROG_PASS, PROG_XDP};
 
 pub struct Datapath {
     /// This agent owns the pin directory for as long as it runs.
@@ -73,12 +68,12 @@ impl Datapath {
             .checked_add(ct_slack(ncpus))
             .context("conntrack.max_flows is too large")?;
         let limit = max_flows as u64;
-        let paths: Vec<(&str, PathBuf)> = MAP_NAMES.iter().map(|n| (*n, dir.join(n))).collect();
+        let paths: Vec<(&str, PathBuf)> = names::MAPS.iter().map(|n| (*n, dir.join(n))).collect();
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries("CT", ct_entries)
-            .override_global("CT_LIMIT", &limit, true)
-            .override_global("NR_CPUS", &ncpus, true);
+            .map_max_entries(names::CT, ct_entries)
+            .override_global(names::CT_LIMIT, &limit, true)
+            .override_global(names::NR_CPUS, &ncpus, true);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -222,4 +217,31 @@ pub fn ifname(ifindex: u32) -> Option<String> {
     // SAFETY: on success the buffer holds a NUL-terminated name.
     let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
     Some(name.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use sg_common::names;
+
+    /// The eBPF side declares its maps and programs by identifier; the names
+    /// the agent uses must be those (no kernel needed: the ELF is parsed).
+    #[test]
+    fn the_object_declares_the_shared_names() {
+        let obj = aya_obj::Object::parse(super::OBJECT).expect("the embedded object parses");
+        for m in names::MAPS {
+            assert!(obj.maps.contains_key(m), "no map {m} in the object");
+        }
+        for p in [
+            names::PROG_INGRESS,
+            names::PROG_EGRESS,
+            names::PROG_XDP,
+            names::PROG_PASS,
+        ] {
+            assert!(obj.programs.contains_key(p), "no program {p} in the object");
+        }
+        let text = String::from_utf8_lossy(super::OBJECT);
+        for g in [names::CT_LIMIT, names::NR_CPUS] {
+            assert!(text.contains(g), "no global {g} in the object");
+        }
+    }
 }

@@ -29,7 +29,7 @@ use sg_agent::{
     datapath::{self, Datapath, PROG_INGRESS, PROG_PASS},
     model::Protocol,
 };
-use sg_common::{CtKey, CtVal, FAMILY_V4, TCP_ESTABLISHED};
+use sg_common::{CtKey, CtVal, FAMILY_V4, TCP_ESTABLISHED, names};
 use sg_testkit::{
     frames::{L4, Spec, TCP_ACK, TCP_SYN},
     policies::{rules, rules_ending_with},
@@ -321,7 +321,7 @@ fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
         established.push(json!({"flows": size, "sg_ns": sg, "empty_ns": base, "over_empty_ns": sg - base,
             "warm_sg_ns": warm_sg, "warm_empty_ns": warm_base, "warm_over_empty_ns": warm_sg - warm_base}));
         if size == *sizes.last().expect("sizes") {
-            let ct = dp.maps.memlock("CT")?;
+            let ct = dp.maps.memlock(names::CT)?;
             let ncpus = aya::util::nr_cpus().map_err(|(_, e)| e)? as u32;
             let entries = size.max(1024) as u64 + sg_agent::datapath::ct_slack(ncpus) as u64;
             out["memory"] = json!({
@@ -344,13 +344,13 @@ fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
         let _ = std::fs::remove_dir_all(pin_dir);
         let mut dp = Datapath::load(1 << 20, pin_dir)?;
         dp.load_baseline()?;
-        let before: u64 = ["ADDR4", "ADDR6", "PORTS"]
+        let before: u64 = [names::ADDR4, names::ADDR6, names::PORTS]
             .iter()
             .map(|m| dp.maps.memlock(m).unwrap_or(0))
             .sum();
         let inbound = rules(n);
         dp.install("bench", 1, &compiled(&inbound, &[]))?;
-        let after: u64 = ["ADDR4", "ADDR6", "PORTS"]
+        let after: u64 = [names::ADDR4, names::ADDR6, names::PORTS]
             .iter()
             .map(|m| dp.maps.memlock(m).unwrap_or(0))
             .sum();
