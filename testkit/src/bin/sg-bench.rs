@@ -250,8 +250,24 @@ fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
     let samples = if quick { 2000 } else { 6000 };
     let mut rng = StdRng::seed_from_u64(7);
     let mut out = json!({});
+    established_flows(quick, pin_dir, samples, &mut rng, &mut out)?;
+    new_flows(pin_dir, samples, &mut rng, &mut out)?;
+    out["update"] = update(pin_dir)?;
+    out["config_10000_rules_parse_validate_ms"] = json!(parse_validate_ms()?);
+    let _ = std::fs::remove_dir_all(pin_dir);
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
 
-    // Established flows: one lookup in tables of growing size.
+/// Established flows: one lookup in tables of growing size; and the
+/// table's memory.
+fn established_flows(
+    quick: bool,
+    pin_dir: &Path,
+    samples: usize,
+    rng: &mut StdRng,
+    out: &mut serde_json::Value,
+) -> Result<()> {
     let sizes: &[usize] = if quick {
         &[1_000, 65_536]
     } else {
@@ -335,9 +351,17 @@ fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
         dp.stop();
     }
     out["established"] = json!(established);
+    Ok(())
+}
 
-    // New flows: the policy decision (and the flow's creation) at growing
-    // rule counts.
+/// New flows: the policy decision (and the flow's creation) at growing rule
+/// counts; and the policy's memory per rule.
+fn new_flows(
+    pin_dir: &Path,
+    samples: usize,
+    rng: &mut StdRng,
+    out: &mut serde_json::Value,
+) -> Result<()> {
     let counts: &[usize] = &[1, 100, 1_000, 10_000];
     let mut new_flow = vec![];
     for &n in counts {
@@ -357,7 +381,7 @@ fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
         let frames: Vec<Vec<u8>> = (0..samples)
             .map(|k| {
                 let r = &inbound[rng.random_range(0..inbound.len())];
-                let src = host_in(&r.net, &mut rng);
+                let src = host_in(&r.net, rng);
                 let dst: IpAddr = if src.is_ipv4() {
                     IpAddr::V4(LOCAL)
                 } else {
@@ -406,10 +430,6 @@ fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
         dp.stop();
     }
     out["new_flow"] = json!(new_flow);
-    out["update"] = update(pin_dir)?;
-    out["config_10000_rules_parse_validate_ms"] = json!(parse_validate_ms()?);
-    let _ = std::fs::remove_dir_all(pin_dir);
-    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 

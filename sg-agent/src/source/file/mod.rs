@@ -8,6 +8,8 @@
 //! `user_id_group_pairs`, or `IpProtocol`, `FromPort`, ...), so an AWS user
 //! reads a file without the docs.
 
+#[cfg(test)]
+mod import_tests;
 mod limits;
 pub mod lines;
 #[cfg(test)]
