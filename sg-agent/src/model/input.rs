@@ -137,10 +137,11 @@ fn present_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<RawRule>>,
     }
 }
 
-/// Tags as a YAML map or as AWS's `[{Key, Value}]`. A key given twice is an
-/// error, as it is for AWS, rather than the last one silently winning.
+/// Tags as a map or as AWS's `[{Key, Value}]`, whatever the format. A key
+/// given twice is an error, as it is for AWS, rather than the last one
+/// silently winning.
 fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    use serde::de::Error;
+    use serde::de::{Error, MapAccess, SeqAccess, Visitor};
     #[derive(Deserialize)]
     struct Kv {
         #[serde(rename = "Key", alias = "key")]
@@ -148,34 +149,34 @@ fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::
         #[serde(default, rename = "Value", alias = "value")]
         value: String,
     }
-    // Not an untagged enum: its "did not match any variant" would hide the
-    // reason (a duplicate key, which a `Mapping` refuses itself).
-    let pairs: Vec<(String, String)> = match serde_yaml::Value::deserialize(d)? {
-        serde_yaml::Value::Mapping(m) => m
-            .into_iter()
-            .map(|(k, v)| match (k, v) {
-                (serde_yaml::Value::String(k), serde_yaml::Value::String(v)) => Ok((k, v)),
-                _ => Err(D::Error::custom("tag keys and values are strings")),
-            })
-            .collect::<Result<_, _>>()?,
-        v @ serde_yaml::Value::Sequence(_) => serde_yaml::from_value::<Vec<Kv>>(v)
-            .map_err(D::Error::custom)?
-            .into_iter()
-            .map(|kv| (kv.key, kv.value))
-            .collect(),
-        _ => {
-            return Err(D::Error::custom(
-                "tags are a map, or a list of {Key, Value}",
-            ));
-        }
-    };
-    let mut out = BTreeMap::new();
-    for (k, v) in pairs {
-        if out.insert(k.clone(), v).is_some() {
-            return Err(D::Error::custom(format!("duplicate tag key {k:?}")));
+    fn insert<E: Error>(out: &mut BTreeMap<String, String>, k: String, v: String) -> Result<(), E> {
+        match out.insert(k.clone(), v) {
+            Some(_) => Err(E::custom(format!("duplicate tag key {k:?}"))),
+            None => Ok(()),
         }
     }
-    Ok(out)
+    struct Tags;
+    impl<'de> Visitor<'de> for Tags {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of tags, or a list of {Key, Value}")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = m.next_entry::<String, String>()? {
+                insert(&mut out, k, v)?;
+            }
+            Ok(out)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(kv) = s.next_element::<Kv>()? {
+                insert(&mut out, kv.key, kv.value)?;
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Tags)
 }
 
 /// One AWS `IpPermission`: a protocol and port range, and its peers.
