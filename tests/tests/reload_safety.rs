@@ -43,6 +43,13 @@ fn wide() -> String {
     BASE.replace("10.9.0.200/32", "10.77.0.0/24")
 }
 
+/// Whether `denied` opens to the client within 5 s (a change was taken).
+fn opens(pair: &Pair, denied: std::net::SocketAddr) -> bool {
+    wait_until(Duration::from_secs(5), || {
+        tcp_probe(&pair.client, denied, Duration::from_secs(1)).unwrap() == Seen::Pass
+    })
+}
+
 /// A tmpfs mounted over a directory for the test's life: its size is how
 /// the test fills the disk.
 struct Tmpfs(TempDir);
@@ -283,17 +290,7 @@ fn no_write_to_the_file_opens_a_denied_port() {
     }
     // A complete, valid change is still taken.
     publish(&path, &wide());
-    assert!(
-        wait_until(Duration::from_secs(5), || tcp_probe(
-            &pair.client,
-            denied,
-            Duration::from_secs(1)
-        )
-        .unwrap()
-            == Seen::Pass),
-        "{}",
-        agent.log()
-    );
+    assert!(opens(&pair, denied), "{}", agent.log());
     assert!(
         agent.log().contains("widens what passes"),
         "the widening is logged: {}",
@@ -349,13 +346,7 @@ fn a_sealed_file_written_in_place_is_taken_once_whole() {
         f.write_all(last).unwrap();
     }
     assert!(
-        wait_until(Duration::from_secs(5), || tcp_probe(
-            &pair.client,
-            denied,
-            Duration::from_secs(1)
-        )
-        .unwrap()
-            == Seen::Pass),
+        opens(&pair, denied),
         "the whole sealed file is taken: {}",
         agent.log()
     );
