@@ -408,7 +408,14 @@ impl Agent {
 
 pub async fn run(config: &Path, pin_dir: &Path, keep_on_exit: bool) -> Result<()> {
     let file = config.display().to_string();
-    let desired = load(config, Trigger::Apply, None, None)
+    // Started where an earlier agent's pins enforce (a crash, a restart by
+    // the service manager), the file is not the operator's say-so.
+    let trigger = if pin_dir.join(sg_common::names::IFACES).exists() {
+        Trigger::Restart
+    } else {
+        Trigger::Apply
+    };
+    let desired = load(config, trigger, None, None)
         .await
         .map_err(anyhow::Error::msg)?;
     for w in &desired.warnings {

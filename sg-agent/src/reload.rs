@@ -31,8 +31,13 @@ pub enum Trigger {
     Renamed,
     /// The file was written in place (`IN_CLOSE_WRITE`, `IN_MODIFY`).
     InPlace,
-    /// The operator asked: `sg-agent apply`, SIGHUP.
+    /// The operator asked: `sg-agent apply`, SIGHUP; or started the agent
+    /// afresh on the file.
     Apply,
+    /// The agent starts where an earlier one's pins still enforce (a crash,
+    /// a service manager's restart): nobody vouched for the file, so it is
+    /// held to the rename rule, and refused it leaves the pins enforcing.
+    Restart,
 }
 
 /// Why a version of the file is not taken.
@@ -50,6 +55,10 @@ pub enum Refusal {
         "the file was renamed in but does not end with a newline, as a cut file would not; end it with one, seal it, or run `sg-agent apply`"
     )]
     Cut,
+    #[error(
+        "at a restart (an earlier agent's pins enforcing) the file must end with a newline or carry a seal, as a cut file would not; the pinned policy stays in force until it does"
+    )]
+    CutAtRestart,
     #[error(
         "the file was changed in place and carries no seal, so it may be half-written; write it by rename, seal it (`sg-agent seal`), or run `sg-agent apply` once it is complete"
     )]
@@ -123,8 +132,9 @@ pub fn admit(trigger: Trigger, text: &str) -> Result<(), Refusal> {
     match (seal, trigger) {
         (Seal::Invalid { actual }, _) => Err(Refusal::BadSeal { actual }),
         (Seal::Valid, _) | (Seal::None, Trigger::Apply) => Ok(()),
-        (Seal::None, Trigger::Renamed) if text.ends_with('\n') => Ok(()),
+        (Seal::None, Trigger::Renamed | Trigger::Restart) if text.ends_with('\n') => Ok(()),
         (Seal::None, Trigger::Renamed) => Err(Refusal::Cut),
+        (Seal::None, Trigger::Restart) => Err(Refusal::CutAtRestart),
         (Seal::None, Trigger::InPlace) => Err(Refusal::InPlace),
     }
 }
@@ -201,8 +211,19 @@ mod tests {
         assert_eq!(admit(Trigger::Renamed, DOC.trim_end()), Err(Refusal::Cut));
         assert_eq!(admit(Trigger::InPlace, DOC), Err(Refusal::InPlace));
         assert_eq!(admit(Trigger::Apply, DOC.trim_end()), Ok(()));
+        assert_eq!(admit(Trigger::Restart, DOC), Ok(()));
+        assert_eq!(
+            admit(Trigger::Restart, DOC.trim_end()),
+            Err(Refusal::CutAtRestart)
+        );
+        assert_eq!(admit(Trigger::Restart, seal(DOC).trim_end()), Ok(()));
         for empty in ["", "\n", "# nothing\n---\n", "  \n"] {
-            for t in [Trigger::Renamed, Trigger::InPlace, Trigger::Apply] {
+            for t in [
+                Trigger::Renamed,
+                Trigger::InPlace,
+                Trigger::Apply,
+                Trigger::Restart,
+            ] {
                 assert_eq!(admit(t, empty), Err(Refusal::Empty), "{empty:?}");
             }
         }

@@ -292,3 +292,45 @@ fn bad_cli_arguments_get_a_clear_error() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_restart_does_not_take_a_cut_file() {
+    if !kernel_available("a_restart_does_not_take_a_cut_file") {
+        return;
+    }
+    let pair = Pair::new("recut").unwrap();
+    let denied = tcp_echo_server(&pair.server, addr(SERVER_V4, 9000)).unwrap();
+    Agent::start(&pair.server, &config(ETH0))
+        .unwrap()
+        .stop_with(Signal::SIGKILL)
+        .unwrap();
+    // A file without its final newline, as a writer that crashed midway
+    // leaves one (here a wider one: 8080-9000).
+    let cut = config(ETH0).replace(
+        "to_port: 8080, ip_ranges: [10.77.0.0/24]}",
+        "to_port: 9000, ip_ranges: [10.77.0.0/24]}",
+    );
+    let cut = cut.trim_end();
+    let dir = TempDir::new().unwrap();
+    let path = dir.0.join("sg.yaml");
+    std::fs::write(&path, cut).unwrap();
+    let out = pair
+        .server
+        .command(agent_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a cut file was taken at restart");
+    assert!(stderr.contains("at a restart"), "{stderr}");
+    assert_eq!(
+        tcp_probe(&pair.client, denied, T).unwrap(),
+        Seen::Dropped,
+        "the pins keep enforcing"
+    );
+    // Whole (ending with its newline), it is taken.
+    let mut agent = Agent::start(&pair.server, &format!("{cut}\n")).unwrap();
+    assert_eq!(tcp_probe(&pair.client, denied, T).unwrap(), Seen::Pass);
+    agent.stop_with(Signal::SIGTERM).unwrap();
+}
