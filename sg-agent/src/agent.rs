@@ -173,34 +173,39 @@ impl Agent {
     /// Forgets retained interfaces that are gone or that the file detaches;
     /// reports the others.
     fn settle_retained(&mut self) {
-        let detached: HashSet<&str> = self
+        let detached: HashSet<String> = self
             .desired
             .interfaces
             .iter()
             .filter(|i| i.detached)
-            .map(|i| i.name.as_str())
+            .map(|i| i.name.clone())
             .collect();
         let mut forgot = false;
         for (ifindex, name) in self.retained.clone() {
             if !iface_exists(ifindex) {
                 log::info!("no longer enforcing: {name} (ifindex {ifindex}) is gone");
-                self.enforced.remove(&name);
-            } else if detached.contains(name.as_str()) {
+            } else if detached.contains(&name) {
                 log::warn!(
                     "detached {name} (ifindex {ifindex}), as {} says: its traffic is no longer filtered",
                     self.file
                 );
-                self.enforced.remove(&name);
             } else {
                 continue;
             }
-            self.retained.remove(&ifindex);
-            self.dp.forget(ifindex);
+            self.forget_retained(ifindex, &name);
             forgot = true;
         }
         if forgot {
             self.dp.collect_garbage();
         }
+    }
+
+    /// Stops enforcing on a retained interface (its policy entries go at the
+    /// next `collect_garbage`).
+    fn forget_retained(&mut self, ifindex: u32, name: &str) {
+        self.retained.remove(&ifindex);
+        self.enforced.remove(name);
+        self.dp.forget(ifindex);
     }
 
     fn retained_note(&self) -> Option<String> {
@@ -347,9 +352,7 @@ impl Agent {
         else {
             return fail(format!("sg-agent does not enforce on {name}"));
         };
-        self.retained.remove(&ifindex);
-        self.enforced.remove(name);
-        self.dp.forget(ifindex);
+        self.forget_retained(ifindex, name);
         self.dp.retire();
         self.dp.collect_garbage();
         let msg = format!("detached {name} (ifindex {ifindex}): its traffic is no longer filtered");

@@ -39,19 +39,14 @@ pub struct Reply {
 pub type Call = (Request, oneshot::Sender<Reply>);
 
 fn address(pin_dir: &Path) -> Result<std::os::unix::net::SocketAddr> {
-    use sha2::{Digest, Sha256};
     // Abstract names are at most 107 bytes: name long directories by hash.
     let dir = pin_dir.display().to_string();
     let name = if dir.len() <= 80 {
         format!("sg-agent:{dir}")
     } else {
-        let h = Sha256::digest(dir.as_bytes());
         format!(
             "sg-agent:#{}",
-            h[..16]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+            &crate::model::validate::sha256_hex(dir.as_bytes())[..32]
         )
     };
     Ok(std::os::unix::net::SocketAddr::from_abstract_name(

@@ -4,20 +4,12 @@
 
 use std::{
     io::Read,
-    os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt},
+    os::unix::fs::{FileTypeExt, OpenOptionsExt},
     path::Path,
 };
 
 /// The largest configuration accepted: a 10,000-rule file is ~1 MB.
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
-
-/// What was read, with the identity of the file it came from.
-#[derive(Debug, Clone)]
-pub struct FileRead {
-    pub bytes: Vec<u8>,
-    /// (device, inode) of the file read (after symlinks).
-    pub id: (u64, u64),
-}
 
 /// Why a configuration file could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +26,7 @@ pub enum ReadError {
 /// [`MAX_CONFIG_BYTES`]. The open never blocks (`O_NONBLOCK`: a FIFO opens at
 /// once and is then refused by its type), and the type is checked on the
 /// opened descriptor, so the file cannot be swapped between check and read.
-pub fn read_config(path: &Path) -> Result<FileRead, ReadError> {
+pub fn read_config(path: &Path) -> Result<Vec<u8>, ReadError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -65,16 +57,12 @@ pub fn read_config(path: &Path) -> Result<FileRead, ReadError> {
     if bytes.len() as u64 > MAX_CONFIG_BYTES {
         return Err(ReadError::TooLarge);
     }
-    Ok(FileRead {
-        bytes,
-        id: (meta.dev(), meta.ino()),
-    })
+    Ok(bytes)
 }
 
 /// [`read_config`], as text: invalid UTF-8 is refused with its byte offset.
 pub fn read_config_text(path: &Path) -> Result<String, String> {
-    let r = read_config(path).map_err(|e| e.to_string())?;
-    utf8(r.bytes)
+    utf8(read_config(path).map_err(|e| e.to_string())?)
 }
 
 /// The bytes as UTF-8, or an error naming the first invalid byte.

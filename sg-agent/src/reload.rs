@@ -14,10 +14,8 @@
 
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 use crate::{
-    model::Desired,
+    model::{Desired, validate::sha256_hex},
     widen::{self, Enforced},
 };
 
@@ -77,13 +75,6 @@ pub enum Seal {
     },
 }
 
-fn sha256_hex(body: &str) -> String {
-    Sha256::digest(body.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Splits a text into the body and its seal line's hash, if the last line
 /// (one trailing newline allowed) is a seal.
 fn split_seal(text: &str) -> Option<(&str, &str)> {
@@ -98,7 +89,7 @@ pub fn seal_of(text: &str) -> Seal {
     match split_seal(text) {
         None => Seal::None,
         Some((body, hash)) => {
-            let actual = sha256_hex(body);
+            let actual = sha256_hex(body.as_bytes());
             if actual == hash {
                 Seal::Valid
             } else {
@@ -115,7 +106,7 @@ pub fn seal(text: &str) -> String {
     if !body.is_empty() && !body.ends_with('\n') {
         body.push('\n');
     }
-    let hash = sha256_hex(&body);
+    let hash = sha256_hex(body.as_bytes());
     format!("{body}{SEAL_PREFIX}{hash}\n")
 }
 

@@ -95,7 +95,7 @@ pub fn detach(pin_dir: &Path, interface: &str) -> Result<()> {
     let ifindex = nix::net::if_::if_nametoindex(interface)
         .with_context(|| format!("no network interface {interface:?} here"))?;
     let mut maps = Maps::open(pin_dir)?;
-    if !maps.detach_offline(ifindex) {
+    if maps.unconfigure(ifindex).is_none() {
         bail!("{interface} is not enforced from {}", pin_dir.display());
     }
     println!(

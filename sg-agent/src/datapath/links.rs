@@ -125,11 +125,6 @@ impl Datapath {
         attach_pinned(prog, name, PROG_XDP, &pin)
     }
 
-    pub(super) fn detach(&mut self, ifindex: u32) {
-        self.links.remove(&ifindex);
-        self.maps.unpin_links(ifindex);
-    }
-
     /// The ingress hook this agent attached to the interface, if any.
     pub fn attached_hook(&self, ifindex: u32) -> Option<IngressHook> {
         self.links.get(&ifindex).copied()

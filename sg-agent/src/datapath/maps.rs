@@ -68,14 +68,15 @@ impl Maps {
         unpin_links_at(&self.dir, ifindex);
     }
 
-    /// Stops enforcing on an interface with no agent running: its links
-    /// unpinned, its configuration removed (the next agent collects its
-    /// policy entries). Returns whether it was enforced.
-    pub fn detach_offline(&mut self, ifindex: u32) -> bool {
-        let known = self.ifaces.get(&ifindex, 0).is_ok();
+    /// Stops enforcing on an interface: its links unpinned (which detaches
+    /// them), its configuration removed; returns the configuration it had.
+    /// Its policy entries stay for `collect_garbage` (or, with no agent
+    /// running, the next agent's).
+    pub fn unconfigure(&mut self, ifindex: u32) -> Option<IfaceCfg> {
+        let cfg = self.ifaces.get(&ifindex, 0).ok();
         self.unpin_links(ifindex);
         let _ = self.ifaces.remove(&ifindex);
-        known
+        cfg
     }
 
     /// Removes every pin under `dir` (links first, so they detach).

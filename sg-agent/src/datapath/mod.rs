@@ -121,12 +121,10 @@ impl Datapath {
         })
     }
 
-    /// Detaches everything and removes every pin: enforcement stops.
-    pub fn stop(mut self) {
-        let all: Vec<u32> = self.links.keys().copied().collect();
-        for ifindex in all {
-            self.detach(ifindex);
-        }
+    /// Detaches everything and removes every pin: enforcement stops. Every
+    /// link is pinned under the directory, so unpinning them all detaches
+    /// them all.
+    pub fn stop(self) {
         self.maps.remove_pins();
     }
 

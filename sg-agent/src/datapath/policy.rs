@@ -129,11 +129,10 @@ impl Datapath {
     /// Stops enforcing on an interface: detaches, then drops its
     /// configuration and policy. Its tracked flows go with the next sweep.
     pub fn forget(&mut self, ifindex: u32) {
-        self.detach(ifindex);
-        if let Ok(cfg) = self.maps.ifaces.get(&ifindex, 0) {
+        self.links.remove(&ifindex);
+        if let Some(cfg) = self.maps.unconfigure(ifindex) {
             self.free_slots.push(cfg.stats_slot);
         }
-        let _ = self.maps.ifaces.remove(&ifindex);
         if let Some(old) = self.written.remove(&ifindex) {
             self.retiring.push(old);
         }
@@ -147,8 +146,7 @@ impl Datapath {
     pub fn collect_garbage(&mut self) {
         for (ifindex, _) in self.maps.iface_cfgs() {
             if ifname(ifindex).is_none() {
-                self.maps.unpin_links(ifindex);
-                let _ = self.maps.ifaces.remove(&ifindex);
+                self.maps.unconfigure(ifindex);
             }
         }
         let live: HashSet<u32> = self

@@ -10,13 +10,20 @@ use crate::model::Collector;
 /// A stable id: `prefix-` and 17 hex digits of a hash of what names the
 /// object, so that ids survive reloads and restarts.
 pub fn make_id(prefix: &str, parts: &[&str]) -> String {
-    let mut h = Sha256::new();
+    let mut named = Vec::new();
     for p in parts {
-        h.update(p.as_bytes());
-        h.update([0]);
+        named.extend_from_slice(p.as_bytes());
+        named.push(0);
     }
-    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}-{}", &hex[..17])
+    format!("{prefix}-{}", &sha256_hex(&named)[..17])
+}
+
+/// The SHA-256 of `bytes`, in lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn valid_id(prefix: &str, id: &str) -> bool {
