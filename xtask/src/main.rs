@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask setup | build | demo | test | bench | package`.
 //! Orchestration only; the product lives in the other crates.
 
+mod api_model;
 mod bench;
 mod demo;
 mod package;
@@ -35,6 +36,9 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Extract the API's shapes from botocore's service model into
+    /// sg-agent/src/api/model.json (a developer task; the file is checked in).
+    ApiModel,
     /// Build the Debian package (target/debian/), with the man pages and
     /// shell completions generated from the CLI.
     Package,
@@ -85,6 +89,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             bench::run(&target_dir().join("release/sg-bench"), quick)
         }
+        Task::ApiModel => api_model::run(&workspace_root()),
         Task::Package => {
             setup::run()?;
             package::build().map(|_| ())

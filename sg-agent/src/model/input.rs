@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{AttachMode, ConntrackTable, IngressHook, Quotas};
 
 /// The whole file, as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// The `OwnerId` that `describe-security-groups` prints.
@@ -29,14 +29,18 @@ pub struct RawConfig {
     pub quotas: Quotas,
     /// Files holding `aws ec2 describe-security-groups` output, relative to
     /// this file.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub import: Vec<String>,
     /// `describe-security-groups` output pasted inline.
-    #[serde(default, rename = "SecurityGroups")]
+    #[serde(
+        default,
+        rename = "SecurityGroups",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub aws_security_groups: Vec<RawGroup>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVpc {
     #[serde(default, alias = "VpcId")]
@@ -50,9 +54,15 @@ pub struct RawVpc {
     /// Names or ids of peered VPCs.
     #[serde(default)]
     pub peerings: Vec<String>,
+    #[serde(default, alias = "Tags", deserialize_with = "tags")]
+    pub tags: BTreeMap<String, String>,
+    /// `enableDnsSupport`, `enableDnsHostnames`, ...: kept and reported, as
+    /// EC2 clients read them; they change nothing sg enforces.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPrefixList {
     #[serde(default, alias = "PrefixListId")]
@@ -65,13 +75,18 @@ pub struct RawPrefixList {
     pub max_entries: u32,
     #[serde(default, alias = "Entries")]
     pub entries: Vec<RawPlEntry>,
+    /// Bumped by every change of the entries (`CurrentVersion`).
+    #[serde(default, alias = "Version")]
+    pub version: Option<u64>,
+    #[serde(default, alias = "Tags", deserialize_with = "tags")]
+    pub tags: BTreeMap<String, String>,
 }
 
 fn ipv4() -> String {
     "IPv4".into()
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPlEntry {
     #[serde(alias = "Cidr")]
@@ -81,7 +96,7 @@ pub struct RawPlEntry {
 }
 
 /// A security group, in YAML or as `describe-security-groups` prints it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGroup {
     #[serde(default, alias = "GroupId")]
@@ -97,7 +112,7 @@ pub struct RawGroup {
     /// AWS's ARN of the group (`arn:aws:ec2:REGION:ACCOUNT:security-group/sg-…`):
     /// accepted so that current `describe-security-groups` output imports,
     /// and ignored, since it restates the account and the id.
-    #[serde(default, alias = "SecurityGroupArn")]
+    #[serde(default, alias = "SecurityGroupArn", skip_serializing)]
     pub _arn: Option<String>,
     #[serde(default, alias = "Tags", deserialize_with = "tags")]
     pub tags: BTreeMap<String, String>,
@@ -110,7 +125,8 @@ pub struct RawGroup {
         default,
         alias = "outbound",
         alias = "IpPermissionsEgress",
-        deserialize_with = "present_list"
+        deserialize_with = "present_list",
+        skip_serializing_if = "Option::is_none"
     )]
     pub egress: Option<Vec<RawRule>>,
     /// Where it came from, for error messages: set by the loader.
@@ -180,7 +196,7 @@ fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::
 }
 
 /// One AWS `IpPermission`: a protocol and port range, and its peers.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     #[serde(
@@ -225,6 +241,38 @@ pub struct RawPeer {
     /// Group pairs: the referenced group's VPC and the peering, when another VPC.
     pub vpc: Option<String>,
     pub peering: Option<String>,
+    /// `SecurityGroupRuleId`: kept from the API or a managed state, so that a
+    /// rule keeps its id when it is modified; generated when absent.
+    pub rule_id: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Serialize for RawPeer {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Full<'a> {
+            value: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            description: &'a Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            vpc: &'a Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            peering: &'a Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            rule_id: &'a Option<String>,
+            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+            tags: &'a BTreeMap<String, String>,
+        }
+        Full {
+            value: &self.value,
+            description: &self.description,
+            vpc: &self.vpc,
+            peering: &self.peering,
+            rule_id: &self.rule_id,
+            tags: &self.tags,
+        }
+        .serialize(s)
+    }
 }
 
 impl<'de> Deserialize<'de> for RawPeer {
@@ -260,6 +308,10 @@ impl<'de> Deserialize<'de> for RawPeer {
             _user_id: Option<String>,
             #[serde(default, alias = "peering_status", alias = "PeeringStatus")]
             _peering_status: Option<String>,
+            #[serde(default, alias = "SecurityGroupRuleId")]
+            rule_id: Option<String>,
+            #[serde(default, alias = "Tags", deserialize_with = "tags")]
+            tags: BTreeMap<String, String>,
         }
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -277,12 +329,14 @@ impl<'de> Deserialize<'de> for RawPeer {
                 description: f.description,
                 vpc: f.vpc,
                 peering: f.peering,
+                rule_id: f.rule_id,
+                tags: f.tags,
             },
         })
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
     #[serde(default, alias = "TcpEstablishedTimeout")]
@@ -293,7 +347,7 @@ pub struct RawTimeouts {
     pub udp: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIface {
     /// Linux interface name.
@@ -327,4 +381,6 @@ pub struct RawIface {
     /// interface out of the file keeps its last policy instead.
     #[serde(default)]
     pub detached: bool,
+    #[serde(default, alias = "Tags", deserialize_with = "tags")]
+    pub tags: BTreeMap<String, String>,
 }

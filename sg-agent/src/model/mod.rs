@@ -3,6 +3,7 @@
 //! validation reports (`issues`), and validation itself (`validate`), one
 //! file per phase.
 
+pub mod canonical;
 pub mod input;
 mod issues;
 mod types;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Issue;
 
@@ -59,7 +59,7 @@ impl fmt::Display for Protocol {
 }
 
 /// Which side of the interface the workload is on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     /// The workload's own interface: inbound is its ingress.
@@ -71,7 +71,7 @@ pub enum AttachMode {
 }
 
 /// Where inbound-side packets (the interface's ingress) are judged.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IngressHook {
     /// tcx, like egress: the cheaper hook on veth.
@@ -100,7 +100,7 @@ impl Default for Timeouts {
 }
 
 /// Host-wide settings of the tracking table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConntrackTable {
     /// Tracked flows allowed at once, all interfaces together; new flows past
@@ -115,7 +115,7 @@ impl Default for ConntrackTable {
 }
 
 /// AWS's quotas, with its defaults; configurable as on AWS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Quotas {
     pub groups_per_interface: u32,
@@ -143,6 +143,9 @@ pub struct Vpc {
     pub ipv4: Vec<Ipv4Net>,
     pub ipv6: Vec<Ipv6Net>,
     pub peers: BTreeSet<String>,
+    pub tags: BTreeMap<String, String>,
+    /// EC2's VPC attributes (`enableDnsSupport`, ...), as set.
+    pub attributes: BTreeMap<String, bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +155,8 @@ pub struct PrefixList {
     pub ipv6: bool,
     pub max_entries: u32,
     pub entries: Vec<(IpNet, Option<String>)>,
+    pub version: u64,
+    pub tags: BTreeMap<String, String>,
 }
 
 /// A rule's one peer (docs/contract.md §1).
@@ -177,6 +182,7 @@ pub struct Rule {
     pub to_port: i32,
     pub peer: Peer,
     pub description: Option<String>,
+    pub tags: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +215,7 @@ pub struct Interface {
     /// The operator's explicit "stop enforcing here": removing an interface
     /// from the file never detaches it (README, "How reloads are taken").
     pub detached: bool,
+    pub tags: BTreeMap<String, String>,
 }
 
 /// The validated desired state.

@@ -133,6 +133,7 @@ pub fn resolve(
             related_icmp: r.related_icmp,
             optional: r.optional,
             detached: r.detached,
+            tags: r.tags.clone(),
         });
     }
 

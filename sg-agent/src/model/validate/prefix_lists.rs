@@ -90,6 +90,8 @@ pub fn resolve(v: &mut Collector, raw: &RawConfig) -> Vec<PrefixList> {
             ipv6,
             max_entries: r.max_entries,
             entries,
+            version: r.version.unwrap_or(1),
+            tags: r.tags.clone(),
         });
     }
 

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{
-    ids::{make_id, parse_v4, parse_v6, valid_text},
+    ids::{make_id, parse_v4, parse_v6, valid_id, valid_text},
     vpcs::Vpcs,
 };
 use crate::model::{
@@ -116,6 +116,7 @@ pub fn rule(
         to_port: to,
         peer,
         description,
+        tags: Default::default(),
     }
 }
 
@@ -250,7 +251,21 @@ fn rules_of(
                     }
                 }
             };
-            let new = rule(group, dir, protocol, from, to, peer, p.description.clone());
+            let mut new = rule(group, dir, protocol, from, to, peer, p.description.clone());
+            new.tags = p.tags.clone();
+            if let Some(id) = &p.rule_id {
+                if !valid_id("sgr", id) {
+                    v.err(
+                        doc,
+                        &format!("{ppath}.rule_id"),
+                        obj,
+                        "InvalidSecurityGroupRuleId.Malformed",
+                        format!("{id:?} is not sgr- and 8-17 hex digits"),
+                    );
+                    continue;
+                }
+                new.id = id.clone();
+            }
             if out.iter().any(|x| {
                 (x.protocol, x.from_port, x.to_port, &x.peer)
                     == (new.protocol, new.from_port, new.to_port, &new.peer)
@@ -267,6 +282,16 @@ fn rules_of(
                         to,
                         peer_text(&new.peer)
                     ),
+                );
+                continue;
+            }
+            if out.iter().any(|x| x.id == new.id) {
+                v.err(
+                    doc,
+                    &format!("{ppath}.rule_id"),
+                    obj,
+                    "InvalidSecurityGroupRuleId.Duplicate",
+                    format!("rule id {} is given twice", new.id),
                 );
                 continue;
             }

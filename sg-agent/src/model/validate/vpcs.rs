@@ -70,6 +70,8 @@ pub fn resolve(v: &mut Collector, raw: &RawConfig) -> Vpcs {
             ipv4,
             ipv6,
             peers: BTreeSet::new(),
+            tags: r.tags.clone(),
+            attributes: r.attributes.clone(),
         });
     }
     for (i, r) in raw.vpcs.iter().enumerate() {
@@ -104,6 +106,8 @@ pub fn resolve(v: &mut Collector, raw: &RawConfig) -> Vpcs {
             ipv4: vec![Ipv4Net::default()],
             ipv6: vec![Ipv6Net::default()],
             peers: BTreeSet::new(),
+            tags: Default::default(),
+            attributes: Default::default(),
         });
     }
     // Imported groups may name VPCs the file does not declare.
@@ -119,6 +123,8 @@ pub fn resolve(v: &mut Collector, raw: &RawConfig) -> Vpcs {
                 ipv4: vec![],
                 ipv6: vec![],
                 peers: BTreeSet::new(),
+                tags: Default::default(),
+                attributes: Default::default(),
             });
         }
     }
