@@ -10,22 +10,41 @@
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
 
 use crate::{
+    api::{self, ApiOptions, Snapshot},
     compile::{Compiled, compile_interface},
     control::{self, Reply, Request},
     datapath::{Datapath, ifname},
     file,
+    managed::{self, Managed},
     model::{Desired, Interface},
     reload::{self, Trigger},
+    store::Store,
     watch::{Change, Watch},
     widen::{self, Enforced},
 };
+
+/// How `sg-agent run` was asked to run.
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub pin_dir: PathBuf,
+    pub keep_on_exit: bool,
+    /// The state lives in the state database and changes through the API;
+    /// `config` only seeds an empty database.
+    pub managed: bool,
+    pub state_dir: PathBuf,
+    pub api: Option<ApiOptions>,
+}
 
 /// How often idle flows are swept from the tracking table.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
@@ -111,6 +130,12 @@ struct Agent {
     retained: HashMap<u32, String>,
     /// The last problem logged, so that a stuck file is reported once.
     last_problem: Option<String>,
+    /// Managed mode: the state database (taken out while a change runs).
+    managed: Option<Managed>,
+    /// File mode: where reloads are recorded.
+    audit: Option<Store>,
+    /// What the API's reads see.
+    publish: watch::Sender<Arc<Snapshot>>,
 }
 
 fn iface_exists(ifindex: u32) -> bool {
@@ -258,6 +283,21 @@ impl Agent {
                 message: "unchanged".into(),
             };
         }
+        let changed = managed::changes(&self.desired, &d);
+        let reply = self.adopt(d, "configuration applied");
+        if reply.ok
+            && let Some(store) = &mut self.audit
+        {
+            let ev = api::audit::reload(&self.file, &managed::summary(&changed), changed);
+            if let Err(e) = store.append(&[ev]) {
+                log::error!("recording the reload in the audit trail: {e:#}");
+            }
+        }
+        reply
+    }
+
+    /// Enforces `d` in place of what is in force (reporting what it widens).
+    fn adopt(&mut self, d: Desired, what: &str) -> Reply {
         let after = widen::after(&self.enforced, &d);
         let wider = widen::widenings(&self.enforced, &after);
         if !wider.is_empty() {
@@ -276,7 +316,65 @@ impl Agent {
         }
         self.desired = d;
         self.enforced = after;
-        self.reconcile("configuration applied")
+        self.reconcile(what)
+    }
+
+    /// What the API's reads see, after every change of what is in force.
+    fn publish(&self) {
+        let mut enforced: std::collections::BTreeSet<String> = self
+            .applied
+            .values()
+            .map(|p| p.iface.name.clone())
+            .collect();
+        enforced.extend(self.retained.values().cloned());
+        self.publish.send_replace(Arc::new(Snapshot {
+            desired: self.desired.clone(),
+            managed: self.managed.is_some(),
+            source: self.file.clone(),
+            enforced,
+        }));
+    }
+
+    /// One API change (managed mode), made by the state's owner.
+    fn api(&mut self, call: api::Call) {
+        let Some(mut m) = self.managed.take() else {
+            let _ = call.reply.send(Err(api::read_only(&self.file)));
+            return;
+        };
+        let before = self.desired.clone();
+        let what = format!("API {}", call.action);
+        let mut enforce = |d: &Desired| {
+            let r = self.adopt(d.clone(), &what);
+            if r.ok { Ok(()) } else { Err(r.message) }
+        };
+        m.execute(call, &before, &mut enforce);
+        self.managed = Some(m);
+        self.publish();
+    }
+
+    /// `sg-agent apply -f FILE` in managed mode.
+    fn apply_file(&mut self, path: &Path) -> Reply {
+        let Some(mut m) = self.managed.take() else {
+            return Reply {
+                ok: false,
+                message: format!(
+                    "the agent follows {}: `sg-agent apply` (without -f) takes it",
+                    self.file
+                ),
+            };
+        };
+        let before = self.desired.clone();
+        let mut enforce = |d: &Desired| {
+            let r = self.adopt(d.clone(), "sg-agent apply -f");
+            if r.ok { Ok(()) } else { Err(r.message) }
+        };
+        let r = m.apply_file(path, &before, &mut enforce);
+        self.managed = Some(m);
+        self.publish();
+        match r {
+            Ok((message, _)) => Reply { ok: true, message },
+            Err(message) => Reply { ok: false, message },
+        }
     }
 
     fn reconcile(&mut self, what: &str) -> Reply {
@@ -294,6 +392,7 @@ impl Agent {
         if let Some(note) = self.retained_note() {
             log::warn!("{note}");
         }
+        self.publish();
         match result {
             Ok(()) => {
                 let msg = format!("{what}: enforcing on {n} interface(s)");
@@ -399,28 +498,48 @@ impl Agent {
 
     async fn handle(&mut self, req: Request) -> Reply {
         match req {
+            Request::Apply if self.managed.is_some() => Reply {
+                ok: false,
+                message: format!(
+                    "the agent's state is {}: give the file to apply (`sg-agent apply -f FILE`)",
+                    self.file
+                ),
+            },
             Request::Apply => {
                 log::info!("sg-agent apply: reloading {}", self.file);
                 self.refresh(Trigger::Apply).await
             }
+            Request::ApplyFile { path } => self.apply_file(&path),
             Request::Detach { interface } => self.detach(&interface),
             Request::Check { path } => self.check(&path).await,
         }
     }
 }
 
-pub async fn run(config: &Path, pin_dir: &Path, keep_on_exit: bool) -> Result<()> {
-    let file = config.display().to_string();
-    // Started where an earlier agent's pins enforce (a crash, a restart by
-    // the service manager), the file is not the operator's say-so.
-    let trigger = if pin_dir.join(sg_common::names::IFACES).exists() {
-        Trigger::Restart
+pub async fn run(opts: RunOptions) -> Result<()> {
+    let (config, pin_dir) = (opts.config.as_path(), opts.pin_dir.as_path());
+    let (desired, managed, file) = if opts.managed {
+        let (m, d) = Managed::open(&opts.state_dir, config)?;
+        let file = format!("the managed state {}", m.store.path().display());
+        (d, Some(m), file)
     } else {
-        Trigger::Apply
+        // Started where an earlier agent's pins enforce (a crash, a restart
+        // by the service manager), the file is not the operator's say-so.
+        let trigger = if pin_dir.join(sg_common::names::IFACES).exists() {
+            Trigger::Restart
+        } else {
+            Trigger::Apply
+        };
+        let d = load(config, trigger, None, None)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        (d, None, config.display().to_string())
     };
-    let desired = load(config, trigger, None, None)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    // File mode records its reloads; managed mode records in its store.
+    let audit = match &managed {
+        Some(_) => None,
+        None => Some(Store::open(&opts.state_dir)?),
+    };
     for w in &desired.warnings {
         log::warn!("{w}");
     }
@@ -445,7 +564,10 @@ pub async fn run(config: &Path, pin_dir: &Path, keep_on_exit: bool) -> Result<()
     // Takes the pin directory's lock: from here on this agent owns it.
     let dp = Datapath::load(desired.conntrack.max_flows, pin_dir)?;
     let mut calls = control::serve(pin_dir)?;
-    let mut watch = Watch::new(config)?;
+    let mut watch = match managed {
+        Some(_) => None,
+        None => Some(Watch::new(config)?),
+    };
     // What an earlier agent enforced that this file does not list is kept.
     let listed: HashSet<&str> = desired.interfaces.iter().map(|i| i.name.as_str()).collect();
     let mut retained = HashMap::new();
@@ -467,6 +589,7 @@ pub async fn run(config: &Path, pin_dir: &Path, keep_on_exit: bool) -> Result<()
             }
         }
     }
+    let (publish, snapshot) = watch::channel(Arc::new(Snapshot::default()));
     let mut agent = Agent {
         dp,
         path: config.to_path_buf(),
@@ -476,12 +599,20 @@ pub async fn run(config: &Path, pin_dir: &Path, keep_on_exit: bool) -> Result<()
         applied: HashMap::new(),
         retained,
         last_problem: None,
+        managed,
+        audit,
+        publish,
     };
     agent.apply(plans)?;
     if let Some(note) = agent.retained_note() {
         log::warn!("{note}");
     }
     agent.dp.collect_garbage();
+    agent.publish();
+    let (api_tx, mut api_calls) = mpsc::channel::<api::Call>(64);
+    if let Some(a) = opts.api {
+        api::serve(a, snapshot, api_tx, Store::open(&opts.state_dir)?).await?;
+    }
     log::info!(
         "sg-agent running with {} interface(s)",
         agent.applied.len() + agent.retained.len()
@@ -497,14 +628,24 @@ pub async fn run(config: &Path, pin_dir: &Path, keep_on_exit: bool) -> Result<()
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut ifaces = tokio::time::interval(IFACES_EVERY);
     loop {
+        let file_change = async {
+            match &mut watch {
+                Some(w) => w.next().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = sigint.recv() => { log::info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); break; }
             _ = sighup.recv() => {
-                log::info!("SIGHUP: reloading {}", agent.file);
-                agent.refresh(Trigger::Apply).await;
+                if agent.managed.is_some() {
+                    log::info!("SIGHUP: nothing to reload in managed mode (use `sg-agent apply -f FILE`)");
+                } else {
+                    log::info!("SIGHUP: reloading {}", agent.file);
+                    agent.refresh(Trigger::Apply).await;
+                }
             }
-            change = watch.next() => match change {
+            change = file_change => match change {
                 Ok(Change::Content(t)) => { agent.refresh(t).await; }
                 Ok(Change::Removed) => {
                     let msg = format!("{}: deleted or renamed away", agent.file);
@@ -516,6 +657,7 @@ pub async fn run(config: &Path, pin_dir: &Path, keep_on_exit: bool) -> Result<()
                 let r = agent.handle(req).await;
                 let _ = reply.send(r);
             }
+            Some(call) = api_calls.recv() => agent.api(call),
             _ = ifaces.tick() => agent.check_interfaces(),
             _ = sweep.tick() => match agent.dp.maps.sweep() {
                 Ok(0) => {}
@@ -524,7 +666,7 @@ pub async fn run(config: &Path, pin_dir: &Path, keep_on_exit: bool) -> Result<()
             },
         }
     }
-    stop(agent, pin_dir, keep_on_exit);
+    stop(agent, pin_dir, opts.keep_on_exit);
     Ok(())
 }
 

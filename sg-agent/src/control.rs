@@ -27,6 +27,8 @@ pub enum Request {
     Detach { interface: String },
     /// Validate a file and say what it would change against what is in force.
     Check { path: PathBuf },
+    /// Managed mode: make the state the file's (a declarative apply).
+    ApplyFile { path: PathBuf },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

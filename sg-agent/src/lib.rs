@@ -4,15 +4,18 @@
 //! and are unit-tested here; `datapath` talks to the kernel.
 
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod compile;
 pub mod control;
 pub mod datapath;
 pub mod describe;
 pub mod file;
+pub mod managed;
 pub mod model;
 pub mod pins;
 pub mod reload;
 pub mod source;
+pub mod store;
 pub mod watch;
 pub mod widen;

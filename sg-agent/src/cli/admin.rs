@@ -66,8 +66,16 @@ pub fn check(path: &Path, pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn apply(pin_dir: &Path) -> Result<()> {
-    let r = control::call(pin_dir, &Request::Apply)?.with_context(|| no_agent(pin_dir))?;
+pub fn apply(pin_dir: &Path, file: Option<std::path::PathBuf>) -> Result<()> {
+    let req = match file {
+        // The agent reads the file itself: an absolute path means the same
+        // file to both.
+        Some(f) => Request::ApplyFile {
+            path: std::path::absolute(&f)?,
+        },
+        None => Request::Apply,
+    };
+    let r = control::call(pin_dir, &req)?.with_context(|| no_agent(pin_dir))?;
     if !r.ok {
         bail!("{}", r.message);
     }
@@ -180,5 +188,20 @@ pub fn cleanup_all() -> Result<()> {
             String::new()
         }
     );
+    Ok(())
+}
+
+/// `sg-agent lookup-events`: the matching records, one JSON line each.
+pub fn lookup_events(state_dir: &Path, f: &crate::store::EventFilter) -> Result<()> {
+    if !state_dir.join(crate::store::DB_FILE).exists() {
+        bail!(
+            "{}: no audit trail here (is this the agent's --state-dir?)",
+            state_dir.display()
+        );
+    }
+    let store = crate::store::Store::open(state_dir)?;
+    for e in store.events(f)? {
+        println!("{}", serde_json::to_string(&e)?);
+    }
     Ok(())
 }

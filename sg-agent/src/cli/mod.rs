@@ -13,6 +13,10 @@ use crate::{agent, datapath::FlowMatch, describe, model, pins::default_pin_dir, 
 
 /// Where the configuration is read from when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/sg/sg.yaml";
+/// Where the state database (managed state, audit trail) lives.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sg";
+/// The API's access keys.
+pub const DEFAULT_CREDENTIALS: &str = "/etc/sg/credentials.yaml";
 
 /// AWS-style security groups for Linux interfaces, enforced by eBPF.
 #[derive(Parser)]
@@ -41,6 +45,22 @@ enum Command {
         /// as under a service manager). `sg-agent cleanup` stops enforcing.
         #[arg(long)]
         keep_on_exit: bool,
+        /// Managed mode: the state lives in the state database and changes
+        /// through the EC2 API; --config only seeds an empty database.
+        #[arg(long)]
+        managed: bool,
+        /// The state database and audit trail.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Serve the EC2 API on this loopback address (port 8733 is sg's).
+        #[arg(long, value_name = "ADDR:PORT")]
+        api: Option<std::net::SocketAddr>,
+        /// The API's access keys and what each may do.
+        #[arg(long, default_value = DEFAULT_CREDENTIALS)]
+        api_credentials: PathBuf,
+        /// Record reads (Describe*, Get*) in the audit trail too.
+        #[arg(long)]
+        audit_reads: bool,
     },
     /// Validate a configuration without touching the kernel: list every
     /// error (exit 1) or summarise it (exit 0); with an agent running here,
@@ -50,8 +70,36 @@ enum Command {
         config: PathBuf,
     },
     /// Make the running agent take its configuration file as it is now (for
-    /// editors that write in place); prints the outcome, exit 1 if refused.
-    Apply,
+    /// editors that write in place); in managed mode, make FILE the managed
+    /// state (`-f`). Prints the outcome, exit 1 if refused.
+    Apply {
+        /// Managed mode: the file whose state replaces the managed state.
+        #[arg(long, short)]
+        file: Option<PathBuf>,
+    },
+    /// The audit trail, newest last, filtered as `aws cloudtrail
+    /// lookup-events` filters (one JSON record per line).
+    LookupEvents {
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Only this action (`AuthorizeSecurityGroupIngress`, `ApplyConfiguration`...).
+        #[arg(long)]
+        event_name: Option<String>,
+        /// Only calls signed with this access key.
+        #[arg(long)]
+        access_key: Option<String>,
+        /// Only calls naming or creating this resource (sg-..., sgr-...).
+        #[arg(long)]
+        resource: Option<String>,
+        /// Not before this time (RFC 3339, UTC: 2026-12-01T20:00:00Z).
+        #[arg(long)]
+        start_time: Option<String>,
+        /// Not after this time.
+        #[arg(long)]
+        end_time: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        max_results: usize,
+    },
     /// Stop enforcing on an interface that the configuration no longer
     /// lists (leaving it out of the file keeps its last policy).
     Detach {
@@ -172,12 +220,56 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Run {
             config,
             keep_on_exit,
-        } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(agent::run(&config, &pin_dir, keep_on_exit)),
+            managed,
+            state_dir,
+            api,
+            api_credentials,
+            audit_reads,
+        } => {
+            let api = match api {
+                Some(listen) => Some(crate::api::ApiOptions {
+                    listen,
+                    credentials: crate::api::access::Credentials::load(&api_credentials)?,
+                    audit_reads,
+                }),
+                None => None,
+            };
+            let opts = agent::RunOptions {
+                config,
+                pin_dir,
+                keep_on_exit,
+                managed,
+                state_dir,
+                api,
+            };
+            // Two workers: the API answers reads while the loop enforces.
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(agent::run(opts))
+        }
         Command::Check { config } => admin::check(&config, &pin_dir),
-        Command::Apply => admin::apply(&pin_dir),
+        Command::Apply { file } => admin::apply(&pin_dir, file),
+        Command::LookupEvents {
+            state_dir,
+            event_name,
+            access_key,
+            resource,
+            start_time,
+            end_time,
+            max_results,
+        } => admin::lookup_events(
+            &state_dir,
+            &crate::store::EventFilter {
+                name: event_name,
+                access_key,
+                resource,
+                start: start_time,
+                end: end_time,
+                max: max_results,
+            },
+        ),
         Command::Detach { interface } => admin::detach(&pin_dir, &interface),
         Command::Seal { file } => admin::seal(&file),
         Command::DescribeSecurityGroups { config, output } => {

@@ -14,7 +14,7 @@ mod rules;
 mod tests;
 mod vpcs;
 
-pub use ids::{make_id, sha256_hex};
+pub use ids::{make_id, sha256_hex, valid_id};
 pub use rules::peer_text;
 
 use super::{Collector, Desired, Issue, Issues, Locate, input::RawConfig};

@@ -1,0 +1,359 @@
+//! The managed state on disk: SQLite in WAL mode under the state directory
+//! (`/var/lib/sg/sg.db` by default). One object per row, in the canonical
+//! input form ([`crate::model::canonical`]); every accepted API call is one
+//! `BEGIN IMMEDIATE` transaction holding its changes *and* its audit record,
+//! so a crash leaves the previous state or the new one, never a mix, and
+//! never a change without its record. The audit trail is append-only: the
+//! schema refuses updates and deletes of events.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::model::input::RawConfig;
+
+/// The schema's version, in `PRAGMA user_version`; `MIGRATIONS[i]` takes a
+/// database from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE objects (
+    kind TEXT NOT NULL,
+    id   TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    time       TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    access_key TEXT,
+    resources  TEXT NOT NULL,
+    record     TEXT NOT NULL
+);
+CREATE INDEX events_time ON events (time);
+CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+"#];
+
+pub const DB_FILE: &str = "sg.db";
+
+/// One audit record, with the columns `lookup-events` filters on.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub time: String,
+    pub name: String,
+    pub access_key: Option<String>,
+    /// Ids of the resources the call named or created.
+    pub resources: Vec<String>,
+    /// The CloudTrail-shaped record (docs/api.md, "Audit trail").
+    pub record: serde_json::Value,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// The kinds of object, each with its list in the input form.
+const KINDS: [&str; 4] = ["vpc", "prefix_list", "security_group", "network_interface"];
+
+impl Store {
+    /// Opens (creating, and migrating) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        let path = dir.join(DB_FILE);
+        let conn =
+            Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // WAL: readers never block the writer; FULL: a commit is on disk
+        // before the call that made it is answered.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let mut store = Store { conn, path };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: usize =
+            tx.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+        if version > MIGRATIONS.len() {
+            bail!(
+                "{}: schema version {version} is newer than this sg-agent's ({}); refusing to touch it",
+                self.path.display(),
+                MIGRATIONS.len()
+            );
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+            tx.execute_batch(m).with_context(|| {
+                format!("migrating {} to schema {}", self.path.display(), i + 1)
+            })?;
+        }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The managed state, or `None` when none was ever committed.
+    pub fn load(&self) -> Result<Option<RawConfig>> {
+        let Some(settings) = self
+            .conn
+            .query_row("SELECT value FROM settings WHERE key = 'state'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let mut raw: RawConfig = serde_json::from_str(&settings).context("the stored settings")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, body FROM objects WHERE kind = ?1 ORDER BY rowid")?;
+        for kind in KINDS {
+            let rows = stmt.query_map([kind], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            for row in rows {
+                let (id, body) = row?;
+                let bad = || format!("the stored {kind} {id}");
+                match kind {
+                    "vpc" => raw.vpcs.push(parse(&body).with_context(bad)?),
+                    "prefix_list" => raw.prefix_lists.push(parse(&body).with_context(bad)?),
+                    "security_group" => raw.security_groups.push(parse(&body).with_context(bad)?),
+                    _ => raw.network_interfaces.push(parse(&body).with_context(bad)?),
+                }
+            }
+        }
+        Ok(Some(raw))
+    }
+
+    /// Writes the change from `before` to `after` (both canonical) and its
+    /// audit records in one transaction: all of it, or nothing.
+    pub fn commit(
+        &mut self,
+        before: Option<&RawConfig>,
+        after: &RawConfig,
+        events: &[Event],
+    ) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let old = before.map(rows).transpose()?.unwrap_or_default();
+        let new = rows(after)?;
+        for (key, body) in &new {
+            if old.get(key) != Some(body) {
+                tx.execute(
+                    "INSERT INTO objects (kind, id, body) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
+                    params![key.0, key.1, body],
+                )?;
+            }
+        }
+        for key in old.keys().filter(|k| !new.contains_key(*k)) {
+            tx.execute(
+                "DELETE FROM objects WHERE kind = ?1 AND id = ?2",
+                params![key.0, key.1],
+            )?;
+        }
+        let settings = serde_json::to_string(&RawConfig {
+            account_id: after.account_id.clone(),
+            conntrack: after.conntrack,
+            quotas: after.quotas,
+            ..Default::default()
+        })?;
+        tx.execute(
+            "INSERT INTO settings (key, value) VALUES ('state', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [settings],
+        )?;
+        insert_events(&tx, events)?;
+        tx.commit().context("committing the change")?;
+        Ok(())
+    }
+
+    /// Records events that change nothing (refused calls, reads, reloads).
+    pub fn append(&mut self, events: &[Event]) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        insert_events(&tx, events)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The records matching `f`, oldest first.
+    pub fn events(&self, f: &EventFilter) -> Result<Vec<serde_json::Value>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT record FROM events
+             WHERE (?1 IS NULL OR name = ?1)
+               AND (?2 IS NULL OR access_key = ?2)
+               AND (?3 IS NULL OR EXISTS (SELECT 1 FROM json_each(resources) WHERE value = ?3))
+               AND (?4 IS NULL OR time >= ?4)
+               AND (?5 IS NULL OR time <= ?5)
+             ORDER BY seq DESC LIMIT ?6",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                f.name,
+                f.access_key,
+                f.resource,
+                f.start,
+                f.end,
+                f.max as i64
+            ],
+            |r| r.get::<_, String>(0),
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(serde_json::from_str(&r?)?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
+
+/// What `sg-agent lookup-events` filters on.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub name: Option<String>,
+    pub access_key: Option<String>,
+    pub resource: Option<String>,
+    /// RFC 3339 times, compared as text (every record's time is UTC, `Z`).
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub max: usize,
+}
+
+fn insert_events(tx: &rusqlite::Transaction, events: &[Event]) -> Result<()> {
+    for e in events {
+        tx.execute(
+            "INSERT INTO events (time, name, access_key, resources, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                e.time,
+                e.name,
+                e.access_key,
+                serde_json::to_string(&e.resources)?,
+                serde_json::to_string(&e.record)?
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn parse<T: DeserializeOwned>(body: &str) -> Result<T> {
+    Ok(serde_json::from_str(body)?)
+}
+
+fn body<T: Serialize>(x: &T) -> Result<String> {
+    Ok(serde_json::to_string(x)?)
+}
+
+/// Every object of `raw` as (kind, id) → its stored body.
+fn rows(raw: &RawConfig) -> Result<BTreeMap<(&'static str, String), String>> {
+    let mut out = BTreeMap::new();
+    let missing = |kind: &str| anyhow::anyhow!("a {kind} without an id cannot be stored");
+    for v in &raw.vpcs {
+        out.insert(
+            ("vpc", v.id.clone().ok_or_else(|| missing("VPC"))?),
+            body(v)?,
+        );
+    }
+    for p in &raw.prefix_lists {
+        out.insert(
+            (
+                "prefix_list",
+                p.id.clone().ok_or_else(|| missing("prefix list"))?,
+            ),
+            body(p)?,
+        );
+    }
+    for g in &raw.security_groups {
+        out.insert(
+            (
+                "security_group",
+                g.id.clone().ok_or_else(|| missing("group"))?,
+            ),
+            body(g)?,
+        );
+    }
+    for i in &raw.network_interfaces {
+        out.insert(
+            (
+                "network_interface",
+                i.id.clone().ok_or_else(|| missing("interface"))?,
+            ),
+            body(i)?,
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_whole_changes_and_keeps_the_trail_append_only() {
+        let dir = std::env::temp_dir().join(format!("sg-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut s = Store::open(&dir).unwrap();
+        assert!(s.load().unwrap().is_none());
+        let raw = RawConfig {
+            account_id: Some("123456789012".into()),
+            vpcs: vec![crate::model::input::RawVpc {
+                id: Some("vpc-0123456789abcdef0".into()),
+                name: Some("main".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let ev = Event {
+            time: "2026-12-01T00:00:00Z".into(),
+            name: "CreateVpc".into(),
+            access_key: Some("AKIDEXAMPLE".into()),
+            resources: vec!["vpc-0123456789abcdef0".into()],
+            record: serde_json::json!({"eventName": "CreateVpc"}),
+        };
+        s.commit(None, &raw, std::slice::from_ref(&ev)).unwrap();
+        drop(s);
+        let mut s = Store::open(&dir).unwrap();
+        let back = s.load().unwrap().unwrap();
+        assert_eq!(back.vpcs.len(), 1);
+        assert_eq!(back.account_id.as_deref(), Some("123456789012"));
+        let f = EventFilter {
+            resource: Some("vpc-0123456789abcdef0".into()),
+            max: 10,
+            ..Default::default()
+        };
+        assert_eq!(s.events(&f).unwrap().len(), 1);
+        let err = s.conn.execute("DELETE FROM events", []).unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{err}");
+        // Removing the VPC removes its row.
+        s.commit(
+            Some(&back),
+            &RawConfig {
+                account_id: back.account_id.clone(),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap();
+        assert!(s.load().unwrap().unwrap().vpcs.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
