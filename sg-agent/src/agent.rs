@@ -132,6 +132,8 @@ struct Agent {
     last_problem: Option<String>,
     /// Managed mode: the state database (taken out while a change runs).
     managed: Option<Managed>,
+    /// Whether the agent runs in managed mode (`managed` may be out).
+    is_managed: bool,
     /// File mode: where reloads are recorded.
     audit: Option<Store>,
     /// What the API's reads see.
@@ -329,7 +331,7 @@ impl Agent {
         enforced.extend(self.retained.values().cloned());
         self.publish.send_replace(Arc::new(Snapshot {
             desired: self.desired.clone(),
-            managed: self.managed.is_some(),
+            managed: self.is_managed,
             source: self.file.clone(),
             enforced,
         }));
@@ -498,7 +500,7 @@ impl Agent {
 
     async fn handle(&mut self, req: Request) -> Reply {
         match req {
-            Request::Apply if self.managed.is_some() => Reply {
+            Request::Apply if self.is_managed => Reply {
                 ok: false,
                 message: format!(
                     "the agent's state is {}: give the file to apply (`sg-agent apply -f FILE`)",
@@ -599,6 +601,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         applied: HashMap::new(),
         retained,
         last_problem: None,
+        is_managed: managed.is_some(),
         managed,
         audit,
         publish,
@@ -638,7 +641,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = sigint.recv() => { log::info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); break; }
             _ = sighup.recv() => {
-                if agent.managed.is_some() {
+                if agent.is_managed {
                     log::info!("SIGHUP: nothing to reload in managed mode (use `sg-agent apply -f FILE`)");
                 } else {
                     log::info!("SIGHUP: reloading {}", agent.file);

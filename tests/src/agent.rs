@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     thread,
@@ -59,6 +59,8 @@ pub struct Agent {
     log: Arc<Mutex<String>>,
     _dir: TempDir,
     pub config: PathBuf,
+    /// The state database and audit trail (`--state-dir`).
+    pub state: PathBuf,
 }
 
 impl Agent {
@@ -71,15 +73,41 @@ impl Agent {
         Self::start_in(ns, TempDir::new()?, config, extra)
     }
 
+    /// Starts a managed agent serving the EC2 API on [`ENDPOINT`] with the
+    /// test credentials, its state in `state` (seeded from `seed` when
+    /// empty), so that a restarted agent finds it.
+    pub fn start_managed(ns: &Netns, state: &Path, seed: &str) -> Result<Agent> {
+        let dir = TempDir::new()?;
+        let creds = write_credentials(&dir.0)?.display().to_string();
+        let state = state.display().to_string();
+        let args = [
+            "--managed",
+            "--api",
+            "127.0.0.1:8733",
+            "--api-credentials",
+            &creds,
+            "--state-dir",
+            &state,
+        ];
+        Self::start_in(ns, dir, seed, &args)
+    }
+
     /// As [`Agent::start_with`], with the configuration at `dir/sg.yaml`.
     pub fn start_in(ns: &Netns, dir: TempDir, config: &str, extra: &[&str]) -> Result<Agent> {
         let path = dir.0.join("sg.yaml");
         std::fs::write(&path, config)?;
+        // A state directory of the test's own, unless it gives one.
+        let state = match extra.iter().position(|a| *a == "--state-dir") {
+            Some(i) => PathBuf::from(extra[i + 1]),
+            None => dir.0.join("state"),
+        };
         let mut child = ns
             .command(agent_bin())
             .args(["--log-level", "debug", "run", "--config"])
             .arg(&path)
             .args(extra)
+            .args((!extra.contains(&"--state-dir")).then_some("--state-dir"))
+            .args((!extra.contains(&"--state-dir")).then_some(&state))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -102,6 +130,7 @@ impl Agent {
             child: Some(child),
             netns: ns.path(),
             log,
+            state,
             _dir: dir,
             config: path,
         };

@@ -4,10 +4,12 @@
 //! resource is removed on drop.
 
 mod agent;
+mod api;
 mod netns;
 mod traffic;
 
 pub use agent::*;
+pub use api::*;
 pub use netns::*;
 pub use traffic::*;
 

@@ -1,0 +1,149 @@
+//! Driving an agent's EC2 API as users do: the AWS CLI (`/usr/bin/aws`,
+//! Debian's awscli) and boto3 (Debian's python3-boto3), run inside the
+//! agent's network namespace against its loopback endpoint.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::*;
+
+pub const ACCOUNT: &str = "123456789012";
+pub const ENDPOINT: &str = "http://127.0.0.1:8733";
+
+/// An access key of the test credentials.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    pub id: &'static str,
+    pub secret: &'static str,
+}
+
+pub const ADMIN: Key = Key {
+    id: "AKIASGTESTADMIN00001",
+    secret: "sgtestsecretadmin0000000000000000000000",
+};
+pub const READER: Key = Key {
+    id: "AKIASGTESTREADONLY01",
+    secret: "sgtestsecretreadonly00000000000000000000",
+};
+/// Not in the credentials file.
+pub const STRANGER: Key = Key {
+    id: "AKIASGTESTUNKNOWN001",
+    secret: "sgtestsecretunknown000000000000000000000",
+};
+
+/// Writes the credentials file the test agents use: ADMIN (full), READER
+/// (read-only).
+pub fn write_credentials(dir: &Path) -> Result<std::path::PathBuf> {
+    let p = dir.join("credentials.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "account_id: \"{ACCOUNT}\"\nregion: us-east-1\nkeys:\n  - {{access_key_id: {}, secret_access_key: {}, user: admin, access: full}}\n  - {{access_key_id: {}, secret_access_key: {}, user: auditor, access: read-only}}\n",
+            ADMIN.id, ADMIN.secret, READER.id, READER.secret
+        ),
+    )?;
+    Ok(p)
+}
+
+fn client_env(c: &mut Command, key: Key) {
+    c.env("AWS_ACCESS_KEY_ID", key.id)
+        .env("AWS_SECRET_ACCESS_KEY", key.secret)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_PAGER", "")
+        .env_remove("AWS_SESSION_TOKEN");
+}
+
+/// What a client call gave: the JSON output, or AWS's error code and text.
+#[derive(Debug)]
+pub enum Answer {
+    Ok(Value),
+    Err { code: String, text: String },
+}
+
+impl Answer {
+    pub fn ok(self) -> Value {
+        match self {
+            Answer::Ok(v) => v,
+            Answer::Err { text, .. } => panic!("the call failed: {text}"),
+        }
+    }
+
+    /// The error code, panicking if the call succeeded.
+    pub fn code(&self) -> &str {
+        match self {
+            Answer::Ok(v) => panic!("the call succeeded: {v}"),
+            Answer::Err { code, .. } => code,
+        }
+    }
+}
+
+/// `aws ec2 ARGS...` with `key`, inside `ns`, against the agent's endpoint.
+pub fn aws(ns: &Netns, key: Key, args: &[&str]) -> Answer {
+    let bin = Path::new("/usr/bin/aws");
+    assert!(
+        bin.exists(),
+        "/usr/bin/aws is missing: `cargo xtask setup` installs Debian's awscli"
+    );
+    let mut c = ns.command(bin);
+    client_env(&mut c, key);
+    c.args(["--endpoint-url", ENDPOINT, "--output", "json", "ec2"])
+        .args(args);
+    let out = c.output().expect("running aws");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        let v = if stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&stdout).unwrap_or(Value::String(stdout))
+        };
+        return Answer::Ok(v);
+    }
+    // "An error occurred (Code) when calling ..."
+    let code = stderr
+        .split_once("An error occurred (")
+        .and_then(|(_, r)| r.split_once(')'))
+        .map(|(c, _)| c.to_string())
+        .unwrap_or_else(|| "NoCode".into());
+    Answer::Err { code, text: stderr }
+}
+
+/// Runs a Python 3 script (Debian's, with boto3) inside `ns`; the script
+/// sees `ENDPOINT`, and `ec2(key_id, secret)` making a boto3 client; it
+/// prints one JSON value, which is returned.
+pub fn boto3(ns: &Netns, key: Key, script: &str) -> Result<Value> {
+    let prelude = format!(
+        "import json, boto3, botocore\nENDPOINT = {ENDPOINT:?}\ndef ec2(k={:?}, s={:?}):\n    return boto3.client('ec2', endpoint_url=ENDPOINT, region_name='us-east-1', aws_access_key_id=k, aws_secret_access_key=s)\ndef code(f):\n    try:\n        f()\n        return 'OK'\n    except botocore.exceptions.ClientError as e:\n        return e.response['Error']['Code']\n",
+        key.id, key.secret
+    );
+    let mut c = ns.command("/usr/bin/python3");
+    client_env(&mut c, key);
+    c.arg("-c").arg(format!("{prelude}{script}"));
+    let out = c.output().context("running python3")?;
+    if !out.status.success() {
+        bail!(
+            "python3 failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).with_context(|| format!("not JSON: {text}"))
+}
+
+/// The audit trail of the agent whose state directory is `state`.
+pub fn lookup_events(state: &Path, args: &[&str]) -> Vec<Value> {
+    let out = sh(Command::new(agent_bin())
+        .args(["lookup-events", "--state-dir"])
+        .arg(state)
+        .args(args))
+    .expect("sg-agent lookup-events");
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record"))
+        .collect()
+}

@@ -1,0 +1,437 @@
+//! The EC2 API driven by real clients (the AWS CLI, boto3), against an agent
+//! enforcing between two namespaces: each acknowledged change is in the
+//! kernel when the call returns; references and prefix lists are followed;
+//! AWS's error codes come back; refused and forged calls change nothing and
+//! are in the audit trail.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sg_tests::*;
+
+const T: Duration = Duration::from_secs(2);
+
+/// `app` on the server's eth0; `clients` on an interface of another host
+/// (absent here, so only its address matters), holding the client's address.
+const SEED: &str = r#"
+security_groups:
+  - {name: app, description: the server}
+  - {name: clients, description: who may call}
+network_interfaces:
+  - {interface: eth0, private_ipv4: [10.77.0.2], groups: [app]}
+  - {interface: ghost0, id: eni-00000000000000c11, private_ipv4: [10.77.0.1], groups: [clients], optional: true}
+"#;
+
+fn group_id(ns: &Netns, name: &str) -> String {
+    let v = aws(
+        ns,
+        ADMIN,
+        &[
+            "describe-security-groups",
+            "--filters",
+            &format!("Name=group-name,Values={name}"),
+        ],
+    )
+    .ok();
+    v["SecurityGroups"][0]["GroupId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no group {name}: {v}"))
+        .to_string()
+}
+
+fn probe(pair: &Pair, port: u16) -> Seen {
+    tcp_probe(&pair.client, addr(SERVER_V4, port), T).unwrap()
+}
+
+#[test]
+fn aws_cli_changes_are_in_the_kernel_when_the_call_returns() {
+    if !kernel_available("aws_cli_changes_are_in_the_kernel_when_the_call_returns") {
+        return;
+    }
+    let pair = Pair::new("apicli").unwrap();
+    for port in [8080, 9090] {
+        tcp_echo_server(&pair.server, addr(SERVER_V4, port)).unwrap();
+    }
+    let state = TempDir::new().unwrap();
+    let agent = Agent::start_managed(&pair.server, &state.0, SEED).unwrap();
+    let ns = &pair.server;
+    let (app, clients) = (group_id(ns, "app"), group_id(ns, "clients"));
+    assert_eq!(probe(&pair, 8080), Seen::Dropped, "no rule yet");
+
+    // Authorize: the answer comes once the kernel enforces it.
+    let r = aws(ns, ADMIN, &["authorize-security-group-ingress", "--group-id", &app, "--ip-permissions", "IpProtocol=tcp,FromPort=8080,ToPort=8080,IpRanges=[{CidrIp=10.77.0.0/24,Description=lan}]"]).ok();
+    let rule = r["SecurityGroupRules"][0]["SecurityGroupRuleId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(r["SecurityGroupRules"][0]["CidrIpv4"], "10.77.0.0/24");
+    assert_eq!(
+        probe(&pair, 8080),
+        Seen::Pass,
+        "allowed as soon as the call returned"
+    );
+
+    // Revoke by rule id: new connections denied, a tracked one goes on.
+    let stream = Stream::start(&pair.client, addr(SERVER_V4, 8080)).unwrap();
+    aws(
+        ns,
+        ADMIN,
+        &[
+            "revoke-security-group-ingress",
+            "--group-id",
+            &app,
+            "--security-group-rule-ids",
+            &rule,
+        ],
+    )
+    .ok();
+    assert_eq!(
+        probe(&pair, 8080),
+        Seen::Dropped,
+        "denied as soon as the revoke returned"
+    );
+    let before = stream.echoed();
+    assert!(
+        wait_until(T, || stream.echoed() > before + 65536),
+        "the tracked flow continues"
+    );
+    stream.finish().expect("the tracked flow is not cut");
+
+    // A group reference follows its members.
+    aws(
+        ns,
+        ADMIN,
+        &[
+            "authorize-security-group-ingress",
+            "--group-id",
+            &app,
+            "--ip-permissions",
+            &format!(
+                "IpProtocol=tcp,FromPort=8080,ToPort=8080,UserIdGroupPairs=[{{GroupId={clients}}}]"
+            ),
+        ],
+    )
+    .ok();
+    assert_eq!(
+        probe(&pair, 8080),
+        Seen::Pass,
+        "the client is a member of clients"
+    );
+    let default = group_id(ns, "default");
+    aws(
+        ns,
+        ADMIN,
+        &[
+            "modify-network-interface-attribute",
+            "--network-interface-id",
+            "eni-00000000000000c11",
+            "--groups",
+            &default,
+        ],
+    )
+    .ok();
+    assert_eq!(probe(&pair, 8080), Seen::Dropped, "no longer a member");
+
+    // A prefix list follows its entries; its version guards changes.
+    let pl = aws(
+        ns,
+        ADMIN,
+        &[
+            "create-managed-prefix-list",
+            "--prefix-list-name",
+            "callers",
+            "--max-entries",
+            "5",
+            "--address-family",
+            "IPv4",
+            "--entries",
+            "Cidr=10.77.0.1/32,Description=client",
+        ],
+    )
+    .ok();
+    let pl = pl["PrefixList"]["PrefixListId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    aws(
+        ns,
+        ADMIN,
+        &[
+            "authorize-security-group-ingress",
+            "--group-id",
+            &app,
+            "--ip-permissions",
+            &format!(
+                "IpProtocol=tcp,FromPort=9090,ToPort=9090,PrefixListIds=[{{PrefixListId={pl}}}]"
+            ),
+        ],
+    )
+    .ok();
+    assert_eq!(probe(&pair, 9090), Seen::Pass);
+    let m = aws(
+        ns,
+        ADMIN,
+        &[
+            "modify-managed-prefix-list",
+            "--prefix-list-id",
+            &pl,
+            "--current-version",
+            "1",
+            "--remove-entries",
+            "Cidr=10.77.0.1/32",
+        ],
+    )
+    .ok();
+    assert_eq!(m["PrefixList"]["Version"], 2);
+    assert_eq!(probe(&pair, 9090), Seen::Dropped, "the entry is gone");
+    let stale = aws(
+        ns,
+        ADMIN,
+        &[
+            "modify-managed-prefix-list",
+            "--prefix-list-id",
+            &pl,
+            "--current-version",
+            "1",
+            "--add-entries",
+            "Cidr=0.0.0.0/0",
+        ],
+    );
+    assert_eq!(stale.code(), "PrefixListVersionMismatch");
+    assert_eq!(
+        probe(&pair, 9090),
+        Seen::Dropped,
+        "a refused change changes nothing"
+    );
+
+    // The audit trail has every change, who made it, what it answered.
+    let ev = lookup_events(
+        &agent.state,
+        &["--event-name", "AuthorizeSecurityGroupIngress"],
+    );
+    assert_eq!(ev.len(), 3, "{ev:?}");
+    assert!(
+        ev.iter()
+            .all(|e| e["userIdentity"]["accessKeyId"] == ADMIN.id
+                && e["eventSource"] == "ec2.amazonaws.com")
+    );
+    assert_eq!(
+        ev[0]["responseElements"]["SecurityGroupRules"][0]["SecurityGroupRuleId"],
+        rule.as_str()
+    );
+    let by_rule = lookup_events(&agent.state, &["--resource", &rule]);
+    assert_eq!(by_rule.len(), 2, "authorized, then revoked: {by_rule:?}");
+    let refused = lookup_events(&agent.state, &["--event-name", "ModifyManagedPrefixList"]);
+    assert_eq!(
+        refused.last().unwrap()["errorCode"],
+        "PrefixListVersionMismatch"
+    );
+}
+
+#[test]
+fn boto3_pages_filters_and_gets_awss_error_codes() {
+    if !kernel_available("boto3_pages_filters_and_gets_awss_error_codes") {
+        return;
+    }
+    let pair = Pair::new("apiboto").unwrap();
+    let state = TempDir::new().unwrap();
+    let _agent = Agent::start_managed(&pair.server, &state.0, SEED).unwrap();
+    let v = boto3(&pair.server, ADMIN, r#"
+c = ec2()
+ids = [c.create_security_group(GroupName=f't-{i}', Description='paged', TagSpecifications=[{'ResourceType': 'security-group', 'Tags': [{'Key': 'Name', 'Value': f't-{i}'}]}])['GroupId'] for i in range(7)]
+p1 = c.describe_security_groups(MaxResults=5)
+p2 = c.describe_security_groups(MaxResults=5, NextToken=p1['NextToken'])
+everything = c.describe_security_groups()
+tagged = c.describe_security_groups(Filters=[{'Name': 'tag:Name', 'Values': ['t-3']}])['SecurityGroups']
+c.authorize_security_group_ingress(GroupId=ids[0], IpPermissions=[{'IpProtocol': 'udp', 'FromPort': 53, 'ToPort': 53, 'IpRanges': [{'CidrIp': '10.9.0.0/16'}]}])
+by_port = c.describe_security_groups(Filters=[{'Name': 'ip-permission.from-port', 'Values': ['53']}, {'Name': 'ip-permission.protocol', 'Values': ['udp']}])['SecurityGroups']
+rules = c.describe_security_group_rules(Filters=[{'Name': 'group-id', 'Values': [ids[0]]}])['SecurityGroupRules']
+app = c.describe_security_groups(Filters=[{'Name': 'group-name', 'Values': ['app']}])['SecurityGroups'][0]['GroupId']
+default = c.describe_security_groups(Filters=[{'Name': 'group-name', 'Values': ['default']}])['SecurityGroups'][0]['GroupId']
+eni = c.describe_network_interfaces(Filters=[{'Name': 'tag:sg:interface', 'Values': ['eth0']}])['NetworkInterfaces'][0]['NetworkInterfaceId']
+vpc = c.create_vpc(CidrBlock='10.50.0.0/16')['Vpc']['VpcId']
+other = c.create_security_group(GroupName='far', Description='in another VPC', VpcId=vpc)['GroupId']
+perm = [{'IpProtocol': 'tcp', 'FromPort': 1, 'ToPort': 2, 'IpRanges': [{'CidrIp': '10.1.0.0/16'}]}]
+sixty_one = [{'IpProtocol': 'tcp', 'FromPort': 7, 'ToPort': 7, 'IpRanges': [{'CidrIp': f'10.{i}.0.0/16'} for i in range(61)]}]
+codes = {
+  'InvalidGroup.NotFound': code(lambda: c.describe_security_groups(GroupIds=['sg-0123456789abcdef0'])),
+  'InvalidGroup.Duplicate': code(lambda: c.create_security_group(GroupName='t-1', Description='again')),
+  'InvalidPermission.Duplicate': code(lambda: c.authorize_security_group_ingress(GroupId=ids[0], IpPermissions=[{'IpProtocol': 'udp', 'FromPort': 53, 'ToPort': 53, 'IpRanges': [{'CidrIp': '10.9.0.0/16'}]}])),
+  'InvalidPermission.NotFound': code(lambda: c.revoke_security_group_ingress(GroupId=other, IpPermissions=perm)),
+  'CannotDelete': code(lambda: c.delete_security_group(GroupId=default)),
+  'DependencyViolation': code(lambda: c.delete_security_group(GroupId=app)),
+  'RulesPerSecurityGroupLimitExceeded': code(lambda: c.authorize_security_group_ingress(GroupId=ids[1], IpPermissions=sixty_one)),
+  'SecurityGroupsPerInterfaceLimitExceeded': code(lambda: c.modify_network_interface_attribute(NetworkInterfaceId=eni, Groups=ids[:6])),
+  'InvalidParameterValue': code(lambda: c.authorize_security_group_ingress(GroupId=ids[0], IpPermissions=[{'IpProtocol': 'tcp', 'FromPort': 5, 'ToPort': 5, 'IpRanges': [{'CidrIp': '10.0.0.0/33'}]}])),
+  'DryRunOperation': code(lambda: c.delete_security_group(GroupId=ids[6], DryRun=True)),
+  'InvalidAction': code(lambda: c.describe_instances()),
+  'InvalidVpcID.NotFound': code(lambda: c.create_security_group(GroupName='x', Description='x', VpcId='vpc-0123456789abcdef0')),
+  'InvalidSecurityGroupRuleId.NotFound': code(lambda: c.revoke_security_group_ingress(GroupId=ids[0], SecurityGroupRuleIds=['sgr-0123456789abcdef0'])),
+  'InvalidPrefixListID.NotFound': code(lambda: c.get_managed_prefix_list_entries(PrefixListId='pl-0123456789abcdef0')),
+  'MissingParameter': code(lambda: c.authorize_security_group_ingress(GroupId=ids[0])),
+}
+still = [g['GroupId'] for g in c.describe_security_groups()['SecurityGroups']]
+print(json.dumps({'p1': len(p1['SecurityGroups']), 'next': 'NextToken' in p1, 'p2': len(p2['SecurityGroups']), 'p2next': 'NextToken' in p2,
+  'all': len(everything['SecurityGroups']), 'allnext': 'NextToken' in everything, 'tagged': [g['GroupName'] for g in tagged],
+  'by_port': [g['GroupId'] for g in by_port], 'rules': len(rules), 'ids': ids, 'codes': codes, 'dry_run_kept': ids[6] in still}))
+"#).unwrap();
+    // default, app, clients, seven t-N: ten groups, paged 5 + 5.
+    assert_eq!(
+        (v["p1"].as_u64(), v["next"].as_bool()),
+        (Some(5), Some(true)),
+        "{v}"
+    );
+    assert_eq!(
+        (v["p2"].as_u64(), v["p2next"].as_bool()),
+        (Some(5), Some(false)),
+        "{v}"
+    );
+    assert_eq!(
+        (v["all"].as_u64(), v["allnext"].as_bool()),
+        (Some(10), Some(false)),
+        "pages only when asked: {v}"
+    );
+    assert_eq!(v["tagged"], serde_json::json!(["t-3"]));
+    assert_eq!(v["by_port"], serde_json::json!([v["ids"][0]]));
+    assert_eq!(
+        v["rules"], 3,
+        "the new rule and the default egress, IPv4 and IPv6: {v}"
+    );
+    for (expected, got) in v["codes"].as_object().unwrap() {
+        assert_eq!(got, expected, "{v}");
+    }
+    assert_eq!(v["dry_run_kept"], true, "a dry run changes nothing");
+}
+
+/// A request signed with botocore's own signer, then sent as given.
+const RAW: &str = r#"
+import urllib.request, datetime, botocore.auth as A
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+def send(body, key, secret, when=None, sent=None):
+    req = AWSRequest(method='POST', url=ENDPOINT + '/', data=body, headers={'Content-Type': 'application/x-www-form-urlencoded; charset=utf-8'})
+    real = A.datetime
+    if when:
+        class F(datetime.datetime):
+            @classmethod
+            def utcnow(cls): return when
+        A.datetime = type('m', (), {'datetime': F})
+    try:
+        A.SigV4Auth(Credentials(key, secret), 'ec2', 'us-east-1').add_auth(req)
+    finally:
+        A.datetime = real
+    r = urllib.request.Request(ENDPOINT + '/', data=(sent or body).encode(), headers=dict(req.headers.items()), method='POST')
+    try:
+        return urllib.request.urlopen(r).read().decode()
+    except urllib.error.HTTPError as e:
+        return e.read().decode()
+def err(xml):
+    return xml.split('<Code>')[1].split('</Code>')[0] if '<Code>' in xml else 'OK'
+"#;
+
+#[test]
+fn forged_and_unauthorised_calls_are_refused_audited_and_change_nothing() {
+    if !kernel_available("forged_and_unauthorised_calls_are_refused_audited_and_change_nothing") {
+        return;
+    }
+    let pair = Pair::new("apisig").unwrap();
+    let denied = tcp_echo_server(&pair.server, addr(SERVER_V4, 9000)).unwrap();
+    let state = TempDir::new().unwrap();
+    let agent = Agent::start_managed(&pair.server, &state.0, SEED).unwrap();
+    let ns = &pair.server;
+    let app = group_id(ns, "app");
+    let before = aws(ns, READER, &["describe-security-groups"]).ok();
+    let probes = ProbeLoop::start(&pair.client, denied).unwrap();
+    let open = format!(
+        "Action=AuthorizeSecurityGroupIngress&Version=2016-11-15&GroupId={app}&IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=9000&IpPermissions.1.ToPort=9000&IpPermissions.1.IpRanges.1.CidrIp=0.0.0.0%2F0"
+    );
+    let script = format!(
+        "{RAW}\nbody = {open:?}\nprint(json.dumps({{\n 'wrong_secret': err(send(body, {admin:?}, 'not-the-secret-at-all-000000')),\n 'unknown_key': err(send(body, {stranger:?}, {stranger_s:?})),\n 'stale': err(send(body, {admin:?}, {admin_s:?}, when=datetime.datetime.utcnow() - datetime.timedelta(minutes=20))),\n 'tampered': err(send(body.replace('9000', '8000'), {admin:?}, {admin_s:?}, sent=body)),\n 'read_only': err(send(body, {reader:?}, {reader_s:?})),\n 'unsigned': err(send_unsigned(body)),\n}}))",
+        admin = ADMIN.id,
+        admin_s = ADMIN.secret,
+        stranger = STRANGER.id,
+        stranger_s = STRANGER.secret,
+        reader = READER.id,
+        reader_s = READER.secret,
+    );
+    let script = format!(
+        "def send_unsigned(body):\n    import urllib.request\n    try:\n        return urllib.request.urlopen(urllib.request.Request(ENDPOINT + '/', data=body.encode(), method='POST', headers={{'Content-Type': 'application/x-www-form-urlencoded'}})).read().decode()\n    except urllib.error.HTTPError as e:\n        return e.read().decode()\n{script}"
+    );
+    let v = boto3(ns, ADMIN, &script).unwrap();
+    assert_eq!(v["wrong_secret"], "SignatureDoesNotMatch", "{v}");
+    assert_eq!(v["unknown_key"], "AuthFailure", "{v}");
+    assert_eq!(v["stale"], "RequestExpired", "{v}");
+    assert_eq!(v["tampered"], "SignatureDoesNotMatch", "{v}");
+    assert_eq!(v["read_only"], "UnauthorizedOperation", "{v}");
+    assert_eq!(v["unsigned"], "MissingAuthenticationToken", "{v}");
+    assert_eq!(
+        aws(ns, READER, &["describe-security-groups"]).ok(),
+        before,
+        "the state is unchanged"
+    );
+    // The probes go on a little after the last refusal.
+    std::thread::sleep(Duration::from_millis(500));
+    let (tries, passed) = probes.finish();
+    assert!(tries > 5, "the probe loop ran ({tries})");
+    assert_eq!(
+        passed, 0,
+        "no forged call opened tcp/9000, even for a moment"
+    );
+    let refused: Vec<Value> = lookup_events(
+        &agent.state,
+        &["--event-name", "AuthorizeSecurityGroupIngress"],
+    );
+    let codes: Vec<&str> = refused
+        .iter()
+        .filter_map(|e| e["errorCode"].as_str())
+        .collect();
+    for c in [
+        "SignatureDoesNotMatch",
+        "AuthFailure",
+        "RequestExpired",
+        "UnauthorizedOperation",
+        "MissingAuthenticationToken",
+    ] {
+        assert!(codes.contains(&c), "{c} audited: {codes:?}");
+    }
+    assert!(
+        refused.iter().all(|e| e["errorCode"].is_string()),
+        "nothing was accepted: {refused:?}"
+    );
+}
+
+#[test]
+fn file_mode_serves_reads_and_refuses_changes() {
+    if !kernel_available("file_mode_serves_reads_and_refuses_changes") {
+        return;
+    }
+    let pair = Pair::new("apifile").unwrap();
+    let dir = TempDir::new().unwrap();
+    let creds = write_credentials(&dir.0).unwrap().display().to_string();
+    let _agent = Agent::start_in(
+        &pair.server,
+        dir,
+        SEED,
+        &["--api", "127.0.0.1:8733", "--api-credentials", &creds],
+    )
+    .unwrap();
+    let ns = &pair.server;
+    let app = group_id(ns, "app");
+    let r = aws(
+        ns,
+        ADMIN,
+        &[
+            "authorize-security-group-ingress",
+            "--group-id",
+            &app,
+            "--protocol",
+            "tcp",
+            "--port",
+            "22",
+            "--cidr",
+            "0.0.0.0/0",
+        ],
+    );
+    assert_eq!(r.code(), "UnsupportedOperation");
+    assert_eq!(probe(&pair, 22), Seen::Dropped);
+}
