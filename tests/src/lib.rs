@@ -6,11 +6,13 @@
 mod agent;
 mod api;
 mod netns;
+mod terraform;
 mod traffic;
 
 pub use agent::*;
 pub use api::*;
 pub use netns::*;
+pub use terraform::*;
 pub use traffic::*;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -28,6 +28,9 @@ const PACKAGES: &[&str] = &[
     // The package check: systemd-analyze verifies the unit; man reads pages.
     "systemd",
     "man-db",
+    // The API tests drive sg with AWS's own clients, as users do.
+    "awscli",
+    "python3-boto3",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -102,7 +102,7 @@ pub fn delete(txn: &mut Txn, p: &Value) -> ApiResult<(Value, Desired)> {
     Ok((json!({}), after))
 }
 
-struct V<'a>(&'a Vpc);
+struct V<'a>(&'a Vpc, String);
 
 impl Filterable for V<'_> {
     const NAMES: &'static [&'static str] = &[
@@ -111,6 +111,7 @@ impl Filterable for V<'_> {
         "cidr-block-association.cidr-block",
         "ipv6-cidr-block-association.ipv6-cidr-block",
         "is-default",
+        "isDefault",
         "owner-id",
         "state",
         "dhcp-options-id",
@@ -124,7 +125,8 @@ impl Filterable for V<'_> {
             "ipv6-cidr-block-association.ipv6-cidr-block" => {
                 v.ipv6.iter().map(|n| n.to_string()).collect()
             }
-            "is-default" => vec![is_default_vpc(v).to_string()],
+            "is-default" | "isDefault" => vec![is_default_vpc(v).to_string()],
+            "owner-id" => vec![self.1.clone()],
             "state" => vec!["available".into()],
             "dhcp-options-id" => vec!["default".into()],
             _ => vec![],
@@ -145,7 +147,7 @@ fn picked<'d>(d: &'d Desired, p: &Value, ids_member: &str) -> ApiResult<Vec<&'d 
         .vpcs
         .iter()
         .filter(|v| ids.is_empty() || ids.contains(&v.id))
-        .map(V)
+        .map(|v| V(v, d.account_id.clone()))
         .collect();
     Ok(filters::apply(all.iter().collect(), &filters::of(p)?)?
         .into_iter()
