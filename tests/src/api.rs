@@ -113,18 +113,25 @@ pub fn aws(ns: &Netns, key: Key, args: &[&str]) -> Answer {
     Answer::Err { code, text: stderr }
 }
 
-/// Runs a Python 3 script (Debian's, with boto3) inside `ns`; the script
-/// sees `ENDPOINT`, and `ec2(key_id, secret)` making a boto3 client; it
-/// prints one JSON value, which is returned.
-pub fn boto3(ns: &Netns, key: Key, script: &str) -> Result<Value> {
+/// A Python 3 command (Debian's, with boto3) running `script` inside `ns`;
+/// the script sees `ENDPOINT`, `ec2(key_id, secret)` making a boto3 client
+/// (no retries), and `code(f)`, the AWS error code of calling `f`.
+pub fn boto3_command(ns: &Netns, key: Key, script: &str) -> Command {
     let prelude = format!(
-        "import json, boto3, botocore\nENDPOINT = {ENDPOINT:?}\ndef ec2(k={:?}, s={:?}):\n    return boto3.client('ec2', endpoint_url=ENDPOINT, region_name='us-east-1', aws_access_key_id=k, aws_secret_access_key=s)\ndef code(f):\n    try:\n        f()\n        return 'OK'\n    except botocore.exceptions.ClientError as e:\n        return e.response['Error']['Code']\n",
+        "import json, boto3, botocore, botocore.config\nENDPOINT = {ENDPOINT:?}\ndef ec2(k={:?}, s={:?}):\n    cfg = botocore.config.Config(retries={{'max_attempts': 1}}, connect_timeout=2, read_timeout=10)\n    return boto3.client('ec2', endpoint_url=ENDPOINT, region_name='us-east-1', aws_access_key_id=k, aws_secret_access_key=s, config=cfg)\ndef code(f):\n    try:\n        f()\n        return 'OK'\n    except botocore.exceptions.ClientError as e:\n        return e.response['Error']['Code']\n",
         key.id, key.secret
     );
     let mut c = ns.command("/usr/bin/python3");
     client_env(&mut c, key);
     c.arg("-c").arg(format!("{prelude}{script}"));
-    let out = c.output().context("running python3")?;
+    c
+}
+
+/// Runs [`boto3_command`]; the script prints one JSON value, returned.
+pub fn boto3(ns: &Netns, key: Key, script: &str) -> Result<Value> {
+    let out = boto3_command(ns, key, script)
+        .output()
+        .context("running python3")?;
     if !out.status.success() {
         bail!(
             "python3 failed: {}{}",

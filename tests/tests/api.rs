@@ -435,3 +435,105 @@ fn file_mode_serves_reads_and_refuses_changes() {
     assert_eq!(r.code(), "UnsupportedOperation");
     assert_eq!(probe(&pair, 22), Seen::Dropped);
 }
+
+#[test]
+fn a_crash_in_a_burst_of_changes_loses_nothing_acknowledged() {
+    if !kernel_available("a_crash_in_a_burst_of_changes_loses_nothing_acknowledged") {
+        return;
+    }
+    let pair = Pair::new("apicrash").unwrap();
+    let state = TempDir::new().unwrap();
+    let mut agent = Agent::start_managed(&pair.server, &state.0, SEED).unwrap();
+    let ns = &pair.server;
+    let app = group_id(ns, "app");
+    // Four clients authorize ports 20000.. as fast as they are answered,
+    // printing each acknowledged port at once.
+    let script = format!(
+        r#"
+import threading, sys
+def worker(t):
+    c = ec2()
+    for i in range(t, 4000, 4):
+        p = 20000 + i
+        try:
+            c.authorize_security_group_ingress(GroupId={app:?}, IpPermissions=[{{'IpProtocol': 'tcp', 'FromPort': p, 'ToPort': p, 'IpRanges': [{{'CidrIp': '10.77.0.0/24'}}]}}])
+        except Exception:
+            return
+        print(p, flush=True)
+ts = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print('null')
+"#
+    );
+    let burst = boto3_command(ns, ADMIN, &script)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.stop_with(nix::sys::signal::Signal::SIGKILL).unwrap();
+    let out = burst.wait_with_output().unwrap();
+    let acked: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    assert!(
+        acked.len() >= 4,
+        "the burst was under way when the agent died ({} acknowledged)",
+        acked.len()
+    );
+
+    let _again = Agent::start_managed(ns, &state.0, SEED).unwrap();
+    let rules = aws(
+        ns,
+        READER,
+        &[
+            "describe-security-group-rules",
+            "--filters",
+            &format!("Name=group-id,Values={app}"),
+        ],
+    )
+    .ok();
+    let stored: std::collections::BTreeSet<u16> = rules["SecurityGroupRules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["IsEgress"] == false)
+        .filter_map(|r| r["FromPort"].as_u64().map(|p| p as u16))
+        .collect();
+    for p in &acked {
+        assert!(stored.contains(p), "acknowledged port {p} was lost");
+    }
+    // At most one change per client was committed and not yet answered.
+    let unacked: Vec<&u16> = stored.iter().filter(|p| !acked.contains(p)).collect();
+    assert!(
+        unacked.len() <= 4,
+        "committed but never acknowledged: {unacked:?}"
+    );
+    // Every stored change has its record, made in the same transaction.
+    let ok = lookup_events(
+        &state.0,
+        &[
+            "--event-name",
+            "AuthorizeSecurityGroupIngress",
+            "--max-results",
+            "10000",
+        ],
+    )
+    .into_iter()
+    .filter(|e| e["errorCode"].is_null())
+    .count();
+    assert_eq!(ok, stored.len(), "one audit record per committed change");
+    // The kernel enforces exactly the stored state.
+    let last = *stored.iter().max().unwrap();
+    let never = last + 1;
+    for (port, want) in [
+        (acked[0], Seen::Pass),
+        (last, Seen::Pass),
+        (never, Seen::Dropped),
+    ] {
+        tcp_echo_server(ns, addr(SERVER_V4, port)).unwrap();
+        assert_eq!(probe(&pair, port), want, "port {port} after the restart");
+    }
+}
