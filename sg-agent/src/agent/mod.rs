@@ -14,23 +14,19 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::{mpsc, watch},
-};
+use anyhow::Result;
+use tokio::sync::watch;
 
 use crate::{
     api::{self, ApiOptions, Snapshot},
     compile::{Compiled, compile_interface},
-    control::{self, Reply, Request},
+    control::{Reply, Request},
     datapath::{Datapath, ifname},
     file,
     managed::{self, Managed},
     model::{Desired, Interface},
     reload::{self, Trigger},
     store::Store,
-    watch::{Change, Watch},
     widen::{self, Enforced},
 };
 
@@ -45,6 +41,11 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     pub api: Option<ApiOptions>,
 }
+
+mod calls;
+mod run;
+
+pub use run::run;
 
 /// How often idle flows are swept from the tracking table.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
@@ -138,6 +139,8 @@ struct Agent {
     audit: Option<Store>,
     /// What the API's reads see.
     publish: watch::Sender<Arc<Snapshot>>,
+    /// Listed interfaces that are not here (reported when they go missing).
+    absent: HashSet<String>,
 }
 
 fn iface_exists(ifindex: u32) -> bool {
@@ -321,74 +324,15 @@ impl Agent {
         self.reconcile(what)
     }
 
-    /// What the API's reads see, after every change of what is in force.
-    fn publish(&self) {
-        let mut enforced: std::collections::BTreeSet<String> = self
-            .applied
-            .values()
-            .map(|p| p.iface.name.clone())
-            .collect();
-        enforced.extend(self.retained.values().cloned());
-        self.publish.send_replace(Arc::new(Snapshot {
-            desired: self.desired.clone(),
-            managed: self.is_managed,
-            source: self.file.clone(),
-            enforced,
-        }));
-    }
-
-    /// One API change (managed mode), made by the state's owner.
-    fn api(&mut self, call: api::Call) {
-        let Some(mut m) = self.managed.take() else {
-            let _ = call.reply.send(Err(api::read_only(&self.file)));
-            return;
-        };
-        let before = self.desired.clone();
-        let what = format!("API {}", call.action);
-        let mut enforce = |d: &Desired| {
-            let r = self.adopt(d.clone(), &what);
-            if r.ok { Ok(()) } else { Err(r.message) }
-        };
-        m.execute(call, &before, &mut enforce);
-        self.managed = Some(m);
-        self.publish();
-    }
-
-    /// `sg-agent apply -f FILE` in managed mode.
-    fn apply_file(&mut self, path: &Path) -> Reply {
-        let Some(mut m) = self.managed.take() else {
-            return Reply {
-                ok: false,
-                message: format!(
-                    "the agent follows {}: `sg-agent apply` (without -f) takes it",
-                    self.file
-                ),
-            };
-        };
-        let before = self.desired.clone();
-        let mut enforce = |d: &Desired| {
-            let r = self.adopt(d.clone(), "sg-agent apply -f");
-            if r.ok { Ok(()) } else { Err(r.message) }
-        };
-        let r = m.apply_file(path, &before, &mut enforce);
-        self.managed = Some(m);
-        self.publish();
-        match r {
-            Ok((message, _)) => Reply { ok: true, message },
-            Err(message) => Reply { ok: false, message },
-        }
-    }
-
     fn reconcile(&mut self, what: &str) -> Reply {
         let desired = self.desired.clone();
         let (plans, absent) = plan(&desired);
-        for a in absent {
-            log::warn!(
-                "interface {} ({}) is not here; it is enforced when it appears",
-                a.name,
-                a.id
-            );
+        let absent: HashSet<String> = absent.iter().map(|a| a.name.clone()).collect();
+        // Said once per absence, not at every change of the state.
+        for a in absent.difference(&self.absent) {
+            log::warn!("interface {a} is not here; it is enforced when it appears");
         }
+        self.absent = absent;
         let n = plans.len();
         let result = self.apply(plans);
         if let Some(note) = self.retained_note() {
@@ -515,194 +459,5 @@ impl Agent {
             Request::Detach { interface } => self.detach(&interface),
             Request::Check { path } => self.check(&path).await,
         }
-    }
-}
-
-pub async fn run(opts: RunOptions) -> Result<()> {
-    let (config, pin_dir) = (opts.config.as_path(), opts.pin_dir.as_path());
-    let (desired, managed, file) = if opts.managed {
-        let (m, d) = Managed::open(&opts.state_dir, config)?;
-        let file = format!("the managed state {}", m.store.path().display());
-        (d, Some(m), file)
-    } else {
-        // Started where an earlier agent's pins enforce (a crash, a restart
-        // by the service manager), the file is not the operator's say-so.
-        let trigger = if pin_dir.join(sg_common::names::IFACES).exists() {
-            Trigger::Restart
-        } else {
-            Trigger::Apply
-        };
-        let d = load(config, trigger, None, None)
-            .await
-            .map_err(anyhow::Error::msg)?;
-        (d, None, config.display().to_string())
-    };
-    // File mode records its reloads; managed mode records in its store.
-    let audit = match &managed {
-        Some(_) => None,
-        None => Some(Store::open(&opts.state_dir)?),
-    };
-    for w in &desired.warnings {
-        log::warn!("{w}");
-    }
-    let (plans, absent) = plan(&desired);
-    // At start an absent interface is most likely a typo: refuse, unless the
-    // configuration says it may come later.
-    let missing: Vec<String> = absent
-        .iter()
-        .filter(|i| !i.optional)
-        .map(|i| format!("{file}: network interface {:?}: no such interface here (set `optional: true` if it comes later)", i.name))
-        .collect();
-    if !missing.is_empty() {
-        bail!("{}", missing.join("\n"));
-    }
-    for a in &absent {
-        log::warn!(
-            "interface {} ({}) is not here; it is enforced when it appears",
-            a.name,
-            a.id
-        );
-    }
-    // Takes the pin directory's lock: from here on this agent owns it.
-    let dp = Datapath::load(desired.conntrack.max_flows, pin_dir)?;
-    let mut calls = control::serve(pin_dir)?;
-    let mut watch = match managed {
-        Some(_) => None,
-        None => Some(Watch::new(config)?),
-    };
-    // What an earlier agent enforced that this file does not list is kept.
-    let listed: HashSet<&str> = desired.interfaces.iter().map(|i| i.name.as_str()).collect();
-    let mut retained = HashMap::new();
-    let mut enforced: Enforced = widen::policies(&desired)
-        .into_iter()
-        .map(|(n, p)| (n, Some(p)))
-        .collect();
-    for ifindex in dp.maps.iface_cfgs().into_keys() {
-        if let Some(name) = ifname(ifindex) {
-            let detached = desired
-                .interfaces
-                .iter()
-                .any(|i| i.name == name && i.detached);
-            if !listed.contains(name.as_str()) || detached {
-                if !detached {
-                    enforced.insert(name.clone(), None);
-                }
-                retained.insert(ifindex, name);
-            }
-        }
-    }
-    let (publish, snapshot) = watch::channel(Arc::new(Snapshot::default()));
-    let mut agent = Agent {
-        dp,
-        path: config.to_path_buf(),
-        file,
-        desired: desired.clone(),
-        enforced,
-        applied: HashMap::new(),
-        retained,
-        last_problem: None,
-        is_managed: managed.is_some(),
-        managed,
-        audit,
-        publish,
-    };
-    agent.apply(plans)?;
-    if let Some(note) = agent.retained_note() {
-        log::warn!("{note}");
-    }
-    agent.dp.collect_garbage();
-    agent.publish();
-    let (api_tx, mut api_calls) = mpsc::channel::<api::Call>(64);
-    if let Some(a) = opts.api {
-        api::serve(a, snapshot, api_tx, Store::open(&opts.state_dir)?).await?;
-    }
-    log::info!(
-        "sg-agent running with {} interface(s)",
-        agent.applied.len() + agent.retained.len()
-    );
-    // Under systemd (Type=notify): started means enforcing. Elsewhere a no-op.
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        log::warn!("telling systemd we are ready: {e}");
-    }
-
-    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    let mut sweep = tokio::time::interval(SWEEP_EVERY);
-    let mut ifaces = tokio::time::interval(IFACES_EVERY);
-    loop {
-        let file_change = async {
-            match &mut watch {
-                Some(w) => w.next().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = sigint.recv() => { log::info!("SIGINT: stopping"); break; }
-            _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); break; }
-            _ = sighup.recv() => {
-                if agent.is_managed {
-                    log::info!("SIGHUP: nothing to reload in managed mode (use `sg-agent apply -f FILE`)");
-                } else {
-                    log::info!("SIGHUP: reloading {}", agent.file);
-                    agent.refresh(Trigger::Apply).await;
-                }
-            }
-            change = file_change => match change {
-                Ok(Change::Content(t)) => { agent.refresh(t).await; }
-                Ok(Change::Removed) => {
-                    let msg = format!("{}: deleted or renamed away", agent.file);
-                    agent.problem(log::Level::Warn, msg);
-                }
-                Err(e) => log::error!("watching {}: {e:#}", agent.file),
-            },
-            Some((req, reply)) = calls.recv() => {
-                let r = agent.handle(req).await;
-                let _ = reply.send(r);
-            }
-            Some(call) = api_calls.recv() => agent.api(call),
-            _ = ifaces.tick() => agent.check_interfaces(),
-            _ = sweep.tick() => match agent.dp.maps.sweep() {
-                Ok(0) => {}
-                Ok(n) => log::debug!("swept {n} idle flow(s)"),
-                Err(e) => log::warn!("sweeping the tracking table: {e:#}"),
-            },
-        }
-    }
-    stop(agent, pin_dir, opts.keep_on_exit);
-    Ok(())
-}
-
-fn stop(agent: Agent, pin_dir: &Path, keep_on_exit: bool) {
-    let mut names: HashMap<u32, String> = agent
-        .applied
-        .iter()
-        .map(|(i, a)| (*i, a.iface.name.clone()))
-        .collect();
-    names.extend(agent.retained.clone());
-    for st in agent.dp.maps.stats().unwrap_or_default() {
-        let [i, o] = st.dirs;
-        log::info!(
-            "{}: inbound {} accepted / {} rejected, outbound {} accepted / {} rejected",
-            names
-                .get(&st.ifindex)
-                .cloned()
-                .unwrap_or_else(|| format!("ifindex {}", st.ifindex)),
-            i.accepted_packets,
-            i.rejected_packets,
-            o.accepted_packets,
-            o.rejected_packets
-        );
-    }
-    if keep_on_exit {
-        // The pinned links hold the programs, the pins hold the maps: the
-        // datapath keeps enforcing this policy until the next agent adopts it.
-        log::info!(
-            "leaving the datapath enforcing from {}; bye",
-            pin_dir.display()
-        );
-    } else {
-        agent.dp.stop();
-        log::info!("detached; bye");
     }
 }
