@@ -79,67 +79,93 @@ impl Managed {
         Ok((Managed { store, raw }, desired))
     }
 
-    /// Makes one API change: runs it on a copy, then (unless a dry run)
-    /// enforces and commits it. Returns the new state when it was taken.
+    /// Makes a batch of API changes, one after the other as if each came
+    /// alone, each on the state the previous left; then enforces and
+    /// commits the result once, with every call's audit record (group
+    /// commit: one transaction and one swap for the batch), and only then
+    /// answers. If enforcing or committing fails, every change of the batch
+    /// fails and the previous state is enforced again.
     pub fn execute(
         &mut self,
-        call: Call,
+        calls: Vec<Call>,
         before: &Desired,
         enforce: &mut dyn FnMut(&Desired) -> Result<(), String>,
-    ) -> Option<Desired> {
-        let Call {
-            dry_run,
-            change,
-            record,
-            reply,
-            scope,
-            ..
-        } = call;
-        let mut txn = Txn {
-            raw: self.raw.clone(),
-            before,
-            scope,
-            resources: vec![],
-        };
-        let outcome = change(&mut txn);
-        let resources = txn.resources;
-        let mut taken = None;
-        let result = match outcome {
-            Err(e) => Err(e),
-            Ok(_) if dry_run => Err(server_dry_run()),
-            Ok((resp, after)) => match self.take(
-                &after,
-                before,
-                enforce,
-                record.finish(Ok(&resp), resources.clone()),
-            ) {
-                Ok(()) => {
-                    taken = Some(after);
-                    Ok(resp)
+    ) {
+        let mut state = before.clone();
+        let mut raw = self.raw.clone();
+        let mut events = Vec::new();
+        let mut accepted = Vec::new();
+        for call in calls {
+            let Call {
+                dry_run,
+                change,
+                record,
+                reply,
+                scope,
+                ..
+            } = call;
+            let mut txn = Txn {
+                raw: raw.clone(),
+                before: &state,
+                scope,
+                resources: vec![],
+            };
+            let outcome = change(&mut txn);
+            let resources = std::mem::take(&mut txn.resources);
+            match outcome {
+                Ok((resp, after)) if !dry_run => {
+                    events.push(record.finish(Ok(&resp), resources.clone()));
+                    raw = canonical(&after);
+                    state = after;
+                    accepted.push((reply, resp, record, resources));
                 }
-                Err(e) => Err(e),
-            },
-        };
-        if let Err(e) = &result {
-            let ev = record.finish(Err(e), resources);
-            if let Err(err) = self.store.append(&[ev]) {
-                log::error!("writing the audit trail: {err:#}");
+                outcome => {
+                    let e = match outcome {
+                        Ok(_) => server_dry_run(),
+                        Err(e) => e,
+                    };
+                    events.push(record.finish(Err(&e), resources));
+                    let _ = reply.send(Err(e));
+                }
             }
         }
-        let _ = reply.send(result);
-        taken
+        if accepted.is_empty() {
+            if let Err(err) = self.store.append(&events) {
+                log::error!("writing the audit trail: {err:#}");
+            }
+            return;
+        }
+        match self.take(&state, raw, before, enforce, &events) {
+            Ok(()) => {
+                for (reply, resp, ..) in accepted {
+                    let _ = reply.send(Ok(resp));
+                }
+            }
+            Err(e) => {
+                let failed: Vec<Event> = accepted
+                    .into_iter()
+                    .map(|(reply, _, record, resources)| {
+                        let _ = reply.send(Err(e.clone()));
+                        record.finish(Err(&e), resources)
+                    })
+                    .collect();
+                if let Err(err) = self.store.append(&failed) {
+                    log::error!("writing the audit trail: {err:#}");
+                }
+            }
+        }
     }
 
-    /// Enforces `after`, then commits it with `event`; on any failure
-    /// enforces `before` again.
+    /// Enforces `after` (whose canonical form is `raw`), then commits it
+    /// with `events`; on any failure enforces `before` again.
     fn take(
         &mut self,
         after: &Desired,
+        raw: RawConfig,
         before: &Desired,
         enforce: &mut dyn FnMut(&Desired) -> Result<(), String>,
-        event: Event,
+        events: &[Event],
     ) -> Result<(), ApiError> {
-        let raw = canonical(after);
         let restore = |enforce: &mut dyn FnMut(&Desired) -> Result<(), String>| {
             if let Err(e) = enforce(before) {
                 log::error!("restoring the previous state after a failed change: {e}");
@@ -151,7 +177,7 @@ impl Managed {
                 "enforcing the change failed; the previous state stays: {e}"
             )));
         }
-        if let Err(e) = self.store.commit(Some(&self.raw), &raw, &[event]) {
+        if let Err(e) = self.store.commit(Some(&self.raw), &raw, events) {
             restore(enforce);
             return Err(ApiError::internal(format!(
                 "storing the change failed; the previous state stays: {e:#}"
@@ -173,7 +199,7 @@ impl Managed {
         let changed = changes(before, &after);
         let summary = format!("applied {}: {}", path.display(), summary(&changed));
         let ev = crate::api::audit::reload(&path.display().to_string(), &summary, changed);
-        self.take(&after, before, enforce, ev)
+        self.take(&after, canonical(&after), before, enforce, &[ev])
             .map_err(|e| e.message)?;
         Ok((summary, after))
     }

@@ -27,19 +27,23 @@ impl Agent {
         }));
     }
 
-    /// One API change (managed mode), made by the state's owner.
-    pub(super) fn api(&mut self, call: api::Call) {
+    /// API changes (managed mode), made by the state's owner: the calls
+    /// that arrived together, as one batch (see [`crate::managed`]).
+    pub(super) fn api(&mut self, calls: Vec<api::Call>) {
         let Some(mut m) = self.managed.take() else {
-            let _ = call.reply.send(Err(api::read_only(&self.file)));
+            for call in calls {
+                let _ = call.reply.send(Err(api::read_only(&self.file)));
+            }
             return;
         };
         let before = self.desired.clone();
-        let what = format!("API {}", call.action);
+        let names: Vec<&str> = calls.iter().map(|c| c.action.as_str()).collect();
+        let what = format!("API {}", names.join(", "));
         let mut enforce = |d: &Desired| {
-            let r = self.adopt(d.clone(), &what);
+            let r = self.adopt(d.clone(), &what, false);
             if r.ok { Ok(()) } else { Err(r.message) }
         };
-        m.execute(call, &before, &mut enforce);
+        m.execute(calls, &before, &mut enforce);
         self.managed = Some(m);
         self.publish();
     }
@@ -57,7 +61,7 @@ impl Agent {
         };
         let before = self.desired.clone();
         let mut enforce = |d: &Desired| {
-            let r = self.adopt(d.clone(), "sg-agent apply -f");
+            let r = self.adopt(d.clone(), "sg-agent apply -f", true);
             if r.ok { Ok(()) } else { Err(r.message) }
         };
         let r = m.apply_file(path, &before, &mut enforce);

@@ -49,6 +49,8 @@ pub use run::run;
 
 /// How often idle flows are swept from the tracking table.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// How often replaced policy entries whose grace is over are removed.
+const RETIRE_EVERY: Duration = Duration::from_millis(25);
 /// How often the interfaces are checked for appearing and vanishing.
 const IFACES_EVERY: Duration = Duration::from_millis(500);
 /// A read of the file that takes longer is abandoned (a hung file system):
@@ -196,7 +198,7 @@ impl Agent {
             self.retained.insert(ifindex, name);
         }
         self.settle_retained();
-        self.dp.retire();
+        // Replaced entries go on the loop's next retire tick.
         Ok(())
     }
 
@@ -289,7 +291,7 @@ impl Agent {
             };
         }
         let changed = managed::changes(&self.desired, &d);
-        let reply = self.adopt(d, "configuration applied");
+        let reply = self.adopt(d, "configuration applied", true);
         if reply.ok
             && let Some(store) = &mut self.audit
         {
@@ -301,10 +303,16 @@ impl Agent {
         reply
     }
 
-    /// Enforces `d` in place of what is in force (reporting what it widens).
-    fn adopt(&mut self, d: Desired, what: &str) -> Reply {
+    /// Enforces `d` in place of what is in force, reporting what it widens
+    /// when `report` (an API call's change is what it says, and in the
+    /// audit trail: the pairwise comparison is not worth its milliseconds).
+    fn adopt(&mut self, d: Desired, what: &str, report: bool) -> Reply {
         let after = widen::after(&self.enforced, &d);
-        let wider = widen::widenings(&self.enforced, &after);
+        let wider = if report {
+            widen::widenings(&self.enforced, &after)
+        } else {
+            vec![]
+        };
         if !wider.is_empty() {
             log::warn!(
                 "{}: this change widens what passes:\n  {}",

@@ -13,7 +13,7 @@ use tokio::{
     sync::{mpsc, watch},
 };
 
-use super::{Agent, IFACES_EVERY, RunOptions, SWEEP_EVERY, load, plan};
+use super::{Agent, IFACES_EVERY, RETIRE_EVERY, RunOptions, SWEEP_EVERY, load, plan};
 use crate::{
     api::{self, Snapshot},
     control,
@@ -24,6 +24,9 @@ use crate::{
     watch::{Change, Watch},
     widen::{self, Enforced},
 };
+
+/// Most API changes made in one commit.
+const API_BATCH: usize = 64;
 
 pub async fn run(opts: RunOptions) -> Result<()> {
     let (config, pin_dir) = (opts.config.as_path(), opts.pin_dir.as_path());
@@ -44,6 +47,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             .map_err(anyhow::Error::msg)?;
         (d, None, config.display().to_string())
     };
+    log::debug!("state taken from {file}");
     // File mode records its reloads; managed mode records in its store.
     let audit = match &managed {
         Some(_) => None,
@@ -72,6 +76,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     // Takes the pin directory's lock: from here on this agent owns it.
     let dp = Datapath::load(desired.conntrack.max_flows, pin_dir)?;
+    log::debug!("datapath loaded at {}", pin_dir.display());
     let mut calls = control::serve(pin_dir)?;
     let mut watch = match managed {
         Some(_) => None,
@@ -138,6 +143,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut ifaces = tokio::time::interval(IFACES_EVERY);
+    let mut retire = tokio::time::interval(RETIRE_EVERY);
     loop {
         let file_change = async {
             match &mut watch {
@@ -168,8 +174,19 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 let r = agent.handle(req).await;
                 let _ = reply.send(r);
             }
-            Some(call) = api_calls.recv() => agent.api(call),
+            Some(call) = api_calls.recv() => {
+                // The calls waiting are made together, as one commit.
+                let mut batch = vec![call];
+                while batch.len() < API_BATCH {
+                    match api_calls.try_recv() {
+                        Ok(c) => batch.push(c),
+                        Err(_) => break,
+                    }
+                }
+                agent.api(batch);
+            }
             _ = ifaces.tick() => agent.check_interfaces(),
+            _ = retire.tick() => { agent.dp.retire_expired(); }
             _ = sweep.tick() => match agent.dp.maps.sweep() {
                 Ok(0) => {}
                 Ok(n) => log::debug!("swept {n} idle flow(s)"),

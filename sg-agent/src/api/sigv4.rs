@@ -150,6 +150,109 @@ fn request_time(headers: &http::HeaderMap) -> Result<(String, OffsetDateTime), A
     Ok((raw.to_string(), t))
 }
 
+/// What is signed: the canonical request's hash, with the time and scope.
+fn string_to_sign(
+    req: &Signed,
+    signed_headers: &[String],
+    payload: &str,
+    amz_date: &str,
+    cred: &Credential,
+) -> String {
+    let mut canonical_headers = String::new();
+    for h in signed_headers {
+        let values: Vec<String> = req
+            .headers
+            .get_all(h.as_str())
+            .iter()
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        canonical_headers.push_str(&format!("{h}:{}\n", values.join(",")));
+    }
+    let path = if req.path.is_empty() { "/" } else { req.path };
+    let canonical = format!(
+        "{}\n{}\n{}\n{}\n{}\n{}",
+        req.method,
+        path,
+        canonical_query(req.query),
+        canonical_headers,
+        signed_headers.join(";"),
+        payload
+    );
+    let scope = format!(
+        "{}/{}/{}/aws4_request",
+        cred.date, cred.region, cred.service
+    );
+    format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        hex_sha256(canonical.as_bytes())
+    )
+}
+
+fn signing_key(secret: &str, cred: &Credential) -> Vec<u8> {
+    let mut key = hmac(format!("AWS4{secret}").as_bytes(), cred.date.as_bytes());
+    for part in [cred.region.as_str(), cred.service.as_str(), "aws4_request"] {
+        key = hmac(&key, part.as_bytes());
+    }
+    key
+}
+
+/// Signs a form POST to `/` of `host` as an AWS SDK does (for sg's own
+/// clients: the bench): the headers to send, `Authorization` among them.
+pub fn sign(
+    host: &str,
+    body: &[u8],
+    cred: &Credential,
+    secret: &str,
+    now: OffsetDateTime,
+) -> http::HeaderMap {
+    let fmt = format_description!("[year][month][day]T[hour][minute][second]Z");
+    let amz_date = now.format(fmt).expect("a UTC time formats");
+    let cred = Credential {
+        date: amz_date[..8].to_string(),
+        ..cred.clone()
+    };
+    let mut h = http::HeaderMap::new();
+    let mut put = |k: &'static str, v: &str| {
+        h.insert(k, http::HeaderValue::from_str(v).expect("a header value"));
+    };
+    put("host", host);
+    put(
+        "content-type",
+        "application/x-www-form-urlencoded; charset=utf-8",
+    );
+    put("x-amz-date", &amz_date);
+    let signed: Vec<String> = ["content-type", "host", "x-amz-date"]
+        .map(String::from)
+        .to_vec();
+    let req = Signed {
+        method: "POST",
+        path: "/",
+        query: "",
+        headers: &h,
+        body,
+    };
+    let to_sign = string_to_sign(&req, &signed, &hex_sha256(body), &amz_date, &cred);
+    let sig = hex::encode(hmac(&signing_key(secret, &cred), to_sign.as_bytes()));
+    let auth = format!(
+        "AWS4-HMAC-SHA256 Credential={}/{}/{}/{}/aws4_request, SignedHeaders={}, Signature={sig}",
+        cred.access_key,
+        cred.date,
+        cred.region,
+        cred.service,
+        signed.join(";")
+    );
+    h.insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_str(&auth).expect("ASCII"),
+    );
+    h
+}
+
 /// Verifies `req` against `secret_of` (access key → secret). Returns the
 /// credential; the errors are AWS's.
 pub fn verify(
@@ -188,21 +291,6 @@ pub fn verify(
             "the signature must cover the Host header",
         ));
     }
-    let mut canonical_headers = String::new();
-    for h in &signed_headers {
-        let values: Vec<String> = req
-            .headers
-            .get_all(h.as_str())
-            .iter()
-            .map(|v| {
-                String::from_utf8_lossy(v.as_bytes())
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect();
-        canonical_headers.push_str(&format!("{h}:{}\n", values.join(",")));
-    }
     let payload = req
         .headers
         .get("x-amz-content-sha256")
@@ -216,29 +304,9 @@ pub fn verify(
             "the body's hash is not the signed one",
         ));
     }
-    let path = if req.path.is_empty() { "/" } else { req.path };
-    let canonical = format!(
-        "{}\n{}\n{}\n{}\n{}\n{}",
-        req.method,
-        path,
-        canonical_query(req.query),
-        canonical_headers,
-        signed_headers.join(";"),
-        payload
-    );
-    let scope = format!(
-        "{}/{}/{}/aws4_request",
-        cred.date, cred.region, cred.service
-    );
-    let to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        hex_sha256(canonical.as_bytes())
-    );
-    let mut key = hmac(format!("AWS4{secret}").as_bytes(), cred.date.as_bytes());
-    for part in [cred.region.as_str(), cred.service.as_str(), "aws4_request"] {
-        key = hmac(&key, part.as_bytes());
-    }
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("HMAC takes any key");
+    let to_sign = string_to_sign(req, &signed_headers, &payload, &amz_date, &cred);
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&signing_key(&secret, &cred))
+        .expect("HMAC takes any key");
     mac.update(to_sign.as_bytes());
     let given = hex::decode(&signature).unwrap_or_default();
     mac.verify_slice(&given).map_err(|_| {
@@ -312,5 +380,28 @@ mod tests {
             verify(&tampered, secret, at).unwrap_err().code,
             "SignatureDoesNotMatch"
         );
+    }
+
+    #[test]
+    fn what_sign_signs_verifies() {
+        let now = OffsetDateTime::now_utc();
+        let cred = Credential {
+            access_key: "AKID".into(),
+            date: String::new(),
+            region: "eu-west-1".into(),
+            service: "ec2".into(),
+        };
+        let body = b"Action=DescribeVpcs&Version=2016-11-15";
+        let h = sign("127.0.0.1:8733", body, &cred, "s3cr3t-s3cr3t-s3cr3t", now);
+        let req = Signed {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &h,
+            body,
+        };
+        let got = verify(&req, |_| Some("s3cr3t-s3cr3t-s3cr3t".into()), now).unwrap();
+        assert_eq!(got.region, "eu-west-1");
+        assert!(verify(&req, |_| Some("another-secret-000".into()), now).is_err());
     }
 }

@@ -50,7 +50,8 @@ pub struct Datapath {
     /// with their ingress hook.
     links: StdHashMap<u32, IngressHook>,
     written: StdHashMap<u32, Written>,
-    retiring: Vec<Written>,
+    /// Replaced policies' entries, with when they were replaced.
+    retiring: Vec<(std::time::Instant, Written)>,
 }
 
 impl Datapath {

@@ -2,7 +2,10 @@
 //! one map write, and removing what nothing refers to any more. The
 //! encoding of entries is `compile`'s; this only allocates ids and writes.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, anyhow};
 use aya::maps::lpm_trie::Key;
@@ -58,7 +61,7 @@ impl Datapath {
             return Err(e).with_context(|| format!("configuring interface {name}"));
         }
         if let Some(old) = self.written.insert(ifindex, written) {
-            self.retiring.push(old);
+            self.retiring.push((Instant::now(), old));
         }
         Ok(())
     }
@@ -66,14 +69,26 @@ impl Datapath {
     /// Removes the entries of replaced policies. A packet that read an old
     /// configuration just before its swap may still be looking its entries
     /// up; programs run for microseconds, so a short wait outlasts them all.
+    /// Waits out the grace of the last one.
     pub fn retire(&mut self) {
-        if self.retiring.is_empty() {
-            return;
+        if let Some((at, _)) = self.retiring.last() {
+            std::thread::sleep(RETIRE_GRACE.saturating_sub(at.elapsed()));
         }
-        std::thread::sleep(RETIRE_GRACE);
-        for old in std::mem::take(&mut self.retiring) {
+        self.retire_expired();
+    }
+
+    /// Removes the replaced entries whose grace is over, without waiting
+    /// (the agent's loop calls it on a tick, so that no change waits for
+    /// the previous one's cleanup); returns whether some are still waiting.
+    pub fn retire_expired(&mut self) -> bool {
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retiring)
+            .into_iter()
+            .partition(|(at, _)| at.elapsed() >= RETIRE_GRACE);
+        self.retiring = waiting;
+        for (_, old) in done {
             self.remove_entries(&old);
         }
+        !self.retiring.is_empty()
     }
 
     /// Allocates class and policy ids and writes the entries `compiled`
@@ -134,7 +149,7 @@ impl Datapath {
             self.free_slots.push(cfg.stats_slot);
         }
         if let Some(old) = self.written.remove(&ifindex) {
-            self.retiring.push(old);
+            self.retiring.push((Instant::now(), old));
         }
     }
 

@@ -20,10 +20,7 @@ pub fn make_id(prefix: &str, parts: &[&str]) -> String {
 
 /// The SHA-256 of `bytes`, in lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(bytes))
 }
 
 pub fn valid_id(prefix: &str, id: &str) -> bool {

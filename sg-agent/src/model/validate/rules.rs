@@ -164,6 +164,10 @@ fn rules_of(
     quota: u32,
 ) -> Vec<Rule> {
     let mut out: Vec<Rule> = Vec::new();
+    // What is already there, for the duplicate checks (a group may hold
+    // thousands of rules: no pairwise scans).
+    let mut seen: HashSet<(Protocol, i32, i32, Peer)> = HashSet::new();
+    let mut ids: HashSet<String> = HashSet::new();
     let (mut n4, mut n6) = (0u32, 0u32);
     for (i, r) in raw.iter().enumerate() {
         let path = format!("{gpath}.{dir}[{i}]");
@@ -251,7 +255,19 @@ fn rules_of(
                     }
                 }
             };
-            let mut new = rule(group, dir, protocol, from, to, peer, p.description.clone());
+            let mut new = match &p.rule_id {
+                // A kept id: no need to derive one.
+                Some(id) => Rule {
+                    id: id.clone(),
+                    protocol,
+                    from_port: from,
+                    to_port: to,
+                    peer,
+                    description: p.description.clone(),
+                    tags: Default::default(),
+                },
+                None => rule(group, dir, protocol, from, to, peer, p.description.clone()),
+            };
             new.tags = p.tags.clone();
             if let Some(id) = &p.rule_id {
                 if !valid_id("sgr", id) {
@@ -266,10 +282,7 @@ fn rules_of(
                 }
                 new.id = id.clone();
             }
-            if out.iter().any(|x| {
-                (x.protocol, x.from_port, x.to_port, &x.peer)
-                    == (new.protocol, new.from_port, new.to_port, &new.peer)
-            }) {
+            if !seen.insert((new.protocol, new.from_port, new.to_port, new.peer.clone())) {
                 v.err(
                     doc,
                     &ppath,
@@ -285,7 +298,7 @@ fn rules_of(
                 );
                 continue;
             }
-            if out.iter().any(|x| x.id == new.id) {
+            if !ids.insert(new.id.clone()) {
                 v.err(
                     doc,
                     &format!("{ppath}.rule_id"),
