@@ -77,18 +77,22 @@ impl Agent {
     /// test credentials, its state in `state` (seeded from `seed` when
     /// empty), so that a restarted agent finds it.
     pub fn start_managed(ns: &Netns, state: &Path, seed: &str) -> Result<Agent> {
+        Self::start_managed_with(ns, state, seed, &["--api", "127.0.0.1:8733"])
+    }
+
+    /// As [`Agent::start_managed`], with the API's options given (`--api`...).
+    pub fn start_managed_with(ns: &Netns, state: &Path, seed: &str, api: &[&str]) -> Result<Agent> {
         let dir = TempDir::new()?;
         let creds = write_credentials(&dir.0)?.display().to_string();
         let state = state.display().to_string();
-        let args = [
+        let mut args = vec![
             "--managed",
-            "--api",
-            "127.0.0.1:8733",
             "--api-credentials",
             &creds,
             "--state-dir",
             &state,
         ];
+        args.extend_from_slice(api);
         Self::start_in(ns, dir, seed, &args)
     }
 

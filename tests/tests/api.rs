@@ -408,7 +408,7 @@ fn file_mode_serves_reads_and_refuses_changes() {
     let pair = Pair::new("apifile").unwrap();
     let dir = TempDir::new().unwrap();
     let creds = write_credentials(&dir.0).unwrap().display().to_string();
-    let _agent = Agent::start_in(
+    let agent = Agent::start_in(
         &pair.server,
         dir,
         SEED,
@@ -434,6 +434,94 @@ fn file_mode_serves_reads_and_refuses_changes() {
     );
     assert_eq!(r.code(), "UnsupportedOperation");
     assert_eq!(probe(&pair, 22), Seen::Dropped);
+    // A reload taken is a record of the trail, saying what changed.
+    let grown = SEED.replace(
+        "{name: clients, description: who may call}",
+        "{name: clients, description: who may call}\n  - {name: extra, description: new}",
+    );
+    assert!(agent.reload(&grown).unwrap());
+    let ev = lookup_events(&agent.state, &["--event-name", "ApplyConfiguration"]);
+    let extra = group_id(ns, "extra");
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        ev[0]["responseElements"]["changed"]["security_groups"]["added"],
+        serde_json::json!([extra])
+    );
+    let refused = lookup_events(
+        &agent.state,
+        &["--event-name", "AuthorizeSecurityGroupIngress"],
+    );
+    assert_eq!(refused[0]["errorCode"], "UnsupportedOperation");
+}
+
+#[test]
+fn apply_f_replaces_the_managed_state_through_the_same_validation() {
+    if !kernel_available("apply_f_replaces_the_managed_state_through_the_same_validation") {
+        return;
+    }
+    let pair = Pair::new("apiapply").unwrap();
+    tcp_echo_server(&pair.server, addr(SERVER_V4, 8080)).unwrap();
+    let state = TempDir::new().unwrap();
+    let _agent = Agent::start_managed(&pair.server, &state.0, SEED).unwrap();
+    let ns = &pair.server;
+    let apply = |text: &str| {
+        let f = state.0.join("apply.yaml");
+        std::fs::write(&f, text).unwrap();
+        ns.command(agent_bin())
+            .args(["apply", "-f"])
+            .arg(&f)
+            .output()
+            .unwrap()
+    };
+    let app_with = |cidr: &str| {
+        SEED.replace(
+            "{name: app, description: the server}",
+            &format!("{{name: app, description: the server, ingress: [{{ip_protocol: tcp, from_port: 8080, to_port: 8080, ip_ranges: [{cidr}]}}]}}"),
+        )
+    };
+    // A broken file is refused whole; the state in force stays.
+    let bad = apply(&app_with("10.77.0.0/33"));
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("invalid IPv4 CIDR"),
+        "{bad:?}"
+    );
+    assert_eq!(probe(&pair, 8080), Seen::Dropped);
+    let good = apply(&app_with("10.77.0.0/24"));
+    assert!(good.status.success(), "{good:?}");
+    assert!(
+        String::from_utf8_lossy(&good.stdout).contains("security_groups changed"),
+        "{good:?}"
+    );
+    assert_eq!(
+        probe(&pair, 8080),
+        Seen::Pass,
+        "enforced when apply returns"
+    );
+    let app = group_id(ns, "app");
+    let rules = aws(
+        ns,
+        READER,
+        &[
+            "describe-security-group-rules",
+            "--filters",
+            &format!("Name=group-id,Values={app}"),
+        ],
+    )
+    .ok();
+    assert!(
+        rules["SecurityGroupRules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["FromPort"] == 8080),
+        "{rules}"
+    );
+    assert_eq!(
+        lookup_events(&state.0, &["--event-name", "ApplyConfiguration"]).len(),
+        2,
+        "the seed, then the apply"
+    );
 }
 
 #[test]
@@ -536,4 +624,152 @@ print('null')
         tcp_echo_server(ns, addr(SERVER_V4, port)).unwrap();
         assert_eq!(probe(&pair, port), want, "port {port} after the restart");
     }
+}
+
+#[test]
+fn beyond_loopback_the_api_speaks_tls_only() {
+    if !kernel_available("beyond_loopback_the_api_speaks_tls_only") {
+        return;
+    }
+    let pair = Pair::new("apitls").unwrap();
+    let dir = TempDir::new().unwrap();
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    sh(std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=sg-api",
+        ])
+        .args(["-addext", &format!("subjectAltName=IP:{SERVER_V4}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert))
+    .unwrap();
+    let listen = format!("{SERVER_V4}:8733");
+    // Without TLS, an address beyond loopback is refused at start.
+    let state = TempDir::new().unwrap();
+    let refused = Agent::start_managed_with(&pair.server, &state.0, SEED, &["--api", &listen])
+        .err()
+        .expect("refused");
+    assert!(refused.to_string().contains("needs TLS"), "{refused}");
+    // The server's group lets the API's port in from the client.
+    let seed = SEED.replace(
+        "{name: app, description: the server}",
+        "{name: app, description: the server, ingress: [{ip_protocol: tcp, from_port: 8733, to_port: 8733, ip_ranges: [10.77.0.0/24]}]}",
+    );
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let _agent = Agent::start_managed_with(
+        &pair.server,
+        &state.0,
+        &seed,
+        &["--api", &listen, "--api-tls-cert", &c, "--api-tls-key", &k],
+    )
+    .unwrap();
+    let call = |endpoint: &str| {
+        let mut cmd = pair.client.command("/usr/bin/aws");
+        cmd.env("AWS_ACCESS_KEY_ID", ADMIN.id)
+            .env("AWS_SECRET_ACCESS_KEY", ADMIN.secret)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .args([
+                "--endpoint-url",
+                endpoint,
+                "--ca-bundle",
+                &c,
+                "--cli-read-timeout",
+                "5",
+                "--cli-connect-timeout",
+                "5",
+            ])
+            .args(["ec2", "describe-vpcs", "--output", "json"]);
+        cmd.output().unwrap()
+    };
+    let ok = call(&format!("https://{listen}"));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("\"IsDefault\": true"));
+    let plain = call(&format!("http://{listen}"));
+    assert!(!plain.status.success(), "plain HTTP is not answered");
+}
+
+#[test]
+fn adversarial_bodies_get_awss_errors_never_a_crash() {
+    if !kernel_available("adversarial_bodies_get_awss_errors_never_a_crash") {
+        return;
+    }
+    let pair = Pair::new("apifuzz").unwrap();
+    let state = TempDir::new().unwrap();
+    let _agent = Agent::start_managed(&pair.server, &state.0, SEED).unwrap();
+    let ns = &pair.server;
+    let script = format!(
+        r#"{RAW}
+import random
+random.seed(11)
+K, S = {k:?}, {s:?}
+def status(body):
+    req = AWSRequest(method='POST', url=ENDPOINT + '/', data=body, headers={{'Content-Type': 'application/x-www-form-urlencoded; charset=utf-8'}})
+    A.SigV4Auth(Credentials(K, S), 'ec2', 'us-east-1').add_auth(req)
+    r = urllib.request.Request(ENDPOINT + '/', data=body if isinstance(body, bytes) else body.encode(), headers=dict(req.headers.items()), method='POST')
+    try:
+        resp = urllib.request.urlopen(r)
+        return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+base = 'Action=AuthorizeSecurityGroupIngress&Version=2016-11-15&GroupId=sg-0123456789abcdef0'
+cases = {{
+  'many': base + ''.join(f'&TagSpecification.1.Tag.{{i}}.Key=k{{i}}' for i in range(1, 25001)),
+  'huge_index': base + '&IpPermissions.99999999999.IpProtocol=tcp',
+  'deep': base + '&IpPermissions.1.IpRanges.1.CidrIp.A.B.C.D.E=1',
+  'scalar_list': base + '&IpPermissions=tcp',
+  'bad_int': base + '&IpPermissions.1.IpProtocol=tcp&IpPermissions.1.FromPort=eighty',
+  'bad_escapes': 'Action=%zz%ff&Version=%',
+  'no_action': 'Version=2016-11-15',
+  'big': 'Action=DescribeVpcs&Version=2016-11-15&Pad=' + 'x' * (3 << 20),
+}}
+out = {{}}
+for name, body in cases.items():
+    st, text = status(body)
+    out[name] = [st, err(text)]
+random_ok = True
+for i in range(200):
+    n = random.randint(0, 400)
+    body = bytes(random.randrange(256) for _ in range(n))
+    st, text = status(body)
+    if st >= 500 or '<Code>' not in text:
+        random_ok = [st, text[:200]]
+        break
+out['random'] = random_ok
+print(json.dumps(out))
+"#,
+        k = ADMIN.id,
+        s = ADMIN.secret
+    );
+    let v = boto3(ns, ADMIN, &script).unwrap();
+    let want = [
+        ("many", 400, "InvalidParameterValue"),
+        ("huge_index", 400, "UnknownParameter"),
+        ("deep", 400, "UnknownParameter"),
+        ("scalar_list", 400, "InvalidParameterValue"),
+        ("bad_int", 400, "InvalidParameterValue"),
+        ("bad_escapes", 400, "InvalidAction"),
+        ("no_action", 400, "MissingParameter"),
+        ("big", 413, "RequestEntityTooLarge"),
+    ];
+    for (case, status, code) in want {
+        assert_eq!(v[case], serde_json::json!([status, code]), "{case}: {v}");
+    }
+    assert_eq!(v["random"], true, "random bodies: {v}");
+    // And the agent still answers.
+    aws(ns, READER, &["describe-vpcs"]).ok();
 }

@@ -249,7 +249,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
-pub fn run(bench: &Path, quick: bool) -> Result<()> {
+pub fn run(release: &Path, quick: bool) -> Result<()> {
+    let bench = &release.join("sg-bench");
     if !nix::unistd::geteuid().is_root() {
         bail!("the bench creates network namespaces and loads eBPF: run it as root");
     }
@@ -344,10 +345,12 @@ pub fn run(bench: &Path, quick: bool) -> Result<()> {
         "iptables": "iptables-legacy (xtables), one rule per entry, conntrack first",
         "nftables": "inet table, concatenated interval sets, ct state first",
     });
-    let all = json!({"meta": meta, "end_to_end": e2e, "datapath": micro});
+    eprintln!("bench: the EC2 API (sg-api-bench)");
+    let api = crate::bench_api::run(&release.join("sg-api-bench"), quick)?;
+    let all = json!({"meta": meta, "end_to_end": e2e, "datapath": micro, "api": api});
     let json_path = out_dir.join("bench.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&all)?)?;
-    let md = markdown(&all, &s.rule_counts);
+    let md = markdown(&all, &s.rule_counts) + &crate::bench_api::markdown(&all["api"]);
     let md_path = out_dir.join("bench.md");
     std::fs::write(&md_path, &md)?;
     let png_path = out_dir.join("bench.png");

@@ -3,6 +3,7 @@
 
 mod api_model;
 mod bench;
+mod bench_api;
 mod demo;
 mod package;
 mod setup;
@@ -79,15 +80,19 @@ fn run(cli: Cli) -> Result<()> {
                     "--release",
                     "--package",
                     "sg-testkit",
-                    "--bin",
-                    "sg-bench",
+                    "--package",
+                    "sg-agent",
+                    "--bins",
                 ])
                 .status()
                 .context("running cargo build")?;
             if !status.success() {
                 bail!("building sg-bench failed ({status})");
             }
-            bench::run(&target_dir().join("release/sg-bench"), quick)
+            // The API bench starts the release agent.
+            // SAFETY: set before any thread starts.
+            unsafe { std::env::set_var("SG_AGENT_BIN", target_dir().join("release/sg-agent")) };
+            bench::run(&target_dir().join("release"), quick)
         }
         Task::ApiModel => api_model::run(&workspace_root()),
         Task::Package => {

@@ -31,6 +31,8 @@ const PACKAGES: &[&str] = &[
     // The API tests drive sg with AWS's own clients, as users do.
     "awscli",
     "python3-boto3",
+    // The TLS test makes its certificate.
+    "openssl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

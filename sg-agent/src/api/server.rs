@@ -36,6 +36,91 @@ pub struct ApiOptions {
     pub credentials: Credentials,
     /// Record reads in the audit trail too (they are not by default).
     pub audit_reads: bool,
+    /// Serve HTTPS with this certificate chain and key (PEM files).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl ApiOptions {
+    /// Refuses what cannot be served safely, before anything starts: beyond
+    /// loopback only with TLS, and a certificate and key that go together.
+    pub fn check(&self) -> Result<Option<tokio_rustls::TlsAcceptor>> {
+        if !self.listen.ip().is_loopback() && self.tls.is_none() {
+            bail!(
+                "--api {}: beyond loopback the API needs TLS (--api-tls-cert and --api-tls-key): signed requests and the state would cross the network in clear",
+                self.listen
+            );
+        }
+        self.tls
+            .as_ref()
+            .map(|(cert, key)| tls_acceptor(cert, key))
+            .transpose()
+    }
+}
+
+/// The TLS side: the certificate chain and key, checked at start.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading the API certificate {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{}: not a PEM certificate chain", cert.display()))?;
+    if certs.is_empty() {
+        bail!("{}: no certificate", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the API key {}", key.display()))?;
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the API certificate and key do not go together")?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `app` over TLS: each connection's handshake (bounded in time),
+/// then HTTP/1.1 with the peer's address where the handler looks for it.
+fn serve_tls(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, app: Router) {
+    use tower::ServiceExt;
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    log::warn!("the API's accept: {e}");
+                    continue;
+                }
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    acceptor.accept(tcp),
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return log::debug!("TLS handshake with {peer}: {e}"),
+                    Err(_) => return log::debug!("TLS handshake with {peer}: timed out"),
+                };
+                let svc = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(ConnectInfo(peer));
+                        app.clone().oneshot(req)
+                    },
+                );
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+                if let Err(e) = conn {
+                    log::debug!("API connection from {peer}: {e}");
+                }
+            });
+        }
+    });
 }
 
 struct Server {
@@ -46,20 +131,14 @@ struct Server {
 }
 
 /// Binds `opts.listen` (failing now, not later) and serves until the
-/// process ends. Listening beyond loopback needs TLS, which this build
-/// refuses to fake (docs/api.md, "Listening").
+/// process ends. Listening beyond loopback needs TLS (docs/api.md).
 pub async fn serve(
     opts: ApiOptions,
     snapshot: watch::Receiver<Arc<Snapshot>>,
     calls: mpsc::Sender<Call>,
     audit: Store,
 ) -> Result<SocketAddr> {
-    if !opts.listen.ip().is_loopback() {
-        bail!(
-            "--api {}: the API listens on loopback only (without TLS a key's signature and the state would cross the network in clear)",
-            opts.listen
-        );
-    }
+    let acceptor = opts.check()?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("binding the API to {}", opts.listen))?;
@@ -74,6 +153,11 @@ pub async fn serve(
         .route("/", axum::routing::any(handle))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
+    if let Some(acceptor) = acceptor {
+        serve_tls(listener, acceptor, app);
+        log::info!("EC2 API listening on https://{addr}/");
+        return Ok(addr);
+    }
     tokio::spawn(async move {
         if let Err(e) = axum::serve(
             listener,
@@ -126,9 +210,20 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            let e = ApiError::new(
+                e.status().as_u16(),
+                "RequestEntityTooLarge",
+                format!("the request body was refused ({e}): at most {MAX_BODY} bytes"),
+            );
+            return reply(e.status, codec::error_xml(&e, &request_id));
+        }
+    };
     let params = match params_of(&uri, &headers, &body) {
         Ok(p) => p,
         Err(e) => return reply(e.status, codec::error_xml(&e, &request_id)),

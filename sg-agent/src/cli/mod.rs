@@ -52,9 +52,16 @@ enum Command {
         /// The state database and audit trail.
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
-        /// Serve the EC2 API on this loopback address (port 8733 is sg's).
+        /// Serve the EC2 API on this address (port 8733 is sg's); beyond
+        /// loopback only with TLS.
         #[arg(long, value_name = "ADDR:PORT")]
         api: Option<std::net::SocketAddr>,
+        /// Serve the API over HTTPS with this certificate chain (PEM).
+        #[arg(long, requires = "api_tls_key")]
+        api_tls_cert: Option<PathBuf>,
+        /// The private key of --api-tls-cert (PEM).
+        #[arg(long, requires = "api_tls_cert")]
+        api_tls_key: Option<PathBuf>,
         /// The API's access keys and what each may do.
         #[arg(long, default_value = DEFAULT_CREDENTIALS)]
         api_credentials: PathBuf,
@@ -225,15 +232,21 @@ fn dispatch(cli: Cli) -> Result<()> {
             api,
             api_credentials,
             audit_reads,
+            api_tls_cert,
+            api_tls_key,
         } => {
             let api = match api {
                 Some(listen) => Some(crate::api::ApiOptions {
                     listen,
                     credentials: crate::api::access::Credentials::load(&api_credentials)?,
                     audit_reads,
+                    tls: api_tls_cert.zip(api_tls_key),
                 }),
                 None => None,
             };
+            if let Some(a) = &api {
+                a.check()?;
+            }
             let opts = agent::RunOptions {
                 config,
                 pin_dir,
