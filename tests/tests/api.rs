@@ -773,3 +773,96 @@ print(json.dumps(out))
     // And the agent still answers.
     aws(ns, READER, &["describe-vpcs"]).ok();
 }
+
+#[test]
+fn boto3_tags_descriptions_stale_references_and_conntrack_timeouts() {
+    if !kernel_available("boto3_tags_descriptions_stale_references_and_conntrack_timeouts") {
+        return;
+    }
+    let pair = Pair::new("apimore").unwrap();
+    let state = TempDir::new().unwrap();
+    let agent = Agent::start_managed(&pair.server, &state.0, SEED).unwrap();
+    let started = sg_agent::api::audit::now();
+    let script = r#"
+c = ec2()
+one = lambda name: c.describe_security_groups(Filters=[{'Name': 'group-name', 'Values': [name]}])['SecurityGroups'][0]
+app = one('app')['GroupId']
+eni = c.describe_network_interfaces(Filters=[{'Name': 'tag:sg:interface', 'Values': ['eth0']}])['NetworkInterfaces'][0]['NetworkInterfaceId']
+vpc = c.create_vpc(CidrBlock='10.51.0.0/16', TagSpecifications=[{'ResourceType': 'vpc', 'Tags': [{'Key': 'Name', 'Value': 'b'}]}])['Vpc']['VpcId']
+far = c.create_security_group(GroupName='far', Description='in vpc b', VpcId=vpc)['GroupId']
+pl = c.create_managed_prefix_list(PrefixListName='pl', MaxEntries=2, AddressFamily='IPv4', Entries=[{'Cidr': '10.1.0.0/16'}])['PrefixList']['PrefixListId']
+# A reference across VPCs that are not peered: kept, stale, matching nothing.
+c.authorize_security_group_ingress(GroupId=app, IpPermissions=[{'IpProtocol': 'tcp', 'FromPort': 5000, 'ToPort': 5000, 'UserIdGroupPairs': [{'GroupId': far, 'VpcId': vpc}]}])
+stale = c.describe_stale_security_groups(VpcId=one('app')['VpcId'])['StaleSecurityGroupSet']
+refs = c.describe_security_group_references(GroupId=[far])['SecurityGroupReferenceSet']
+# Descriptions: by permission, then by rule id.
+c.authorize_security_group_ingress(GroupId=app, IpPermissions=[{'IpProtocol': 'udp', 'FromPort': 53, 'ToPort': 53, 'IpRanges': [{'CidrIp': '10.2.0.0/16', 'Description': 'v1'}]}])
+c.update_security_group_rule_descriptions_ingress(GroupId=app, IpPermissions=[{'IpProtocol': 'udp', 'FromPort': 53, 'ToPort': 53, 'IpRanges': [{'CidrIp': '10.2.0.0/16', 'Description': 'v2'}]}])
+rule = [r for r in c.describe_security_group_rules(Filters=[{'Name': 'group-id', 'Values': [app]}])['SecurityGroupRules'] if r.get('FromPort') == 53][0]
+by_perm = rule.get('Description')
+c.update_security_group_rule_descriptions_ingress(GroupId=app, SecurityGroupRuleDescriptions=[{'SecurityGroupRuleId': rule['SecurityGroupRuleId'], 'Description': 'v3'}])
+c.modify_security_group_rules(GroupId=app, SecurityGroupRules=[{'SecurityGroupRuleId': rule['SecurityGroupRuleId'], 'SecurityGroupRule': {'IpProtocol': 'udp', 'FromPort': 54, 'ToPort': 54, 'CidrIpv4': '10.2.0.0/16', 'Description': 'v4'}}])
+after = c.describe_security_group_rules(SecurityGroupRuleIds=[rule['SecurityGroupRuleId']])['SecurityGroupRules'][0]
+# Tags on every kind.
+for rid in [vpc, pl, eni, rule['SecurityGroupRuleId'], app]:
+    c.create_tags(Resources=[rid], Tags=[{'Key': 'team', 'Value': 'net'}])
+tagged = sorted(t['ResourceType'] for t in c.describe_tags(Filters=[{'Name': 'key', 'Values': ['team']}])['Tags'])
+c.delete_tags(Resources=[pl], Tags=[{'Key': 'team'}])
+left = sorted(t['ResourceId'] for t in c.describe_tags(Filters=[{'Name': 'key', 'Values': ['team']}])['Tags'])
+# Connection-tracking timeouts of an interface (newer than Debian's
+# botocore: sent as the current SDKs serialise them).
+K, S = c._request_signer._credentials.access_key, c._request_signer._credentials.secret_key
+mod = 'Action=ModifyNetworkInterfaceAttribute&Version=2016-11-15&NetworkInterfaceId=' + eni
+set_ct = err(send(mod + '&ConnectionTrackingSpecification.TcpEstablishedTimeout=3600&ConnectionTrackingSpecification.UdpTimeout=60', K, S))
+shown = send('Action=DescribeNetworkInterfaces&Version=2016-11-15&NetworkInterfaceId.1=' + eni, K, S)
+ct = {'TcpEstablishedTimeout': 3600 if '<tcpEstablishedTimeout>3600</tcpEstablishedTimeout>' in shown else shown, 'UdpTimeout': 60 if '<udpTimeout>60</udpTimeout>' in shown else shown, 'set': set_ct}
+bad_ct = err(send(mod + '&ConnectionTrackingSpecification.UdpTimeout=5', K, S))
+who = boto3.client('sts', endpoint_url=ENDPOINT, region_name='us-east-1', aws_access_key_id=c._request_signer._credentials.access_key, aws_secret_access_key=c._request_signer._credentials.secret_key).get_caller_identity()
+print(json.dumps({'stale': [(g['GroupId'], [p['UserIdGroupPairs'][0]['GroupId'] for p in g['StaleIpPermissions']]) for g in stale],
+  'refs': [(r['GroupId'], r['ReferencingVpcId']) for r in refs], 'app': app, 'far': far, 'app_vpc': one('app')['VpcId'],
+  'by_perm': by_perm, 'after': [after['FromPort'], after.get('Description'), after['SecurityGroupRuleId'] == rule['SecurityGroupRuleId']],
+  'tagged': tagged, 'left': left, 'pl': pl, 'ct': ct, 'bad_ct': bad_ct, 'who': [who['Account'], who['Arn']]}))
+"#;
+    let v = boto3(&pair.server, ADMIN, &format!("{RAW}\n{script}")).unwrap();
+    let (app, far) = (v["app"].as_str().unwrap(), v["far"].as_str().unwrap());
+    assert_eq!(v["stale"], serde_json::json!([[app, [far]]]), "{v}");
+    assert_eq!(v["refs"], serde_json::json!([[far, v["app_vpc"]]]), "{v}");
+    assert_eq!(v["by_perm"], "v2", "{v}");
+    assert_eq!(
+        v["after"],
+        serde_json::json!([54, "v4", true]),
+        "modified in place, same id: {v}"
+    );
+    assert_eq!(
+        v["tagged"],
+        serde_json::json!([
+            "network-interface",
+            "prefix-list",
+            "security-group",
+            "security-group-rule",
+            "vpc"
+        ]),
+        "{v}"
+    );
+    assert!(!v["left"].as_array().unwrap().contains(&v["pl"]), "{v}");
+    assert_eq!(v["ct"]["set"], "OK", "{v}");
+    assert_eq!(v["ct"]["TcpEstablishedTimeout"], 3600, "{v}");
+    assert_eq!(v["ct"]["UdpTimeout"], 60, "{v}");
+    assert_eq!(
+        v["bad_ct"], "InvalidParameterValue",
+        "AWS's bounds on timeouts: {v}"
+    );
+    assert_eq!(
+        v["who"],
+        serde_json::json!([ACCOUNT, "arn:aws:iam::123456789012:user/admin"]),
+        "{v}"
+    );
+    // The trail filters by time, as `aws cloudtrail lookup-events` does.
+    let since = lookup_events(
+        &agent.state,
+        &["--start-time", &started, "--event-name", "CreateTags"],
+    );
+    assert_eq!(since.len(), 5, "{since:?}");
+    let none = lookup_events(&agent.state, &["--end-time", "2000-01-01T00:00:00Z"]);
+    assert!(none.is_empty());
+}

@@ -145,7 +145,8 @@ resource "aws_vpc_security_group_ingress_rule" "from_callers_list" {
   ip_protocol       = "tcp"
   from_port         = 9090
   to_port           = 9090
-  tags              = { Name = "pl" }
+  description       = "changed in place"
+  tags              = { Name = "pl", stage = "2" }
 }
 resource "aws_security_group_rule" "legacy" {
   type              = "ingress"

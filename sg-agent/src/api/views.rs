@@ -23,6 +23,12 @@ impl Scope {
     }
 }
 
+/// An object of `pairs`, the values moved in (`json!` would copy each
+/// value it is given through `Serialize`: a large answer, twice).
+pub fn object<const N: usize>(pairs: [(&str, Value); N]) -> Value {
+    Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
 pub fn tags(t: &BTreeMap<String, String>) -> Value {
     Value::Array(
         t.iter()
@@ -38,17 +44,17 @@ fn has_ports(p: Protocol) -> bool {
 }
 
 pub fn group(g: &Group, s: &Scope) -> Value {
-    json!({
-        "GroupId": g.id,
-        "GroupName": g.name,
-        "Description": g.description,
-        "VpcId": g.vpc,
-        "OwnerId": s.account,
-        "SecurityGroupArn": s.arn("security-group", &g.id),
-        "Tags": tags(&g.tags),
-        "IpPermissions": permissions(&g.ingress, s),
-        "IpPermissionsEgress": permissions(&g.egress, s),
-    })
+    object([
+        ("GroupId", g.id.clone().into()),
+        ("GroupName", g.name.clone().into()),
+        ("Description", g.description.clone().into()),
+        ("VpcId", g.vpc.clone().into()),
+        ("OwnerId", s.account.clone().into()),
+        ("SecurityGroupArn", s.arn("security-group", &g.id).into()),
+        ("Tags", tags(&g.tags)),
+        ("IpPermissions", permissions(&g.ingress, s)),
+        ("IpPermissionsEgress", permissions(&g.egress, s)),
+    ])
 }
 
 /// Rules folded into EC2's permissions: one per protocol and port range,
@@ -62,10 +68,13 @@ pub fn permissions(rules: &[Rule], s: &Scope) -> Value {
         {
             Some(i) => i,
             None => {
-                let mut perm = json!({
-                    "IpProtocol": r.protocol.aws(),
-                    "IpRanges": [], "Ipv6Ranges": [], "PrefixListIds": [], "UserIdGroupPairs": [],
-                });
+                let mut perm = object([
+                    ("IpProtocol", r.protocol.aws().into()),
+                    ("IpRanges", Value::Array(vec![])),
+                    ("Ipv6Ranges", Value::Array(vec![])),
+                    ("PrefixListIds", Value::Array(vec![])),
+                    ("UserIdGroupPairs", Value::Array(vec![])),
+                ]);
                 if has_ports(r.protocol) {
                     perm["FromPort"] = r.from_port.into();
                     perm["ToPort"] = r.to_port.into();
@@ -104,17 +113,20 @@ pub fn permissions(rules: &[Rule], s: &Scope) -> Value {
 
 /// One rule as `describe-security-group-rules` shows it.
 pub fn rule(r: &Rule, g: &Group, egress: bool, s: &Scope) -> Value {
-    let mut v = json!({
-        "SecurityGroupRuleId": r.id,
-        "GroupId": g.id,
-        "GroupOwnerId": s.account,
-        "IsEgress": egress,
-        "IpProtocol": r.protocol.aws(),
-        "FromPort": r.from_port,
-        "ToPort": r.to_port,
-        "Tags": tags(&r.tags),
-        "SecurityGroupRuleArn": s.arn("security-group-rule", &r.id),
-    });
+    let mut v = object([
+        ("SecurityGroupRuleId", r.id.clone().into()),
+        ("GroupId", g.id.clone().into()),
+        ("GroupOwnerId", s.account.clone().into()),
+        ("IsEgress", egress.into()),
+        ("IpProtocol", r.protocol.aws().into()),
+        ("FromPort", r.from_port.into()),
+        ("ToPort", r.to_port.into()),
+        ("Tags", tags(&r.tags)),
+        (
+            "SecurityGroupRuleArn",
+            s.arn("security-group-rule", &r.id).into(),
+        ),
+    ]);
     match &r.peer {
         Peer::Cidr(n) if n.addr().is_ipv4() => v["CidrIpv4"] = n.to_string().into(),
         Peer::Cidr(n) => v["CidrIpv6"] = n.to_string().into(),

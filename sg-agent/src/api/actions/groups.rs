@@ -217,10 +217,13 @@ pub fn describe(s: &Snapshot, p: &Value, scope: &Scope) -> ApiResult<Value> {
     let wrapped: Vec<G> = picked.into_iter().map(|g| G(g, d)).collect();
     let kept = filters::apply(wrapped.iter().collect(), &filters::of(p)?)?;
     let (page, next) = filters::page(kept, max(p), string(p, "NextToken").as_deref(), (5, 1000))?;
-    Ok(json!({
-        "SecurityGroups": page.iter().map(|g| views::group(g.0, scope)).collect::<Vec<_>>(),
-        "NextToken": next,
-    }))
+    Ok(views::object([
+        (
+            "SecurityGroups",
+            Value::Array(page.iter().map(|g| views::group(g.0, scope)).collect()),
+        ),
+        ("NextToken", next.into()),
+    ]))
 }
 
 pub fn max(p: &Value) -> Option<i64> {

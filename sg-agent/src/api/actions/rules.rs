@@ -454,8 +454,15 @@ pub fn describe(s: &Snapshot, p: &Value, scope: &Scope) -> ApiResult<Value> {
         string(p, "NextToken").as_deref(),
         (5, 1000),
     )?;
-    Ok(json!({
-        "SecurityGroupRules": page.iter().map(|r| views::rule(r.0, r.1, r.2, scope)).collect::<Vec<_>>(),
-        "NextToken": next,
-    }))
+    Ok(views::object([
+        (
+            "SecurityGroupRules",
+            Value::Array(
+                page.iter()
+                    .map(|r| views::rule(r.0, r.1, r.2, scope))
+                    .collect(),
+            ),
+        ),
+        ("NextToken", next.into()),
+    ]))
 }
