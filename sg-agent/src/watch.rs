@@ -42,8 +42,9 @@ pub struct Watch {
     /// when it is a symlink into its own directory, the link's first
     /// component (a Kubernetes ConfigMap swaps `..data`).
     names: Vec<OsString>,
-    /// The last change of a burst still settling.
-    pending: Option<Change>,
+    /// The burst seen so far, and when it settles (kept across calls, so
+    /// that a caller cancelling `next` often does not postpone it).
+    pending: Option<(Change, tokio::time::Instant)>,
 }
 
 impl Watch {
@@ -95,7 +96,7 @@ impl Watch {
         loop {
             let events = match self.pending {
                 None => self.read().await?,
-                Some(c) => match tokio::time::timeout(SETTLE, self.read()).await {
+                Some((c, at)) => match tokio::time::timeout_at(at, self.read()).await {
                     Ok(events) => events?,
                     Err(_) => {
                         self.pending = None;
@@ -104,7 +105,8 @@ impl Watch {
                 },
             };
             if let Some(c) = events.last() {
-                self.pending = Some(*c);
+                // Each event of the burst pushes the settling on.
+                self.pending = Some((*c, tokio::time::Instant::now() + SETTLE));
             }
         }
     }

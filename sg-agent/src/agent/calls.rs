@@ -24,6 +24,7 @@ impl Agent {
             managed: self.is_managed,
             source: self.file.clone(),
             enforced,
+            group_xml: Default::default(),
         }));
     }
 

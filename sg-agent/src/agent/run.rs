@@ -49,9 +49,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
     log::debug!("state taken from {file}");
     // File mode records its reloads; managed mode records in its store.
+    // In file mode the trail is a record, not the state: a state directory
+    // that cannot be written (a full disk) does not stop enforcement.
     let audit = match &managed {
         Some(_) => None,
-        None => Some(Store::open(&opts.state_dir)?),
+        None => match Store::open(&opts.state_dir) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("the audit trail is unavailable, reloads will not be recorded: {e:#}");
+                None
+            }
+        },
     };
     for w in &desired.warnings {
         log::warn!("{w}");
@@ -186,7 +194,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 agent.api(batch);
             }
             _ = ifaces.tick() => agent.check_interfaces(),
-            _ = retire.tick() => { agent.dp.retire_expired(); }
+            _ = retire.tick(), if agent.dp.retiring() => { agent.dp.retire_expired(); }
             _ = sweep.tick() => match agent.dp.maps.sweep() {
                 Ok(0) => {}
                 Ok(n) => log::debug!("swept {n} idle flow(s)"),

@@ -236,6 +236,47 @@ pub fn encode(action: &str, value: &Value, request_id: &str) -> ApiResult<String
     String::from_utf8(w.into_inner()).map_err(|e| ApiError::internal(e.to_string()))
 }
 
+/// One element of `shape` as XML, for answers assembled from pieces.
+pub fn fragment(element_name: &str, shape: &str, value: &Value) -> ApiResult<String> {
+    let mut w = Writer::new(Vec::new());
+    element(&mut w, element_name, shape, value)?;
+    String::from_utf8(w.into_inner()).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// `action`'s answer with the list member `list` made of XML `items`
+/// (made by [`fragment`]) and the other members from `rest`.
+pub fn encode_items(
+    action: &str,
+    list: &str,
+    items: &[std::sync::Arc<str>],
+    rest: &Value,
+    request_id: &str,
+) -> ApiResult<String> {
+    let m = model();
+    let out = m
+        .operations
+        .get(action)
+        .and_then(|o| o.output.as_deref())
+        .ok_or_else(|| ApiError::internal(format!("no output shape for {action}")))?;
+    let mref = m.shapes[out]
+        .members
+        .get(list)
+        .ok_or_else(|| ApiError::internal(format!("{out} has no member {list}")))?;
+    let name = mref.location_name.as_deref().unwrap_or(list);
+    let mut doc = encode(action, rest, request_id)?;
+    let close = format!("</{action}Response>");
+    let at = doc
+        .rfind(&close)
+        .ok_or_else(|| ApiError::internal("no root end"))?;
+    let mut body = format!("<{name}>");
+    for i in items {
+        body.push_str(i);
+    }
+    body.push_str(&format!("</{name}>"));
+    doc.insert_str(at, &body);
+    Ok(doc)
+}
+
 fn text(w: &mut Writer<Vec<u8>>, name: &str, s: &str) -> ApiResult<()> {
     w.create_element(name)
         .write_text_content(BytesText::new(s))

@@ -31,7 +31,7 @@ use views::Scope;
 pub const DEFAULT_PORT: u16 = 8733;
 
 /// What reads see: the state in force, as the agent last published it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Snapshot {
     pub desired: Desired,
     /// The API may change the state (managed mode); otherwise the file rules.
@@ -40,6 +40,10 @@ pub struct Snapshot {
     pub source: String,
     /// Linux interfaces the agent enforces on right now.
     pub enforced: BTreeSet<String>,
+    /// Each group's `DescribeSecurityGroups` item as XML, by group and
+    /// region, made at the first read of this state: clients poll, and a
+    /// state changes far less often than it is read.
+    pub group_xml: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<str>>>,
 }
 
 /// A change of the managed state, being made: the input form to change,

@@ -344,6 +344,28 @@ async fn handle(
     draft.parameters = decoded.clone();
     let dry_run = decoded.get("DryRun").and_then(Value::as_bool) == Some(true);
     let result = match handler {
+        Handler::ReadItems(f) => {
+            let snap = api.snapshot.borrow().clone();
+            let r = if dry_run {
+                Err(dry_run_ok())
+            } else {
+                f(&snap, &decoded, &scope)
+            };
+            if api.opts.audit_reads || r.as_ref().is_err_and(|e| e.code != "DryRunOperation") {
+                let summary = match &r {
+                    Ok((_, items, _)) => Ok(serde_json::json!({"items": items.len()})),
+                    Err(e) => Err(e.clone()),
+                };
+                api.record(draft.finish(summary.as_ref(), vec![])).await;
+            }
+            let xml = r.and_then(|(list, items, rest)| {
+                codec::encode_items(&action, list, &items, &rest, &request_id)
+            });
+            return match xml {
+                Ok(x) => reply(200, x),
+                Err(e) => reply(e.status, codec::error_xml(&e, &request_id)),
+            };
+        }
         Handler::Read(f) => {
             let snap = api.snapshot.borrow().clone();
             let r = if dry_run {

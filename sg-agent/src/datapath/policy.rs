@@ -77,6 +77,11 @@ impl Datapath {
         self.retire_expired();
     }
 
+    /// Whether replaced entries wait for their grace to end.
+    pub fn retiring(&self) -> bool {
+        !self.retiring.is_empty()
+    }
+
     /// Removes the replaced entries whose grace is over, without waiting
     /// (the agent's loop calls it on a tick, so that no change waits for
     /// the previous one's cleanup); returns whether some are still waiting.

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use super::{find_group, member, new_id, required, state, string, tag_specs};
 use crate::{
     api::{
-        Snapshot, Txn,
+        Snapshot, Txn, codec,
         error::{ApiError, ApiResult},
         filters::{self, Filterable},
         views::{self, Scope, is_default_vpc},
@@ -190,7 +190,12 @@ impl Filterable for G<'_> {
     }
 }
 
-pub fn describe(s: &Snapshot, p: &Value, scope: &Scope) -> ApiResult<Value> {
+/// `DescribeSecurityGroups`: each group's item is made once per state.
+pub fn describe(
+    s: &Snapshot,
+    p: &Value,
+    scope: &Scope,
+) -> ApiResult<(&'static str, Vec<std::sync::Arc<str>>, Value)> {
     let d = state(s);
     let ids: Vec<String> = member(p, "GroupIds")?;
     let names: Vec<String> = member(p, "GroupNames")?;
@@ -217,13 +222,25 @@ pub fn describe(s: &Snapshot, p: &Value, scope: &Scope) -> ApiResult<Value> {
     let wrapped: Vec<G> = picked.into_iter().map(|g| G(g, d)).collect();
     let kept = filters::apply(wrapped.iter().collect(), &filters::of(p)?)?;
     let (page, next) = filters::page(kept, max(p), string(p, "NextToken").as_deref(), (5, 1000))?;
-    Ok(views::object([
-        (
-            "SecurityGroups",
-            Value::Array(page.iter().map(|g| views::group(g.0, scope)).collect()),
-        ),
-        ("NextToken", next.into()),
-    ]))
+    let mut cache = s.group_xml.lock().unwrap_or_else(|e| e.into_inner());
+    let items = page
+        .iter()
+        .map(|g| {
+            let key = (g.0.id.clone(), scope.region.clone());
+            if let Some(x) = cache.get(&key) {
+                return Ok(x.clone());
+            }
+            let x: std::sync::Arc<str> =
+                codec::fragment("item", "SecurityGroup", &views::group(g.0, scope))?.into();
+            cache.insert(key, x.clone());
+            Ok(x)
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok((
+        "SecurityGroups",
+        items,
+        views::object([("NextToken", next.into())]),
+    ))
 }
 
 pub fn max(p: &Value) -> Option<i64> {

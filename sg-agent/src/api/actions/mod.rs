@@ -21,9 +21,14 @@ use crate::model::{Desired, Group, input::RawGroup};
 
 pub type Read = fn(&Snapshot, &Value, &Scope) -> ApiResult<Value>;
 pub type Write = fn(&mut Txn, &Value) -> ApiResult<(Value, Desired)>;
+/// A read whose answer is a list of XML items (made once per state) and
+/// the other members.
+pub type ReadItems =
+    fn(&Snapshot, &Value, &Scope) -> ApiResult<(&'static str, Vec<std::sync::Arc<str>>, Value)>;
 
 pub enum Handler {
     Read(Read),
+    ReadItems(ReadItems),
     Write(Write),
 }
 
@@ -32,7 +37,7 @@ pub fn handler(action: &str) -> Option<Handler> {
     Some(match action {
         "CreateSecurityGroup" => W(groups::create),
         "DeleteSecurityGroup" => W(groups::delete),
-        "DescribeSecurityGroups" => R(groups::describe),
+        "DescribeSecurityGroups" => Handler::ReadItems(groups::describe),
         "DescribeStaleSecurityGroups" => R(groups::stale),
         "DescribeSecurityGroupReferences" => R(groups::references),
         "AuthorizeSecurityGroupIngress" => W(rules::authorize_ingress),
