@@ -36,6 +36,9 @@ enum Task {
         /// A smaller sweep, in under five minutes.
         #[arg(long)]
         quick: bool,
+        /// Only the EC2 API's part (target/bench/api.json).
+        #[arg(long)]
+        api: bool,
     },
     /// Extract the API's shapes from botocore's service model into
     /// sg-agent/src/api/model.json (a developer task; the file is checked in).
@@ -72,7 +75,7 @@ fn run(cli: Cli) -> Result<()> {
             let bin = build(false)?;
             demo::run(&bin)
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, api } => {
             setup::run()?;
             let status = cargo()
                 .args([
@@ -92,6 +95,9 @@ fn run(cli: Cli) -> Result<()> {
             // The API bench starts the release agent.
             // SAFETY: set before any thread starts.
             unsafe { std::env::set_var("SG_AGENT_BIN", target_dir().join("release/sg-agent")) };
+            if api {
+                return bench_api::only(&target_dir().join("release"), quick);
+            }
             bench::run(&target_dir().join("release"), quick)
         }
         Task::ApiModel => api_model::run(&workspace_root()),
