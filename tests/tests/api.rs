@@ -270,10 +270,17 @@ codes = {
   'InvalidPrefixListID.NotFound': code(lambda: c.get_managed_prefix_list_entries(PrefixListId='pl-0123456789abcdef0')),
   'MissingParameter': code(lambda: c.authorize_security_group_ingress(GroupId=ids[0])),
 }
+def message(f):
+    try:
+        f()
+        return 'OK'
+    except botocore.exceptions.ClientError as e:
+        return e.response['Error']['Message']
+where = message(lambda: c.authorize_security_group_ingress(GroupId=ids[2], IpPermissions=[perm[0], {'IpProtocol': 'tcp', 'FromPort': 5, 'ToPort': 5, 'IpRanges': [{'CidrIp': '10.0.0.0/8'}, {'CidrIp': '10.0.0.0/33'}]}]))
 still = [g['GroupId'] for g in c.describe_security_groups()['SecurityGroups']]
 print(json.dumps({'p1': len(p1['SecurityGroups']), 'next': 'NextToken' in p1, 'p2': len(p2['SecurityGroups']), 'p2next': 'NextToken' in p2,
   'all': len(everything['SecurityGroups']), 'allnext': 'NextToken' in everything, 'tagged': [g['GroupName'] for g in tagged],
-  'by_port': [g['GroupId'] for g in by_port], 'rules': len(rules), 'ids': ids, 'codes': codes, 'dry_run_kept': ids[6] in still}))
+  'by_port': [g['GroupId'] for g in by_port], 'rules': len(rules), 'ids': ids, 'codes': codes, 'dry_run_kept': ids[6] in still, 'where': where}))
 "#).unwrap();
     // default, app, clients, seven t-N: ten groups, paged 5 + 5.
     assert_eq!(
@@ -301,6 +308,11 @@ print(json.dumps({'p1': len(p1['SecurityGroups']), 'next': 'NextToken' in p1, 'p
         assert_eq!(got, expected, "{v}");
     }
     assert_eq!(v["dry_run_kept"], true, "a dry run changes nothing");
+    let at = v["where"].as_str().unwrap();
+    assert!(
+        at.starts_with("IpPermissions.2.IpRanges.2.CidrIp: "),
+        "the parameter is named: {at}"
+    );
 }
 
 /// A request signed with botocore's own signer, then sent as given.

@@ -59,10 +59,16 @@ impl From<Issues> for ApiError {
         let message = errors
             .iter()
             .map(|i| {
-                if i.object.is_empty() {
-                    i.message.clone()
+                // `file` is the request parameter, when the source knows it.
+                let at = if i.file.is_empty() {
+                    String::new()
                 } else {
-                    format!("{}: {}", i.object, i.message)
+                    format!("{}: ", i.file)
+                };
+                if i.object.is_empty() {
+                    format!("{at}{}", i.message)
+                } else {
+                    format!("{at}{}: {}", i.object, i.message)
                 }
             })
             .collect::<Vec<_>>()

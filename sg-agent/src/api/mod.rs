@@ -56,20 +56,78 @@ pub struct Txn<'a> {
     pub resources: Vec<String>,
 }
 
-/// Places of validation problems, for a request: the object path in the
-/// state (the message names the object).
-struct InRequest;
+/// Where a request's own permissions sit in the state being validated:
+/// `security_groups[group].{dir}[first..]` are its `IpPermissions.1..`.
+pub struct Permissions {
+    pub group: usize,
+    pub dir: &'static str,
+    pub first: usize,
+}
 
-impl crate::model::Locate for InRequest {
+/// Places validation problems in a request: a problem in the request's own
+/// permissions is named by its parameter (`IpPermissions.1.IpRanges.2.CidrIp`),
+/// others by the object (which the message names too).
+struct InRequest<'a>(Option<&'a Permissions>);
+
+impl crate::model::Locate for InRequest<'_> {
     fn locate(&self, _doc: usize, path: &str) -> (String, Option<usize>) {
-        (path.to_string(), None)
+        let param = self.0.and_then(|p| {
+            let rest = path.strip_prefix(&format!("security_groups[{}].{}[", p.group, p.dir))?;
+            let (i, rest) = rest.split_once(']')?;
+            let n = i.parse::<usize>().ok()?.checked_sub(p.first)? + 1;
+            Some(format!("IpPermissions.{n}{}", member(rest)))
+        });
+        (param.unwrap_or_default(), None)
+    }
+}
+
+/// A permission's part, as the query protocol names it.
+fn member(rest: &str) -> String {
+    const LISTS: [(&str, &str); 4] = [
+        ("ip_ranges", "IpRanges.{}.CidrIp"),
+        ("ipv6_ranges", "Ipv6Ranges.{}.CidrIpv6"),
+        ("prefix_list_ids", "PrefixListIds.{}.PrefixListId"),
+        ("user_id_group_pairs", "Groups.{}.GroupId"),
+    ];
+    let rest = rest.trim_start_matches('.');
+    for (raw, api) in LISTS {
+        if let Some(r) = rest.strip_prefix(raw).and_then(|r| r.strip_prefix('[')) {
+            let (j, tail) = r.split_once(']').unwrap_or((r, ""));
+            let n = j.parse::<usize>().map_or(0, |j| j + 1);
+            let head = api.replace("{}", &n.to_string());
+            return match tail.trim_start_matches('.') {
+                "description" => format!(
+                    ".{}.Description",
+                    head.rsplit_once('.').map_or(head.as_str(), |h| h.0)
+                ),
+                _ => format!(".{head}"),
+            };
+        }
+    }
+    match rest {
+        "ip_protocol" => ".IpProtocol".into(),
+        _ => String::new(),
     }
 }
 
 impl Txn<'_> {
     /// Validates the changed state with the validation files go through.
-    pub fn validate(&self) -> ApiResult<Desired> {
-        validate(&self.raw, &InRequest, Some(self.before)).map_err(ApiError::from)
+    pub fn validate(&mut self) -> ApiResult<Desired> {
+        self.check(None)
+    }
+
+    /// As [`Txn::validate`], naming problems in the request's permissions by
+    /// their parameters.
+    pub fn validate_permissions(&mut self, at: &Permissions) -> ApiResult<Desired> {
+        self.check(Some(at))
+    }
+
+    fn check(&mut self, at: Option<&Permissions>) -> ApiResult<Desired> {
+        // Each group where validation's paths say it is.
+        for (i, g) in self.raw.security_groups.iter_mut().enumerate() {
+            g.origin.path = format!("security_groups[{i}]");
+        }
+        validate(&self.raw, &InRequest(at), Some(self.before)).map_err(ApiError::from)
     }
 }
 
@@ -98,4 +156,41 @@ pub fn read_only(source: &str) -> ApiError {
 
 pub fn shared(s: Snapshot) -> Arc<Snapshot> {
     Arc::new(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Locate;
+
+    #[test]
+    fn a_requests_permissions_are_named_by_their_parameters() {
+        let at = Permissions {
+            group: 3,
+            dir: "ingress",
+            first: 6,
+        };
+        let l = InRequest(Some(&at));
+        let place = |p: &str| l.locate(0, p).0;
+        assert_eq!(
+            place("security_groups[3].ingress[7].ip_ranges[1]"),
+            "IpPermissions.2.IpRanges.2.CidrIp"
+        );
+        assert_eq!(
+            place("security_groups[3].ingress[6].ipv6_ranges[0].description"),
+            "IpPermissions.1.Ipv6Ranges.1.Description"
+        );
+        assert_eq!(
+            place("security_groups[3].ingress[6].user_id_group_pairs[2]"),
+            "IpPermissions.1.Groups.3.GroupId"
+        );
+        assert_eq!(
+            place("security_groups[3].ingress[8].ip_protocol"),
+            "IpPermissions.3.IpProtocol"
+        );
+        assert_eq!(place("security_groups[3].ingress[8]"), "IpPermissions.3");
+        // Not the request's: the rules already there, another group.
+        assert_eq!(place("security_groups[3].ingress[5].ip_ranges[0]"), "");
+        assert_eq!(place("security_groups[2].ingress[7]"), "");
+    }
 }

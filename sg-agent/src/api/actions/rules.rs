@@ -96,8 +96,17 @@ fn authorize(txn: &mut Txn, p: &Value, egress: bool) -> ApiResult<(Value, Desire
             peer.tags = tags.clone();
         }
     }
-    dir_mut(raw_group(txn, &g.id)?, egress).extend(perms);
-    let after = txn.validate()?;
+    let group = txn
+        .raw
+        .security_groups
+        .iter()
+        .position(|x| x.id.as_deref() == Some(g.id.as_str()))
+        .ok_or_else(|| group_not_found(&g.id))?;
+    let list = dir_mut(raw_group(txn, &g.id)?, egress);
+    let first = list.len();
+    list.extend(perms);
+    let dir = if egress { "egress" } else { "ingress" };
+    let after = txn.validate_permissions(&crate::api::Permissions { group, dir, first })?;
     let old: HashSet<&str> = rules_of(&g, egress).iter().map(|r| r.id.as_str()).collect();
     let ag = after.group(&g.id).expect("still there");
     let created: Vec<Value> = rules_of(ag, egress)
