@@ -829,11 +829,16 @@ set_ct = err(send(mod + '&ConnectionTrackingSpecification.TcpEstablishedTimeout=
 shown = send('Action=DescribeNetworkInterfaces&Version=2016-11-15&NetworkInterfaceId.1=' + eni, K, S)
 ct = {'TcpEstablishedTimeout': 3600 if '<tcpEstablishedTimeout>3600</tcpEstablishedTimeout>' in shown else shown, 'UdpTimeout': 60 if '<udpTimeout>60</udpTimeout>' in shown else shown, 'set': set_ct}
 bad_ct = err(send(mod + '&ConnectionTrackingSpecification.UdpTimeout=5', K, S))
+# Rebinding an interface object to another Linux interface.
+c.create_tags(Resources=['eni-00000000000000c11'], Tags=[{'Key': 'sg:interface', 'Value': 'ghost1'}])
+bound = [t['Value'] for t in c.describe_network_interfaces(NetworkInterfaceIds=['eni-00000000000000c11'])['NetworkInterfaces'][0]['TagSet'] if t['Key'] == 'sg:interface']
+unbind = code(lambda: c.delete_tags(Resources=['eni-00000000000000c11'], Tags=[{'Key': 'sg:interface'}]))
+bad_name = code(lambda: c.create_tags(Resources=['eni-00000000000000c11'], Tags=[{'Key': 'sg:interface', 'Value': 'a/b'}]))
 who = boto3.client('sts', endpoint_url=ENDPOINT, region_name='us-east-1', aws_access_key_id=c._request_signer._credentials.access_key, aws_secret_access_key=c._request_signer._credentials.secret_key).get_caller_identity()
 print(json.dumps({'stale': [(g['GroupId'], [p['UserIdGroupPairs'][0]['GroupId'] for p in g['StaleIpPermissions']]) for g in stale],
   'refs': [(r['GroupId'], r['ReferencingVpcId']) for r in refs], 'app': app, 'far': far, 'app_vpc': one('app')['VpcId'],
   'by_perm': by_perm, 'after': [after['FromPort'], after.get('Description'), after['SecurityGroupRuleId'] == rule['SecurityGroupRuleId']],
-  'tagged': tagged, 'left': left, 'pl': pl, 'ct': ct, 'bad_ct': bad_ct, 'who': [who['Account'], who['Arn']]}))
+  'tagged': tagged, 'left': left, 'pl': pl, 'ct': ct, 'bad_ct': bad_ct, 'who': [who['Account'], who['Arn']], 'bound': bound, 'unbind': unbind, 'bad_name': bad_name}))
 "#;
     let v = boto3(&pair.server, ADMIN, &format!("{RAW}\n{script}")).unwrap();
     let (app, far) = (v["app"].as_str().unwrap(), v["far"].as_str().unwrap());
@@ -869,12 +874,19 @@ print(json.dumps({'stale': [(g['GroupId'], [p['UserIdGroupPairs'][0]['GroupId'] 
         serde_json::json!([ACCOUNT, "arn:aws:iam::123456789012:user/admin"]),
         "{v}"
     );
+    assert_eq!(v["bound"], serde_json::json!(["ghost1"]), "rebound: {v}");
+    assert_eq!(v["unbind"], "InvalidParameterValue", "{v}");
+    assert_eq!(v["bad_name"], "InvalidParameterValue", "{v}");
     // The trail filters by time, as `aws cloudtrail lookup-events` does.
     let since = lookup_events(
         &agent.state,
         &["--start-time", &started, "--event-name", "CreateTags"],
     );
-    assert_eq!(since.len(), 5, "{since:?}");
+    assert_eq!(
+        since.len(),
+        7,
+        "five tags, a rebinding, a refused one: {since:?}"
+    );
     let none = lookup_events(&agent.state, &["--end-time", "2000-01-01T00:00:00Z"]);
     assert!(none.is_empty());
 }

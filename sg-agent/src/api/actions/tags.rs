@@ -11,7 +11,7 @@ use crate::{
         Snapshot, Txn,
         error::{ApiError, ApiResult},
         filters::{self, Filterable},
-        views::Scope,
+        views::{IFACE_TAG, Scope},
     },
     model::{Desired, input::RawConfig},
 };
@@ -44,6 +44,39 @@ pub fn check(t: &Tag) -> ApiResult<()> {
             "The value of tag {key:?} is longer than 256 characters"
         )));
     }
+    Ok(())
+}
+
+/// `CreateTags` of `sg:interface=NAME` on an interface: binds it to the
+/// Linux interface NAME (sg's own; docs/api.md). The interface it was bound
+/// to keeps its last policy, as one that leaves a file does.
+fn rebind(raw: &mut RawConfig, id: &str, name: &str) -> ApiResult<()> {
+    if !id.starts_with("eni-") {
+        return Err(ApiError::invalid(format!(
+            "the {IFACE_TAG} tag belongs on network interfaces, not {id}"
+        )));
+    }
+    // Linux's own bound on interface names (IFNAMSIZ less the NUL).
+    if name.is_empty()
+        || name.len() > 15
+        || name.contains(['/', ':'])
+        || name.chars().any(char::is_whitespace)
+    {
+        return Err(ApiError::invalid(format!(
+            "{name:?} is not a Linux interface name (1-15 characters, no '/', ':' or spaces)"
+        )));
+    }
+    let i = raw
+        .network_interfaces
+        .iter_mut()
+        .find(|i| i.id.as_deref() == Some(id))
+        .ok_or_else(|| {
+            ApiError::client(
+                "InvalidNetworkInterfaceID.NotFound",
+                format!("The network interface ID '{id}' does not exist"),
+            )
+        })?;
+    i.interface = name.to_string();
     Ok(())
 }
 
@@ -109,7 +142,13 @@ pub fn create(txn: &mut Txn, p: &Value) -> ApiResult<(Value, Desired)> {
     for t in &tags {
         check(t)?;
     }
+    let (binding, tags): (Vec<Tag>, Vec<Tag>) = tags
+        .into_iter()
+        .partition(|t| t.key.as_deref() == Some(IFACE_TAG));
     for id in &resources {
+        if let Some(name) = binding.last().map(|t| t.value.clone().unwrap_or_default()) {
+            rebind(&mut txn.raw, id, &name)?;
+        }
         let have = tags_of(&mut txn.raw, id)?;
         for t in &tags {
             have.insert(
@@ -134,6 +173,11 @@ pub fn create(txn: &mut Txn, p: &Value) -> ApiResult<(Value, Desired)> {
 pub fn delete(txn: &mut Txn, p: &Value) -> ApiResult<(Value, Desired)> {
     let resources: Vec<String> = member(p, "Resources")?;
     let tags: Vec<Tag> = member(p, "Tags")?;
+    if tags.iter().any(|t| t.key.as_deref() == Some(IFACE_TAG)) {
+        return Err(ApiError::invalid(format!(
+            "the {IFACE_TAG} tag binds an interface to its Linux interface and cannot be deleted: tag it again to rebind it"
+        )));
+    }
     for id in &resources {
         let have = tags_of(&mut txn.raw, id)?;
         if tags.is_empty() {
