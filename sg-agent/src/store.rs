@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::model::input::RawConfig;
+use crate::model::input::{RawConfig, RawGroup, RawIface, RawPrefixList, RawVpc};
 
 /// The schema's version, in `PRAGMA user_version`; `MIGRATIONS[i]` takes a
 /// database from version `i` to `i + 1`.
@@ -153,14 +153,16 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let old = before.map(rows).transpose()?.unwrap_or_default();
-        let new = rows(after)?;
-        for (key, body) in &new {
-            if old.get(key) != Some(body) {
+        // Objects are compared as values: only what changed is serialised
+        // and written (a group of 1,000 rules is ~100 kB of JSON).
+        let old = before.map(objects).transpose()?.unwrap_or_default();
+        let new = objects(after)?;
+        for (key, obj) in &new {
+            if old.get(key) != Some(obj) {
                 tx.execute(
                     "INSERT INTO objects (kind, id, body) VALUES (?1, ?2, ?3)
                      ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
-                    params![key.0, key.1, body],
+                    params![key.0, key.1, obj.body()?],
                 )?;
             }
         }
@@ -263,14 +265,34 @@ fn body<T: Serialize>(x: &T) -> Result<String> {
     Ok(serde_json::to_string(x)?)
 }
 
-/// Every object of `raw` as (kind, id) → its stored body.
-fn rows(raw: &RawConfig) -> Result<BTreeMap<(&'static str, String), String>> {
+/// One stored object, borrowed from the state.
+#[derive(PartialEq)]
+enum Obj<'a> {
+    Vpc(&'a RawVpc),
+    PrefixList(&'a RawPrefixList),
+    Group(&'a RawGroup),
+    Interface(&'a RawIface),
+}
+
+impl Obj<'_> {
+    fn body(&self) -> Result<String> {
+        match self {
+            Obj::Vpc(x) => body(x),
+            Obj::PrefixList(x) => body(x),
+            Obj::Group(x) => body(x),
+            Obj::Interface(x) => body(x),
+        }
+    }
+}
+
+/// Every object of `raw` by (kind, id).
+fn objects(raw: &RawConfig) -> Result<BTreeMap<(&'static str, String), Obj<'_>>> {
     let mut out = BTreeMap::new();
     let missing = |kind: &str| anyhow::anyhow!("a {kind} without an id cannot be stored");
     for v in &raw.vpcs {
         out.insert(
             ("vpc", v.id.clone().ok_or_else(|| missing("VPC"))?),
-            body(v)?,
+            Obj::Vpc(v),
         );
     }
     for p in &raw.prefix_lists {
@@ -279,7 +301,7 @@ fn rows(raw: &RawConfig) -> Result<BTreeMap<(&'static str, String), String>> {
                 "prefix_list",
                 p.id.clone().ok_or_else(|| missing("prefix list"))?,
             ),
-            body(p)?,
+            Obj::PrefixList(p),
         );
     }
     for g in &raw.security_groups {
@@ -288,7 +310,7 @@ fn rows(raw: &RawConfig) -> Result<BTreeMap<(&'static str, String), String>> {
                 "security_group",
                 g.id.clone().ok_or_else(|| missing("group"))?,
             ),
-            body(g)?,
+            Obj::Group(g),
         );
     }
     for i in &raw.network_interfaces {
@@ -297,7 +319,7 @@ fn rows(raw: &RawConfig) -> Result<BTreeMap<(&'static str, String), String>> {
                 "network_interface",
                 i.id.clone().ok_or_else(|| missing("interface"))?,
             ),
-            body(i)?,
+            Obj::Interface(i),
         );
     }
     Ok(out)

@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::{AttachMode, ConntrackTable, IngressHook, Quotas};
 
 /// The whole file, as written.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// The `OwnerId` that `describe-security-groups` prints.
@@ -40,7 +40,7 @@ pub struct RawConfig {
     pub aws_security_groups: Vec<RawGroup>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVpc {
     #[serde(default, alias = "VpcId")]
@@ -62,7 +62,7 @@ pub struct RawVpc {
     pub attributes: BTreeMap<String, bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPrefixList {
     #[serde(default, alias = "PrefixListId")]
@@ -86,7 +86,7 @@ fn ipv4() -> String {
     "IPv4".into()
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPlEntry {
     #[serde(alias = "Cidr")]
@@ -96,7 +96,7 @@ pub struct RawPlEntry {
 }
 
 /// A security group, in YAML or as `describe-security-groups` prints it.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGroup {
     #[serde(default, alias = "GroupId")]
@@ -135,7 +135,7 @@ pub struct RawGroup {
 }
 
 /// The document and path an object was read from.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Origin {
     pub doc: usize,
     pub path: String,
@@ -196,7 +196,7 @@ fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::
 }
 
 /// One AWS `IpPermission`: a protocol and port range, and its peers.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     #[serde(
@@ -233,7 +233,7 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error>
 }
 
 /// A peer written bare (`10.0.0.0/8`, `pl-…`, `web`) or as AWS writes it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RawPeer {
     /// The CIDR, prefix-list id/name or group id/name.
     pub value: String,
@@ -336,7 +336,7 @@ impl<'de> Deserialize<'de> for RawPeer {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
     #[serde(default, alias = "TcpEstablishedTimeout")]
@@ -347,7 +347,7 @@ pub struct RawTimeouts {
     pub udp: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIface {
     /// Linux interface name.
