@@ -67,7 +67,7 @@ pub fn run(root: &Path) -> Result<()> {
     }
     let shapes = reachable(&ec2["shapes"], wanted)?;
     let out = json!({
-        "source": "botocore data/ec2/2016-11-15/service-2.json",
+        "source": format!("botocore {} data/ec2/2016-11-15/service-2.json", botocore_version()?),
         "apiVersion": version,
         "operations": out_ops,
         "shapes": shapes,
@@ -81,6 +81,14 @@ pub fn run(root: &Path) -> Result<()> {
         out["shapes"].as_object().map_or(0, |m| m.len())
     );
     Ok(())
+}
+
+fn botocore_version() -> Result<String> {
+    let out = Command::new("python3")
+        .args(["-c", "import botocore; print(botocore.__version__)"])
+        .output()
+        .context("python3 (botocore)")?;
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
 fn botocore_data() -> Result<PathBuf> {
