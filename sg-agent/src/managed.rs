@@ -12,11 +12,18 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::{
-    api::{Call, Txn, error::ApiError, server_dry_run},
+    api::{
+        Call, Txn,
+        error::{ApiError, ApiResult},
+        server_dry_run,
+    },
     model::{Desired, canonical::canonical, input::RawConfig, validate},
     source,
     store::{Event, Store},
 };
+
+/// Where a call's answer goes.
+pub type Reply = tokio::sync::oneshot::Sender<ApiResult<Value>>;
 
 pub struct Managed {
     pub store: Store,
@@ -84,13 +91,15 @@ impl Managed {
     /// commits the result once, with every call's audit record (group
     /// commit: one transaction and one swap for the batch), and only then
     /// answers. If enforcing or committing fails, every change of the batch
-    /// fails and the previous state is enforced again.
+    /// fails and the previous state is enforced again. The answers of the
+    /// changes made are returned, for the caller to send once reads show
+    /// the committed state.
     pub fn execute(
         &mut self,
         calls: Vec<Call>,
         before: &Desired,
         enforce: &mut dyn FnMut(&Desired) -> Result<(), String>,
-    ) {
+    ) -> Vec<(Reply, Value)> {
         let mut state = before.clone();
         let mut raw = self.raw.clone();
         let mut events = Vec::new();
@@ -133,14 +142,13 @@ impl Managed {
             if let Err(err) = self.store.append(&events) {
                 log::error!("writing the audit trail: {err:#}");
             }
-            return;
+            return vec![];
         }
         match self.take(&state, raw, before, enforce, &events) {
-            Ok(()) => {
-                for (reply, resp, ..) in accepted {
-                    let _ = reply.send(Ok(resp));
-                }
-            }
+            Ok(()) => accepted
+                .into_iter()
+                .map(|(reply, resp, ..)| (reply, resp))
+                .collect(),
             Err(e) => {
                 let failed: Vec<Event> = accepted
                     .into_iter()
@@ -152,6 +160,7 @@ impl Managed {
                 if let Err(err) = self.store.append(&failed) {
                     log::error!("writing the audit trail: {err:#}");
                 }
+                vec![]
             }
         }
     }

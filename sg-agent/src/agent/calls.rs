@@ -13,6 +13,10 @@ use crate::{
 impl Agent {
     /// What the API's reads see, after every change of what is in force.
     pub(super) fn publish(&self) {
+        // A change in the making is not shown until it is committed.
+        if self.holding {
+            return;
+        }
         let mut enforced: std::collections::BTreeSet<String> = self
             .applied
             .values()
@@ -40,13 +44,19 @@ impl Agent {
         let before = self.desired.clone();
         let names: Vec<&str> = calls.iter().map(|c| c.action.as_str()).collect();
         let what = format!("API {}", names.join(", "));
+        self.holding = true;
         let mut enforce = |d: &Desired| {
             let r = self.adopt(d.clone(), &what, false);
             if r.ok { Ok(()) } else { Err(r.message) }
         };
-        m.execute(calls, &before, &mut enforce);
+        let answers = m.execute(calls, &before, &mut enforce);
+        self.holding = false;
         self.managed = Some(m);
+        // Reads show the committed state before any client hears of it.
         self.publish();
+        for (reply, resp) in answers {
+            let _ = reply.send(Ok(resp));
+        }
     }
 
     /// `sg-agent apply -f FILE` in managed mode.
@@ -61,11 +71,13 @@ impl Agent {
             };
         };
         let before = self.desired.clone();
+        self.holding = true;
         let mut enforce = |d: &Desired| {
             let r = self.adopt(d.clone(), "sg-agent apply -f", true);
             if r.ok { Ok(()) } else { Err(r.message) }
         };
         let r = m.apply_file(path, &before, &mut enforce);
+        self.holding = false;
         self.managed = Some(m);
         self.publish();
         match r {

@@ -143,6 +143,8 @@ struct Agent {
     publish: watch::Sender<Arc<Snapshot>>,
     /// Listed interfaces that are not here (reported when they go missing).
     absent: HashSet<String>,
+    /// An API change is being made: reads keep seeing the committed state.
+    holding: bool,
 }
 
 fn iface_exists(ifindex: u32) -> bool {

@@ -126,6 +126,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         audit,
         publish,
         absent: absent.iter().map(|a| a.name.clone()).collect(),
+        holding: false,
     };
     agent.apply(plans)?;
     if let Some(note) = agent.retained_note() {
