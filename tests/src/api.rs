@@ -154,3 +154,70 @@ pub fn lookup_events(state: &Path, args: &[&str]) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).expect("a JSON record"))
         .collect()
 }
+
+/// The API tests' two namespaces: `app` on the server's eth0; `clients` on an interface of another host
+/// (absent here, so only its address matters), holding the client's address.
+pub const API_SEED: &str = r#"
+security_groups:
+  - {name: app, description: the server}
+  - {name: clients, description: who may call}
+network_interfaces:
+  - {interface: eth0, private_ipv4: [10.77.0.2], groups: [app]}
+  - {interface: ghost0, id: eni-00000000000000c11, private_ipv4: [10.77.0.1], groups: [clients], optional: true}
+"#;
+
+/// The id of the group named `name` (in the default VPC), asked with the CLI.
+pub fn group_id(ns: &Netns, name: &str) -> String {
+    let v = aws(
+        ns,
+        ADMIN,
+        &[
+            "describe-security-groups",
+            "--filters",
+            &format!("Name=group-name,Values={name}"),
+        ],
+    )
+    .ok();
+    v["SecurityGroups"][0]["GroupId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no group {name}: {v}"))
+        .to_string()
+}
+
+/// A TCP connection attempt from the client to the server's `port`.
+pub fn probe_server(pair: &Pair, port: u16) -> Seen {
+    tcp_probe(
+        &pair.client,
+        addr(SERVER_V4, port),
+        std::time::Duration::from_secs(2),
+    )
+    .unwrap()
+}
+
+/// Python helpers for boto3 scripts: `send(body, key, secret, when, sent)`
+/// signs a request with botocore's own signer (at `when`, if given) and
+/// sends `sent` (the body, if not given) as it is; `err(xml)` is its code.
+pub const SIGNED_PY: &str = r#"
+import urllib.request, datetime, botocore.auth as A
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+def send(body, key, secret, when=None, sent=None):
+    req = AWSRequest(method='POST', url=ENDPOINT + '/', data=body, headers={'Content-Type': 'application/x-www-form-urlencoded; charset=utf-8'})
+    real = A.datetime
+    if when:
+        class F(datetime.datetime):
+            @classmethod
+            def utcnow(cls): return when
+        A.datetime = type('m', (), {'datetime': F})
+    try:
+        A.SigV4Auth(Credentials(key, secret), 'ec2', 'us-east-1').add_auth(req)
+    finally:
+        A.datetime = real
+    r = urllib.request.Request(ENDPOINT + '/', data=(sent or body).encode(), headers=dict(req.headers.items()), method='POST')
+    try:
+        return urllib.request.urlopen(r).read().decode()
+    except urllib.error.HTTPError as e:
+        return e.read().decode()
+def err(xml):
+    return xml.split('<Code>')[1].split('</Code>')[0] if '<Code>' in xml else 'OK'
+"#;
