@@ -86,14 +86,16 @@ pub fn apply<'a, T: Filterable>(items: Vec<&'a T>, filters: &[Filter]) -> ApiRes
         .collect())
 }
 
-/// One page of `items` when `max` is given (`min..=max_allowed`), with the
-/// token of the next; everything otherwise.
+/// One page of `items` when the request gives `MaxResults` (within
+/// `bounds`), from its `NextToken`, with the token of the next; everything
+/// otherwise.
 pub fn page<T: Clone>(
     items: Vec<T>,
-    max: Option<i64>,
-    token: Option<&str>,
+    params: &Value,
     bounds: (i64, i64),
 ) -> ApiResult<(Vec<T>, Option<String>)> {
+    let max = params.get("MaxResults").and_then(Value::as_i64);
+    let token = params.get("NextToken").and_then(Value::as_str);
     let start = match token {
         None => 0,
         Some(t) => t
@@ -145,18 +147,28 @@ mod tests {
 
     #[test]
     fn pages_only_when_asked() {
+        use serde_json::json;
         let v: Vec<u32> = (0..12).collect();
-        assert_eq!(page(v.clone(), None, None, (5, 1000)).unwrap().0.len(), 12);
-        let (p1, t) = page(v.clone(), Some(5), None, (5, 1000)).unwrap();
+        assert_eq!(page(v.clone(), &json!({}), (5, 1000)).unwrap().0.len(), 12);
+        let (p1, t) = page(v.clone(), &json!({"MaxResults": 5}), (5, 1000)).unwrap();
         assert_eq!((p1.len(), t.as_deref()), (5, Some("sg-page-5")));
-        let (p3, t3) = page(v.clone(), Some(5), Some("sg-page-10"), (5, 1000)).unwrap();
+        let ten = json!({"MaxResults": 5, "NextToken": "sg-page-10"});
+        let (p3, t3) = page(v.clone(), &ten, (5, 1000)).unwrap();
         assert_eq!((p3, t3), (vec![10, 11], None));
         assert_eq!(
-            page(v.clone(), Some(2), None, (5, 1000)).unwrap_err().code,
+            page(v.clone(), &json!({"MaxResults": 2}), (5, 1000))
+                .unwrap_err()
+                .code,
             "InvalidParameterValue"
         );
         assert_eq!(
-            page(v, Some(5), Some("bogus"), (5, 1000)).unwrap_err().code,
+            page(
+                v,
+                &json!({"MaxResults": 5, "NextToken": "bogus"}),
+                (5, 1000)
+            )
+            .unwrap_err()
+            .code,
             "InvalidNextToken"
         );
     }

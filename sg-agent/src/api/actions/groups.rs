@@ -221,7 +221,7 @@ pub fn describe(
     }
     let wrapped: Vec<G> = picked.into_iter().map(|g| G(g, d)).collect();
     let kept = filters::apply(wrapped.iter().collect(), &filters::of(p)?)?;
-    let (page, next) = filters::page(kept, max(p), string(p, "NextToken").as_deref(), (5, 1000))?;
+    let (page, next) = filters::page(kept, p, (5, 1000))?;
     let mut cache = s.group_xml.lock().unwrap_or_else(|e| e.into_inner());
     let items = page
         .iter()
@@ -244,10 +244,6 @@ pub fn describe(
         items,
         views::object([("NextToken", next.into())]),
     ))
-}
-
-pub fn max(p: &Value) -> Option<i64> {
-    p.get("MaxResults").and_then(Value::as_i64)
 }
 
 /// Groups of a VPC with rules that reference a group that is gone or a

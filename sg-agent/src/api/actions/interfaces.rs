@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::{member, required, state, string};
+use super::{member, required, state};
 use crate::{
     api::{
         Snapshot, Txn,
@@ -94,12 +94,7 @@ pub fn describe(s: &Snapshot, p: &Value, scope: &Scope) -> ApiResult<Value> {
             f.values.iter().any(|v| v == st)
         });
     }
-    let (page, next) = filters::page(
-        kept,
-        super::groups::max(p),
-        string(p, "NextToken").as_deref(),
-        (5, 1000),
-    )?;
+    let (page, next) = filters::page(kept, p, (5, 1000))?;
     Ok(json!({
         "NetworkInterfaces": page.iter().map(|i| views::network_interface(i.0, d, s.enforced.contains(&i.0.name), scope)).collect::<Vec<_>>(),
         "NextToken": next,

@@ -190,12 +190,7 @@ pub fn describe(s: &Snapshot, p: &Value, scope: &Scope) -> ApiResult<Value> {
         .map(P)
         .collect();
     let kept = filters::apply(all.iter().collect(), &filters::of(p)?)?;
-    let (page, next) = filters::page(
-        kept,
-        super::groups::max(p),
-        string(p, "NextToken").as_deref(),
-        (1, 100),
-    )?;
+    let (page, next) = filters::page(kept, p, (1, 100))?;
     Ok(
         json!({"PrefixLists": page.iter().map(|x| views::prefix_list(x.0, scope)).collect::<Vec<_>>(), "NextToken": next}),
     )
@@ -216,11 +211,6 @@ pub fn entries(s: &Snapshot, p: &Value, _scope: &Scope) -> ApiResult<Value> {
         .iter()
         .map(|(c, d)| json!({"Cidr": c.to_string(), "Description": d}))
         .collect();
-    let (page, next) = filters::page(
-        all,
-        super::groups::max(p),
-        string(p, "NextToken").as_deref(),
-        (1, 100),
-    )?;
+    let (page, next) = filters::page(all, p, (1, 100))?;
     Ok(json!({"Entries": page, "NextToken": next}))
 }

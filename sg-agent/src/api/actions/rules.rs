@@ -457,12 +457,7 @@ pub fn describe(s: &Snapshot, p: &Value, scope: &Scope) -> ApiResult<Value> {
         .filter(|r| ids.is_empty() || ids.contains(&r.0.id))
         .collect();
     let kept = filters::apply(picked, &filters::of(p)?)?;
-    let (page, next) = filters::page(
-        kept,
-        super::groups::max(p),
-        string(p, "NextToken").as_deref(),
-        (5, 1000),
-    )?;
+    let (page, next) = filters::page(kept, p, (5, 1000))?;
     Ok(views::object([
         (
             "SecurityGroupRules",

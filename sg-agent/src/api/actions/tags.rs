@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{member, state, string};
+use super::{member, state};
 use crate::{
     api::{
         Snapshot, Txn,
@@ -251,12 +251,7 @@ pub fn describe(s: &Snapshot, p: &Value, _scope: &Scope) -> ApiResult<Value> {
         })
         .collect();
     let kept = filters::apply(rows.iter().collect(), &filters::of(p)?)?;
-    let (page, next) = filters::page(
-        kept,
-        super::groups::max(p),
-        string(p, "NextToken").as_deref(),
-        (5, 1000),
-    )?;
+    let (page, next) = filters::page(kept, p, (5, 1000))?;
     Ok(json!({
         "Tags": page.iter().map(|t| json!({"ResourceId": t.id, "ResourceType": t.kind, "Key": t.key, "Value": t.value})).collect::<Vec<_>>(),
         "NextToken": next,

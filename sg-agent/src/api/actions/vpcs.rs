@@ -157,12 +157,7 @@ fn picked<'d>(d: &'d Desired, p: &Value, ids_member: &str) -> ApiResult<Vec<&'d 
 
 pub fn describe(s: &Snapshot, p: &Value, scope: &Scope) -> ApiResult<Value> {
     let vpcs = picked(state(s), p, "VpcIds")?;
-    let (page, next) = filters::page(
-        vpcs,
-        super::groups::max(p),
-        string(p, "NextToken").as_deref(),
-        (5, 1000),
-    )?;
+    let (page, next) = filters::page(vpcs, p, (5, 1000))?;
     Ok(
         json!({"Vpcs": page.iter().map(|v| views::vpc(v, scope)).collect::<Vec<_>>(), "NextToken": next}),
     )
