@@ -123,12 +123,22 @@ impl Txn<'_> {
     }
 
     fn check(&mut self, at: Option<&Permissions>) -> ApiResult<Desired> {
-        // Each group where validation's paths say it is.
-        for (i, g) in self.raw.security_groups.iter_mut().enumerate() {
-            g.origin.path = format!("security_groups[{i}]");
-        }
-        validate(&self.raw, &InRequest(at), Some(self.before)).map_err(ApiError::from)
+        validate_request(&mut self.raw, self.before, at)
     }
+}
+
+/// Validates `raw`, a state a request made from `before`, placing problems
+/// in the request's permissions `at` by their parameters.
+pub fn validate_request(
+    raw: &mut RawConfig,
+    before: &Desired,
+    at: Option<&Permissions>,
+) -> ApiResult<Desired> {
+    // Each group where validation's paths say it is.
+    for (i, g) in raw.security_groups.iter_mut().enumerate() {
+        g.origin.path = format!("security_groups[{i}]");
+    }
+    validate(raw, &InRequest(at), Some(before)).map_err(ApiError::from)
 }
 
 pub type Change = Box<dyn FnOnce(&mut Txn) -> ApiResult<(Value, Desired)> + Send>;

@@ -219,6 +219,46 @@ pub struct RawRule {
     pub user_id_group_pairs: Vec<RawPeer>,
 }
 
+impl RawGroup {
+    /// Its permissions, inbound then outbound.
+    pub fn rules_mut(&mut self) -> impl Iterator<Item = &mut RawRule> {
+        self.ingress
+            .iter_mut()
+            .chain(self.egress.iter_mut().flatten())
+    }
+}
+
+impl RawRule {
+    /// Its peers, of every kind.
+    pub fn peers(&self) -> impl Iterator<Item = &RawPeer> {
+        self.ip_ranges
+            .iter()
+            .chain(&self.ipv6_ranges)
+            .chain(&self.prefix_list_ids)
+            .chain(&self.user_id_group_pairs)
+    }
+
+    pub fn peers_mut(&mut self) -> impl Iterator<Item = &mut RawPeer> {
+        self.ip_ranges
+            .iter_mut()
+            .chain(self.ipv6_ranges.iter_mut())
+            .chain(self.prefix_list_ids.iter_mut())
+            .chain(self.user_id_group_pairs.iter_mut())
+    }
+
+    /// Keeps the peers `keep` says, of every kind.
+    pub fn retain_peers(&mut self, mut keep: impl FnMut(&RawPeer) -> bool) {
+        for list in [
+            &mut self.ip_ranges,
+            &mut self.ipv6_ranges,
+            &mut self.prefix_list_ids,
+            &mut self.user_id_group_pairs,
+        ] {
+            list.retain(|p| keep(p));
+        }
+    }
+}
+
 fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]

@@ -10,15 +10,15 @@ use serde_json::{Value, json};
 use super::{find_group, group_not_found, member, raw_group, required, state, string, tag_specs};
 use crate::{
     api::{
-        Snapshot, Txn,
+        Permissions, Snapshot, Txn,
         error::{ApiError, ApiResult},
         filters::{self, Filterable},
+        validate_request,
         views::{self, Scope, is_default_vpc},
     },
     model::{
         Desired, Group, Rule,
         input::{RawGroup, RawPeer, RawRule},
-        validate,
     },
 };
 
@@ -60,20 +60,12 @@ fn permissions(p: &Value) -> ApiResult<Vec<RawRule>> {
         perms.push(r);
     }
     for r in &mut perms {
-        for peer in peers_mut(r) {
+        for peer in r.peers_mut() {
             // Ids are the server's to give.
             peer.rule_id = None;
         }
     }
     Ok(perms)
-}
-
-fn peers_mut(r: &mut RawRule) -> impl Iterator<Item = &mut RawPeer> {
-    r.ip_ranges
-        .iter_mut()
-        .chain(r.ipv6_ranges.iter_mut())
-        .chain(r.prefix_list_ids.iter_mut())
-        .chain(r.user_id_group_pairs.iter_mut())
 }
 
 fn dir_mut(g: &mut RawGroup, egress: bool) -> &mut Vec<RawRule> {
@@ -92,7 +84,7 @@ fn authorize(txn: &mut Txn, p: &Value, egress: bool) -> ApiResult<(Value, Desire
     }
     let tags = tag_specs(p, "security-group-rule")?;
     for r in &mut perms {
-        for peer in peers_mut(r) {
+        for peer in r.peers_mut() {
             peer.tags = tags.clone();
         }
     }
@@ -106,7 +98,7 @@ fn authorize(txn: &mut Txn, p: &Value, egress: bool) -> ApiResult<(Value, Desire
     let first = list.len();
     list.extend(perms);
     let dir = if egress { "egress" } else { "ingress" };
-    let after = txn.validate_permissions(&crate::api::Permissions { group, dir, first })?;
+    let after = txn.validate_permissions(&Permissions { group, dir, first })?;
     let old: HashSet<&str> = rules_of(&g, egress).iter().map(|r| r.id.as_str()).collect();
     let ag = after.group(&g.id).expect("still there");
     let created: Vec<Value> = rules_of(ag, egress)
@@ -138,21 +130,22 @@ pub fn authorize_egress(txn: &mut Txn, p: &Value) -> ApiResult<(Value, Desired)>
 /// the group's rules of that direction replaced by them, in a copy.
 fn resolve(txn: &Txn, g: &Group, egress: bool, perms: Vec<RawRule>) -> ApiResult<Vec<Rule>> {
     let mut probe = txn.raw.clone();
-    let rg = probe
+    let group = probe
         .security_groups
-        .iter_mut()
-        .find(|x| x.id.as_deref() == Some(g.id.as_str()))
+        .iter()
+        .position(|x| x.id.as_deref() == Some(g.id.as_str()))
         .ok_or_else(|| group_not_found(&g.id))?;
-    *dir_mut(rg, egress) = perms;
-    let d = validate(&probe, &NoPlace, Some(txn.before)).map_err(ApiError::from)?;
+    *dir_mut(&mut probe.security_groups[group], egress) = perms;
+    // The request's permissions are the whole direction: IpPermissions.1 is
+    // its first rule.
+    let dir = if egress { "egress" } else { "ingress" };
+    let at = Permissions {
+        group,
+        dir,
+        first: 0,
+    };
+    let d = validate_request(&mut probe, txn.before, Some(&at))?;
     Ok(rules_of(d.group(&g.id).expect("kept"), egress).to_vec())
-}
-
-struct NoPlace;
-impl crate::model::Locate for NoPlace {
-    fn locate(&self, _: usize, path: &str) -> (String, Option<usize>) {
-        (path.to_string(), None)
-    }
 }
 
 /// Whether two rules match the same traffic from the same peer.
@@ -167,18 +160,8 @@ fn same(a: &Rule, b: &Rule) -> bool {
 
 fn remove_ids(g: &mut RawGroup, ids: &HashSet<String>) {
     let keep = |r: &mut RawRule| {
-        for list in [
-            &mut r.ip_ranges,
-            &mut r.ipv6_ranges,
-            &mut r.prefix_list_ids,
-            &mut r.user_id_group_pairs,
-        ] {
-            list.retain(|p| p.rule_id.as_ref().is_none_or(|id| !ids.contains(id)));
-        }
-        !(r.ip_ranges.is_empty()
-            && r.ipv6_ranges.is_empty()
-            && r.prefix_list_ids.is_empty()
-            && r.user_id_group_pairs.is_empty())
+        r.retain_peers(|p| p.rule_id.as_ref().is_none_or(|id| !ids.contains(id)));
+        r.peers().next().is_some()
     };
     g.ingress.retain_mut(keep);
     if let Some(e) = &mut g.egress {
@@ -264,19 +247,8 @@ pub fn revoke_egress(txn: &mut Txn, p: &Value) -> ApiResult<(Value, Desired)> {
 
 /// The input form of the rule `id` (one peer), wherever it is in `g`.
 fn raw_rule<'g>(g: &'g mut RawGroup, id: &str) -> Option<&'g mut RawRule> {
-    g.ingress
-        .iter_mut()
-        .chain(g.egress.iter_mut().flatten())
-        .find(|r| {
-            [
-                &r.ip_ranges,
-                &r.ipv6_ranges,
-                &r.prefix_list_ids,
-                &r.user_id_group_pairs,
-            ]
-            .iter()
-            .any(|l| l.iter().any(|p| p.rule_id.as_deref() == Some(id)))
-        })
+    g.rules_mut()
+        .find(|r| r.peers().any(|p| p.rule_id.as_deref() == Some(id)))
 }
 
 fn rule_not_found(id: &str) -> ApiError {
@@ -313,7 +285,8 @@ pub fn modify(txn: &mut Txn, p: &Value) -> ApiResult<(Value, Desired)> {
         let id = u.security_group_rule_id;
         let raw = raw_group(txn, &gid)?;
         let r = raw_rule(raw, &id).ok_or_else(|| rule_not_found(&id))?;
-        let old_tags = peers_mut(r)
+        let old_tags = r
+            .peers_mut()
             .next()
             .map(|p| p.tags.clone())
             .unwrap_or_default();
@@ -401,7 +374,7 @@ fn descriptions(txn: &mut Txn, p: &Value, egress: bool) -> ApiResult<(Value, Des
     let raw = raw_group(txn, &g.id)?;
     for (id, d) in set {
         let r = raw_rule(raw, &id).ok_or_else(|| rule_not_found(&id))?;
-        for peer in peers_mut(r) {
+        for peer in r.peers_mut() {
             peer.description = d.clone();
         }
     }

@@ -13,7 +13,10 @@ use crate::{
         filters::{self, Filterable},
         views::{IFACE_TAG, Scope},
     },
-    model::{Desired, input::RawConfig},
+    model::{
+        Desired,
+        input::{RawConfig, RawGroup, RawRule},
+    },
 };
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -107,14 +110,8 @@ fn tags_of<'r>(raw: &'r mut RawConfig, id: &str) -> ApiResult<&'r mut BTreeMap<S
         "security group rule" => raw
             .security_groups
             .iter_mut()
-            .flat_map(|g| g.ingress.iter_mut().chain(g.egress.iter_mut().flatten()))
-            .flat_map(|r| {
-                r.ip_ranges
-                    .iter_mut()
-                    .chain(r.ipv6_ranges.iter_mut())
-                    .chain(r.prefix_list_ids.iter_mut())
-                    .chain(r.user_id_group_pairs.iter_mut())
-            })
+            .flat_map(RawGroup::rules_mut)
+            .flat_map(RawRule::peers_mut)
             .find(|p| p.rule_id.as_deref() == Some(id))
             .map(|p| &mut p.tags),
         "prefix list" => raw
