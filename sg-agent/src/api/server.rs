@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use super::{
     Call, Snapshot,
     access::{Credentials, is_read},
-    actions::{self, Handler},
+    actions::{self, Answer, Handler},
     audit::{self, Draft},
     codec,
     error::{ApiError, ApiResult},
@@ -30,30 +30,40 @@ use crate::store::Store;
 /// Request bodies above this are refused before they are read whole.
 pub const MAX_BODY: usize = 2 << 20;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiOptions {
     pub listen: SocketAddr,
     pub credentials: Credentials,
     /// Record reads in the audit trail too (they are not by default).
     pub audit_reads: bool,
-    /// Serve HTTPS with this certificate chain and key (PEM files).
-    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Serve HTTPS: the certificate and key, loaded.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl ApiOptions {
-    /// Refuses what cannot be served safely, before anything starts: beyond
-    /// loopback only with TLS, and a certificate and key that go together.
-    pub fn check(&self) -> Result<Option<tokio_rustls::TlsAcceptor>> {
-        if !self.listen.ip().is_loopback() && self.tls.is_none() {
+    /// The options, refusing what cannot be served safely before anything
+    /// starts: beyond loopback only with TLS (`tls`: the certificate chain
+    /// and key, PEM files), and a certificate and key that go together.
+    pub fn new(
+        listen: SocketAddr,
+        credentials: Credentials,
+        audit_reads: bool,
+        tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    ) -> Result<ApiOptions> {
+        if !listen.ip().is_loopback() && tls.is_none() {
             bail!(
-                "--api {}: beyond loopback the API needs TLS (--api-tls-cert and --api-tls-key): signed requests and the state would cross the network in clear",
-                self.listen
+                "--api {listen}: beyond loopback the API needs TLS (--api-tls-cert and --api-tls-key): signed requests and the state would cross the network in clear"
             );
         }
-        self.tls
-            .as_ref()
-            .map(|(cert, key)| tls_acceptor(cert, key))
-            .transpose()
+        let tls = tls
+            .map(|(cert, key)| tls_acceptor(&cert, &key))
+            .transpose()?;
+        Ok(ApiOptions {
+            listen,
+            credentials,
+            audit_reads,
+            tls,
+        })
     }
 }
 
@@ -138,7 +148,7 @@ pub async fn serve(
     calls: mpsc::Sender<Call>,
     audit: Store,
 ) -> Result<SocketAddr> {
-    let acceptor = opts.check()?;
+    let acceptor = opts.tls.clone();
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("binding the API to {}", opts.listen))?;
@@ -344,37 +354,16 @@ async fn handle(
     draft.parameters = decoded.clone();
     let dry_run = decoded.get("DryRun").and_then(Value::as_bool) == Some(true);
     let result = match handler {
-        Handler::ReadItems(f) => {
-            let snap = api.snapshot.borrow().clone();
-            let r = if dry_run {
-                Err(dry_run_ok())
-            } else {
-                f(&snap, &decoded, &scope)
-            };
-            if api.opts.audit_reads || r.as_ref().is_err_and(|e| e.code != "DryRunOperation") {
-                let summary = match &r {
-                    Ok((_, items, _)) => Ok(serde_json::json!({"items": items.len()})),
-                    Err(e) => Err(e.clone()),
-                };
-                api.record(draft.finish(summary.as_ref(), vec![])).await;
-            }
-            let xml = r.and_then(|(list, items, rest)| {
-                codec::encode_items(&action, list, &items, &rest, &request_id)
-            });
-            return match xml {
-                Ok(x) => reply(200, x),
-                Err(e) => reply(e.status, codec::error_xml(&e, &request_id)),
-            };
-        }
         Handler::Read(f) => {
             let snap = api.snapshot.borrow().clone();
             let r = if dry_run {
                 Err(dry_run_ok())
             } else {
-                f(&snap, &decoded, &scope)
+                f.answer(&snap, &decoded, &scope)
             };
             if api.opts.audit_reads || r.as_ref().is_err_and(|e| e.code != "DryRunOperation") {
-                api.record(draft.finish(r.as_ref(), vec![])).await;
+                let summary = r.as_ref().map(Answer::summary).map_err(Clone::clone);
+                api.record(draft.finish(summary.as_ref(), vec![])).await;
             }
             r
         }
@@ -392,16 +381,17 @@ async fn handle(
                 record: draft,
                 reply: tx,
             };
-            if api.calls.send(call).await.is_err() {
+            let r = if api.calls.send(call).await.is_err() {
                 Err(ApiError::new(503, "Unavailable", "the agent is stopping"))
             } else {
                 rx.await.unwrap_or_else(|_| {
                     Err(ApiError::new(503, "Unavailable", "the agent is stopping"))
                 })
-            }
+            };
+            r.map(Answer::Value)
         }
     };
-    match result.and_then(|v| codec::encode(&action, &v, &request_id)) {
+    match result.and_then(|a| a.encode(&action, &request_id)) {
         Ok(xml) => reply(200, xml),
         Err(e) => reply(e.status, codec::error_xml(&e, &request_id)),
     }

@@ -236,17 +236,14 @@ fn dispatch(cli: Cli) -> Result<()> {
             api_tls_key,
         } => {
             let api = match api {
-                Some(listen) => Some(crate::api::ApiOptions {
+                Some(listen) => Some(crate::api::ApiOptions::new(
                     listen,
-                    credentials: crate::api::access::Credentials::load(&api_credentials)?,
+                    crate::api::access::Credentials::load(&api_credentials)?,
                     audit_reads,
-                    tls: api_tls_cert.zip(api_tls_key),
-                }),
+                    api_tls_cert.zip(api_tls_key),
+                )?),
                 None => None,
             };
-            if let Some(a) = &api {
-                a.check()?;
-            }
             let opts = agent::RunOptions {
                 config,
                 pin_dir,

@@ -27,43 +27,85 @@ pub type ReadItems =
     fn(&Snapshot, &Value, &Scope) -> ApiResult<(&'static str, Vec<std::sync::Arc<str>>, Value)>;
 
 pub enum Handler {
-    Read(Read),
-    ReadItems(ReadItems),
+    Read(Reader),
     Write(Write),
 }
 
+pub enum Reader {
+    Value(Read),
+    Items(ReadItems),
+}
+
+/// A read's answer, before it is written as XML.
+pub enum Answer {
+    Value(Value),
+    /// The list member `list` of pre-made XML items, and the other members.
+    Items(&'static str, Vec<std::sync::Arc<str>>, Value),
+}
+
+impl Reader {
+    pub fn answer(&self, s: &Snapshot, p: &Value, scope: &Scope) -> ApiResult<Answer> {
+        match self {
+            Reader::Value(f) => f(s, p, scope).map(Answer::Value),
+            Reader::Items(f) => {
+                f(s, p, scope).map(|(list, items, rest)| Answer::Items(list, items, rest))
+            }
+        }
+    }
+}
+
+impl Answer {
+    pub fn encode(&self, action: &str, request_id: &str) -> ApiResult<String> {
+        match self {
+            Answer::Value(v) => super::codec::encode(action, v, request_id),
+            Answer::Items(list, items, rest) => {
+                super::codec::encode_items(action, list, items, rest, request_id)
+            }
+        }
+    }
+
+    /// What the audit trail keeps of it (not the items themselves).
+    pub fn summary(&self) -> Value {
+        match self {
+            Answer::Value(v) => v.clone(),
+            Answer::Items(_, items, _) => serde_json::json!({"items": items.len()}),
+        }
+    }
+}
+
 pub fn handler(action: &str) -> Option<Handler> {
-    use Handler::{Read as R, Write as W};
+    use Handler::Write as W;
+    let read = |f: Read| Handler::Read(Reader::Value(f));
     Some(match action {
         "CreateSecurityGroup" => W(groups::create),
         "DeleteSecurityGroup" => W(groups::delete),
-        "DescribeSecurityGroups" => Handler::ReadItems(groups::describe),
-        "DescribeStaleSecurityGroups" => R(groups::stale),
-        "DescribeSecurityGroupReferences" => R(groups::references),
+        "DescribeSecurityGroups" => Handler::Read(Reader::Items(groups::describe)),
+        "DescribeStaleSecurityGroups" => read(groups::stale),
+        "DescribeSecurityGroupReferences" => read(groups::references),
         "AuthorizeSecurityGroupIngress" => W(rules::authorize_ingress),
         "AuthorizeSecurityGroupEgress" => W(rules::authorize_egress),
         "RevokeSecurityGroupIngress" => W(rules::revoke_ingress),
         "RevokeSecurityGroupEgress" => W(rules::revoke_egress),
-        "DescribeSecurityGroupRules" => R(rules::describe),
+        "DescribeSecurityGroupRules" => read(rules::describe),
         "ModifySecurityGroupRules" => W(rules::modify),
         "UpdateSecurityGroupRuleDescriptionsIngress" => W(rules::describe_ingress),
         "UpdateSecurityGroupRuleDescriptionsEgress" => W(rules::describe_egress),
         "CreateTags" => W(tags::create),
         "DeleteTags" => W(tags::delete),
-        "DescribeTags" => R(tags::describe),
+        "DescribeTags" => read(tags::describe),
         "CreateManagedPrefixList" => W(prefix_lists::create),
         "ModifyManagedPrefixList" => W(prefix_lists::modify),
         "DeleteManagedPrefixList" => W(prefix_lists::delete),
-        "DescribeManagedPrefixLists" => R(prefix_lists::describe),
-        "GetManagedPrefixListEntries" => R(prefix_lists::entries),
+        "DescribeManagedPrefixLists" => read(prefix_lists::describe),
+        "GetManagedPrefixListEntries" => read(prefix_lists::entries),
         "CreateVpc" => W(vpcs::create),
         "DeleteVpc" => W(vpcs::delete),
-        "DescribeVpcs" => R(vpcs::describe),
-        "DescribeVpcAttribute" => R(vpcs::attribute),
+        "DescribeVpcs" => read(vpcs::describe),
+        "DescribeVpcAttribute" => read(vpcs::attribute),
         "ModifyVpcAttribute" => W(vpcs::modify_attribute),
-        "DescribeRouteTables" => R(vpcs::route_tables),
-        "DescribeNetworkAcls" => R(vpcs::network_acls),
-        "DescribeNetworkInterfaces" => R(interfaces::describe),
+        "DescribeRouteTables" => read(vpcs::route_tables),
+        "DescribeNetworkAcls" => read(vpcs::network_acls),
+        "DescribeNetworkInterfaces" => read(interfaces::describe),
         "ModifyNetworkInterfaceAttribute" => W(interfaces::modify),
         _ => return None,
     })
