@@ -7,6 +7,7 @@ use super::Agent;
 use crate::{
     api::{self, Snapshot},
     control::Reply,
+    managed::Managed,
     model::Desired,
 };
 
@@ -32,28 +33,47 @@ impl Agent {
         }));
     }
 
+    /// Runs `change` on the managed state with what is in force (`None`
+    /// in file mode), enforcing as `what` says (reporting widenings when
+    /// `report`); reads see nothing until it is done and committed.
+    fn change_managed<R>(
+        &mut self,
+        what: &str,
+        report: bool,
+        change: impl FnOnce(&mut Managed, &Desired, &mut dyn FnMut(&Desired) -> Result<(), String>) -> R,
+    ) -> Option<R> {
+        let mut m = self.managed.take()?;
+        let before = self.desired.clone();
+        self.holding = true;
+        let mut enforce = |d: &Desired| {
+            let r = self.adopt(d.clone(), what, report);
+            if r.ok { Ok(()) } else { Err(r.message) }
+        };
+        let out = change(&mut m, &before, &mut enforce);
+        self.holding = false;
+        self.managed = Some(m);
+        self.publish();
+        Some(out)
+    }
+
     /// API changes (managed mode), made by the state's owner: the calls
     /// that arrived together, as one batch (see [`crate::managed`]).
     pub(super) fn api(&mut self, calls: Vec<api::Call>) {
-        let Some(mut m) = self.managed.take() else {
+        if !self.is_managed {
             for call in calls {
                 let _ = call.reply.send(Err(api::read_only(&self.file)));
             }
             return;
-        };
-        let before = self.desired.clone();
+        }
         let names: Vec<&str> = calls.iter().map(|c| c.action.as_str()).collect();
         let what = format!("API {}", names.join(", "));
-        self.holding = true;
-        let mut enforce = |d: &Desired| {
-            let r = self.adopt(d.clone(), &what, false);
-            if r.ok { Ok(()) } else { Err(r.message) }
-        };
-        let answers = m.execute(calls, &before, &mut enforce);
-        self.holding = false;
-        self.managed = Some(m);
-        // Reads show the committed state before any client hears of it.
-        self.publish();
+        let answers = self
+            .change_managed(&what, false, |m, before, enforce| {
+                m.execute(calls, before, enforce)
+            })
+            .unwrap_or_default();
+        // Reads show the committed state (published above) before any
+        // client hears of it.
         for (reply, resp) in answers {
             let _ = reply.send(Ok(resp));
         }
@@ -61,28 +81,19 @@ impl Agent {
 
     /// `sg-agent apply -f FILE` in managed mode.
     pub(super) fn apply_file(&mut self, path: &Path) -> Reply {
-        let Some(mut m) = self.managed.take() else {
-            return Reply {
+        let r = self.change_managed("sg-agent apply -f", true, |m, before, enforce| {
+            m.apply_file(path, before, enforce)
+        });
+        match r {
+            Some(Ok((message, _))) => Reply { ok: true, message },
+            Some(Err(message)) => Reply { ok: false, message },
+            None => Reply {
                 ok: false,
                 message: format!(
                     "the agent follows {}: `sg-agent apply` (without -f) takes it",
                     self.file
                 ),
-            };
-        };
-        let before = self.desired.clone();
-        self.holding = true;
-        let mut enforce = |d: &Desired| {
-            let r = self.adopt(d.clone(), "sg-agent apply -f", true);
-            if r.ok { Ok(()) } else { Err(r.message) }
-        };
-        let r = m.apply_file(path, &before, &mut enforce);
-        self.holding = false;
-        self.managed = Some(m);
-        self.publish();
-        match r {
-            Ok((message, _)) => Reply { ok: true, message },
-            Err(message) => Reply { ok: false, message },
+            },
         }
     }
 }
