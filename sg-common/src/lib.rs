@@ -11,7 +11,7 @@ use core::mem::{offset_of, size_of};
 /// Version of the map layout. Pins live under `/sys/fs/bpf/sg/v{LAYOUT_VERSION}`;
 /// bump it whenever a key or value below (or a map's type) changes, since aya reuses a pinned map
 /// without checking its layout.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Names of the object's maps and programs. The agent loads, opens and pins
 /// them by these; the eBPF side declares them with the same names (its
@@ -21,18 +21,20 @@ pub mod names {
     pub const IFACES: &str = "IFACES";
     pub const ADDR4: &str = "ADDR4";
     pub const ADDR6: &str = "ADDR6";
-    pub const PORTS: &str = "PORTS";
+    pub const LENS: &str = "LENS";
+    pub const POLICY: &str = "POLICY";
     pub const CT: &str = "CT";
     pub const FRAGS: &str = "FRAGS";
     pub const CT_INSERTED: &str = "CT_INSERTED";
     pub const CT_REMOVED: &str = "CT_REMOVED";
     pub const STATS: &str = "STATS";
     /// Every map, each pinned as `<pin dir>/<name>`.
-    pub const MAPS: [&str; 9] = [
+    pub const MAPS: [&str; 10] = [
         IFACES,
         ADDR4,
         ADDR6,
-        PORTS,
+        LENS,
+        POLICY,
         CT,
         FRAGS,
         CT_INSERTED,
@@ -48,6 +50,14 @@ pub mod names {
     pub const PROG_XDP: &str = "sg_xdp";
     /// The baseline: passes everything (benchmarks only).
     pub const PROG_PASS: &str = "sg_tc_pass";
+    /// Benchmarks only: one tracking lookup (the floor), and the pipeline
+    /// stopped after each stage.
+    pub const PROG_FLOOR: &str = "sg_tc_floor";
+    pub const PROG_STAGES: [&str; 3] = [
+        "sg_tc_stage_config",
+        "sg_tc_stage_parse",
+        "sg_tc_stage_track",
+    ];
 }
 
 /// Direction of a packet relative to the workload behind the interface.
@@ -97,10 +107,10 @@ pub const IFACE_HOST_SIDE: u32 = 1 << 0;
 /// flow pass (Linux's RELATED). Off by default, as on AWS.
 pub const IFACE_RELATED_ICMP: u32 = 1 << 1;
 
-/// Index into `IfaceCfg::policy`.
+/// Index of a family in `all_response` bits.
 #[inline(always)]
-pub const fn policy_index(dir: u8, family: u8) -> usize {
-    (dir as usize) * 2 + if family == FAMILY_V6 { 1 } else { 0 }
+pub const fn family_index(family: u8) -> usize {
+    if family == FAMILY_V6 { 1 } else { 0 }
 }
 
 /// Bit of `IfaceCfg::all_response`: the direction allows all traffic of the
@@ -109,19 +119,19 @@ pub const fn policy_index(dir: u8, family: u8) -> usize {
 #[inline(always)]
 pub const fn all_response_bit(dir: u8, family: u8, proto: u8) -> u32 {
     let p = if proto == PROTO_UDP { 1 } else { 0 };
-    1 << (policy_index(dir, family) * 2 + p)
+    1 << (((dir as usize) * 2 + family_index(family)) * 2 + p)
 }
 
 /// Per-interface settings, keyed by ifindex in `IFACES`.
 ///
-/// A policy change writes a new `IfaceCfg` naming freshly written policy ids in
-/// one map update, so each packet sees either the whole old or the whole new
-/// policy.
+/// A policy change writes the new policy's entries under fresh ids and then
+/// this value in one map update, so each packet sees either the whole old or
+/// the whole new policy (docs/datapath.md, "Atomic changes").
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IfaceCfg {
-    /// Address-trie ids, indexed by [`policy_index`]. 0 means "no rules".
-    pub policy: [u32; 4],
+    /// Policy ids (keys of `POLICY`), indexed by direction. 0 means "no rules".
+    pub policy: [u32; 2],
     /// Row of `STATS` for this interface (two rows: inbound, outbound).
     pub stats_slot: u32,
     /// `IFACE_*` flags.
@@ -133,72 +143,119 @@ pub struct IfaceCfg {
     pub udp_stream: u32,
     pub udp: u32,
 }
-const _: () = assert!(size_of::<IfaceCfg>() == 40);
+const _: () = assert!(size_of::<IfaceCfg>() == 32);
 
-/// Data of an IPv4 address-trie key; the trie key's prefix length is
-/// `32 + cidr_len` so that the policy id always matches exactly.
+/// Key of the shared address map `ADDR4`: a CIDR, as its prefix length and
+/// its address with the host bits zero. The program looks an address up at
+/// each prefix length present (`LENS`), longest first.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AddrKey4 {
-    /// The prefix always covers all of it, so its byte order does not matter.
-    pub policy: u32,
-    pub addr: [u8; 4],
+    pub prefix_len: u32,
+    /// Network order.
+    pub addr: u32,
 }
 const _: () = assert!(size_of::<AddrKey4>() == 8);
-// The kernel side builds this key by hand, as words: [prefix, policy, addr].
-const _: () = assert!(offset_of!(AddrKey4, policy) == 0 && offset_of!(AddrKey4, addr) == 4);
+// The kernel side builds this key by hand, as words: [prefix_len, addr].
+const _: () = assert!(offset_of!(AddrKey4, prefix_len) == 0 && offset_of!(AddrKey4, addr) == 4);
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AddrKey6 {
-    pub policy: u32,
-    pub addr: [u8; 16],
+    pub prefix_len: u32,
+    /// Four words holding the bytes in network order.
+    pub addr: [u32; 4],
 }
 const _: () = assert!(size_of::<AddrKey6>() == 20);
-// Built by hand too: [prefix, policy, addr words].
-const _: () = assert!(offset_of!(AddrKey6, policy) == 0 && offset_of!(AddrKey6, addr) == 4);
+const _: () = assert!(offset_of!(AddrKey6, prefix_len) == 0 && offset_of!(AddrKey6, addr) == 4);
 
-/// Prefix length, in bits, of the policy id in an address-trie key.
-pub const ADDR_KEY_POLICY_BITS: u32 = 32;
-
-/// Data of a port-trie key. Prefix lengths:
-/// - 32: the class, all protocols;
-/// - 40: the class and protocol, all ports (or all ICMP types);
-/// - 40 + k: the first k bits of the big-endian destination port (for ICMP,
-///   `type << 8 | code`).
+/// A prefix length and its network-order mask, as four words (IPv4: the
+/// first).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PortKey {
-    pub class: u32,
-    pub proto: u8,
-    pub port_be: [u8; 2],
-    pub _pad: u8,
+pub struct LenMask {
+    pub len: u32,
+    pub mask: [u32; 4],
 }
-const _: () = assert!(size_of::<PortKey>() == 8);
-// Built by hand as [prefix, class, proto | port << 8].
+const _: () = assert!(size_of::<LenMask>() == 20);
+
+/// The prefix lengths present in a family's address map, longest first
+/// (`LENS`, index 0 for IPv4, 1 for IPv6), each with its mask: the program then builds a
+/// key without a branch per word, which keeps the verifier's walk of the
+/// loop linear.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lens {
+    pub n: u32,
+    pub entries: [LenMask; MAX_LENS],
+}
+impl Default for Lens {
+    fn default() -> Self {
+        Lens {
+            n: 0,
+            entries: [LenMask::default(); MAX_LENS],
+        }
+    }
+}
+/// 0 to 128.
+pub const MAX_LENS: usize = 129;
+const _: () = assert!(size_of::<Lens>() == 4 + 20 * MAX_LENS);
+
+/// Key of `POLICY`: what a policy allows towards an identity for one
+/// protocol (0: every protocol), in chunks of [`POLICY_SEGS`] port segments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    pub policy: u32,
+    pub identity: u32,
+    pub proto: u8,
+    pub chunk: u8,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<PolicyKey>() == 12);
+// Built by hand as [policy, identity, proto | chunk << 8].
 const _: () = assert!(
-    offset_of!(PortKey, class) == 0
-        && offset_of!(PortKey, proto) == 4
-        && offset_of!(PortKey, port_be) == 5
-        && offset_of!(PortKey, _pad) == 7
+    offset_of!(PolicyKey, policy) == 0
+        && offset_of!(PolicyKey, identity) == 4
+        && offset_of!(PolicyKey, proto) == 8
+        && offset_of!(PolicyKey, chunk) == 9
 );
 
-pub const PORT_KEY_CLASS_BITS: u32 = 32;
-pub const PORT_KEY_PROTO_BITS: u32 = 40;
-pub const PORT_KEY_FULL_BITS: u32 = 56;
+/// Port segments per `POLICY` value; more continue in the next chunk.
+pub const POLICY_SEGS: usize = 8;
+/// Chunks the program walks: at most `POLICY_SEGS * POLICY_CHUNKS` disjoint
+/// port ranges per peer identity and protocol, more than AWS's 1,000 rules
+/// per interface can make (the compiler refuses more).
+pub const POLICY_CHUNKS: u8 = 128;
 
-/// `PortVal::flags`: the matching traffic is allowed.
-pub const PORT_ALLOW: u32 = 1 << 0;
-/// `PortVal::flags`: a flow started by this traffic is untracked: a rule with
-/// a `/0` peer allows it and the opposite direction allows all responses.
-pub const PORT_UNTRACKED: u32 = 1 << 1;
-
+/// A range of destination ports (ICMP: `type << 8 | code`), host order.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PortVal {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortSeg {
+    pub lo: u16,
+    pub hi: u16,
+    /// `PORT_*` flags.
     pub flags: u32,
 }
-const _: () = assert!(size_of::<PortVal>() == 4);
+const _: () = assert!(size_of::<PortSeg>() == 8);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyVal {
+    /// `PORT_ALLOW` when the segments cover every port (what a non-first
+    /// fragment, which has no ports, asks).
+    pub all_ports: u32,
+    /// Segments used in this chunk, sorted by port and disjoint.
+    pub n: u32,
+    pub segs: [PortSeg; POLICY_SEGS],
+}
+const _: () = assert!(size_of::<PolicyVal>() == 72);
+
+/// `PortSeg::flags`: the matching traffic is allowed.
+pub const PORT_ALLOW: u32 = 1 << 0;
+/// `PortSeg::flags`: a flow started by this traffic is untracked: a rule with
+/// a `/0` peer allows it and the opposite direction allows all responses.
+pub const PORT_UNTRACKED: u32 = 1 << 1;
 
 /// An IPv4 or IPv6 address as four 32-bit words holding its bytes in network
 /// order (IPv4: the first word, the rest zero). Words rather than bytes: the
@@ -411,8 +468,10 @@ mod pod {
     unsafe impl aya::Pod for IfaceCfg {}
     unsafe impl aya::Pod for AddrKey4 {}
     unsafe impl aya::Pod for AddrKey6 {}
-    unsafe impl aya::Pod for PortKey {}
-    unsafe impl aya::Pod for PortVal {}
+    unsafe impl aya::Pod for Lens {}
+    unsafe impl aya::Pod for LenMask {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyVal {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtVal {}
     unsafe impl aya::Pod for FragKey {}

@@ -3,7 +3,13 @@
 
 use sg_common::*;
 
-use crate::{conntrack::now_ns, maps::FRAGS, parse::Pkt, policy::policy, verdict::Pass};
+use crate::{
+    conntrack::now_ns,
+    maps::FRAGS,
+    parse::Pkt,
+    policy::{allows, identity},
+    verdict::Pass,
+};
 
 #[inline(always)]
 pub(crate) fn frag_key(ifindex: u32, p: &Pkt) -> FragKey {
@@ -35,15 +41,9 @@ pub(crate) fn later_fragment(
         }
     }
     let remote = if dir == DIR_INBOUND { &p.src } else { &p.dst };
-    match policy(
-        cfg,
-        dir,
-        p.family,
-        remote,
-        p.proto,
-        [0, 0],
-        PORT_KEY_PROTO_BITS,
-    ) {
+    let allowed = identity(p.family, remote)
+        .and_then(|id| allows(cfg.policy[dir as usize & 1], id, p.proto, 0, true));
+    match allowed {
         Some(_) => Ok(Pass::Plain),
         None => Err(Reason::Fragment),
     }

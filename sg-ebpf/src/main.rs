@@ -2,8 +2,8 @@
 //!
 //! Order of work, after Cilium's `bpf_lxc.c`: parse, look the flow up in the
 //! tracking table (one lookup for both directions), and only for a packet of
-//! no tracked flow consult the policy (two trie lookups, whatever the number of
-//! rules), then create state. Every error is a counted drop.
+//! no tracked flow consult the policy (the peer's identity, then what the
+//! interface's policy allows it: flat in the number of rules), then create state. Every error is a counted drop.
 // Built for the BPF target by sg-agent's build.rs. On the host (clippy, a
 // workspace check) it is an ordinary binary that only refuses to run.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -16,6 +16,7 @@ mod maps;
 mod parse;
 mod policy;
 mod related;
+mod stages;
 mod verdict;
 
 use aya_ebpf::{
@@ -147,14 +148,13 @@ fn decide_l4(ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> Result<Pass, Rea
         return Ok(Pass::Plain);
     }
     // No live tracked flow: the policy decides.
-    let flags = policy::policy(
-        cfg,
-        dir,
-        p.family,
-        &remote,
+    let id = policy::identity(p.family, &remote).ok_or(Reason::NoRule)?;
+    let flags = policy::allows(
+        cfg.policy[dir as usize & 1],
+        id,
         p.proto,
-        p.dport,
-        PORT_KEY_FULL_BITS,
+        u16::from_be_bytes(p.dport),
+        false,
     )
     .ok_or(Reason::NoRule)?;
     if p.proto == PROTO_TCP || p.proto == PROTO_UDP {
@@ -166,14 +166,12 @@ fn decide_l4(ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> Result<Pass, Rea
         // the reversed packet start an untracked flow.
         let other = if inbound { DIR_OUTBOUND } else { DIR_INBOUND };
         if cfg.all_response & all_response_bit(dir, p.family, p.proto) != 0
-            && let Some(f) = policy::policy(
-                cfg,
-                other,
-                p.family,
-                &remote,
+            && let Some(f) = policy::allows(
+                cfg.policy[other as usize & 1],
+                id,
                 p.proto,
-                p.sport,
-                PORT_KEY_FULL_BITS,
+                u16::from_be_bytes(p.sport),
+                false,
             )
             && f & PORT_UNTRACKED != 0
         {

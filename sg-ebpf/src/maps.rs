@@ -2,23 +2,40 @@
 //! `sg_common::names`' (the agent opens them by those names).
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use sg_common::*;
 
 #[map]
 pub(crate) static IFACES: HashMap<u32, IfaceCfg> = HashMap::with_max_entries(STATS_SLOTS, 0);
 
+/// The shared address map: a CIDR (or a member's address) → the identity
+/// standing for every rule peer that contains it. One entry per address,
+/// whatever the number of interfaces. Not preallocated: memory follows the
+/// entries, and a replaced value is freed only after readers are done (RCU).
+/// Sizes: docs/datapath.md, "Capacity".
 #[map]
-pub(crate) static ADDR4: LpmTrie<AddrKey4, u32> = LpmTrie::with_max_entries(1 << 20, 0);
+pub(crate) static ADDR4: HashMap<AddrKey4, u32> =
+    HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
 
 #[map]
-pub(crate) static ADDR6: LpmTrie<AddrKey6, u32> = LpmTrie::with_max_entries(1 << 20, 0);
+pub(crate) static ADDR6: HashMap<AddrKey6, u32> =
+    HashMap::with_max_entries(1 << 17, BPF_F_NO_PREALLOC);
 
+/// The prefix lengths present in `ADDR4` (index 0) and `ADDR6` (1). An
+/// array, whose lookup the JIT inlines; its values are rewritten in place,
+/// and a read torn by a rewrite can only skip a length or try one with no
+/// entry, which finds a shorter block (fewer atoms, fewer rules) or none:
+/// narrower, never wider (docs/datapath.md, "Atomic changes").
 #[map]
-pub(crate) static PORTS: LpmTrie<PortKey, PortVal> = LpmTrie::with_max_entries(1 << 20, 0);
+pub(crate) static LENS: Array<Lens> = Array::with_max_entries(2, 0);
+
+/// Per policy: (identity, protocol, chunk) → the allowed port segments.
+#[map]
+pub(crate) static POLICY: HashMap<PolicyKey, PolicyVal> =
+    HashMap::with_max_entries(1 << 19, BPF_F_NO_PREALLOC);
 
 /// The tracking table: a plain, preallocated hash, so nothing is ever
 /// evicted; the program refuses new flows past the allowance (`CT_LIMIT`) and

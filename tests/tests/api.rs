@@ -357,18 +357,37 @@ ts = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
 print('null')
 "#
     );
-    let burst = boto3_command(ns, ADMIN, &script)
+    let mut burst = boto3_command(ns, ADMIN, &script)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill the agent once the burst is under way (a few calls answered),
+    // however long the clients took to start on a loaded machine.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = burst.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut acked: Vec<u16> = Vec::new();
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(p) = line.parse() {
+                acked.push(p);
+                let _ = tx.send(acked.len());
+            }
+        }
+        acked
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while rx
+        .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        .is_ok_and(|n| n < 8)
+    {}
     agent.stop_with(nix::sys::signal::Signal::SIGKILL).unwrap();
-    let out = burst.wait_with_output().unwrap();
-    let acked: Vec<u16> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.parse().ok())
-        .collect();
+    let _ = burst.wait();
+    let acked = reader.join().unwrap();
     assert!(
         acked.len() >= 4,
         "the burst was under way when the agent died ({} acknowledged)",

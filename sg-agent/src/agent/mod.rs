@@ -19,9 +19,9 @@ use tokio::sync::watch;
 
 use crate::{
     api::{self, ApiOptions, Snapshot},
-    compile::{Compiled, compile_interface},
+    compile::{Compiled, compile_interface, members},
     control::{Reply, Request},
-    datapath::{Datapath, ifname},
+    datapath::{Change, Datapath, ifname},
     file,
     managed::{self, Managed},
     model::{Desired, Interface},
@@ -158,15 +158,26 @@ impl Agent {
     /// forgotten if they are gone or `detached`, and retained otherwise.
     fn apply(&mut self, plans: Vec<Plan>) -> Result<()> {
         let wanted: HashSet<u32> = plans.iter().map(|p| p.ifindex).collect();
-        let mut fresh = Vec::new();
+        let fresh: Vec<&Plan> = plans
+            .iter()
+            .filter(|p| self.applied.get(&p.ifindex) != Some(*p))
+            .collect();
+        // One transaction for every changed interface and the members of
+        // every group (which a plan does not carry: a member joining changes
+        // the shared address map, not the interfaces' policies).
+        let changes: Vec<Change> = fresh
+            .iter()
+            .map(|p| Change {
+                name: &p.iface.name,
+                ifindex: p.ifindex,
+                compiled: &p.compiled,
+            })
+            .collect();
+        let writes = self.dp.commit(&changes, &members(&self.desired))?;
+        log::debug!("policy change written: {writes:?}");
         for p in &plans {
             self.retained.remove(&p.ifindex);
-            if self.applied.get(&p.ifindex) == Some(p) {
-                continue;
-            }
-            self.dp.install(&p.iface.name, p.ifindex, &p.compiled)?;
             self.applied.insert(p.ifindex, p.clone());
-            fresh.push(p);
         }
         for p in fresh {
             if self.dp.attached_hook(p.ifindex) != Some(p.iface.ingress_hook) {

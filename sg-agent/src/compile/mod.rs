@@ -1,25 +1,27 @@
-//! Compiles the rules of an interface's groups into the datapath's two-stage
-//! lookup: an address trie that maps the peer to a *class* (the set of rules
-//! whose CIDRs contain it), and a port trie that maps (class, protocol, port)
-//! to allow flags. Both are one lookup whatever the number of rules.
+//! Compiles the rules of an interface's groups into what the datapath
+//! matches (docs/datapath.md, "The lookup path"):
 //!
-//! A peer address's rules are those of the longest CIDR containing it plus
-//! those of every shorter CIDR containing that one (CIDRs that share an
-//! address are nested), so each distinct CIDR gets the class of itself and its
-//! ancestors, and the trie's longest match finds it.
-
+//! - each rule peer becomes an *atom*: an address block (a CIDR, or a prefix
+//!   list's entry), or a group, which stands for its members' addresses;
+//! - the shared address map gives every address block an *identity*: the set
+//!   of atoms that contain it (its own and those of every shorter block
+//!   containing it, since blocks that share an address are nested), so the
+//!   longest match finds all of them — one entry per address, whatever the
+//!   number of interfaces (`addresses`);
+//! - an interface's policy maps (identity, protocol) to the port segments
+//!   its rules allow that identity (`ports`).
 //!
-//! This module is the one owner of "model to kernel bytes": rules to
-//! entries here, port ranges to aligned blocks in `ports`, entries and
-//! settings to map keys and `IfaceCfg` in `keys`. The datapath allocates
-//! ids and writes what it is given.
+//! This module is the one owner of "model to kernel bytes": rules to atoms
+//! and segments here, port ranges to segments in `ports`, keys and values in
+//! `keys`. The datapath allocates ids and writes what it is given.
 
+mod addresses;
 mod keys;
 mod ports;
 
-pub use keys::AddrKeys;
-
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+pub use addresses::{Members, address_map, members};
+pub use keys::{AddrKey, addr_key, lens_value, policy_entries};
+use std::collections::BTreeSet;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sg_common::{
@@ -27,8 +29,7 @@ use sg_common::{
     PROTO_TCP, PROTO_UDP, all_response_bit,
 };
 
-pub use ports::blocks;
-use ports::port_entries;
+pub use ports::{PolicyIndex, Segments};
 
 use crate::model::{AttachMode, Desired, Interface, Peer, Protocol, Timeouts};
 
@@ -145,38 +146,127 @@ impl Settings {
     }
 }
 
-/// The compiled policy of an interface of `d`.
-pub fn compile_interface(d: &Desired, iface: &Interface) -> Compiled {
-    let (inbound, outbound) = interface_rules(d, iface);
-    compile(&inbound, &outbound, &Settings::of(iface))
+/// A rule peer as the datapath matches it: an address block, or the
+/// members of a group (whose addresses the shared address map carries, so
+/// that a member joining is one map write).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Atom {
+    Net(IpNet),
+    Group(String),
+    /// A block that an earlier agent's policy, still in force on an
+    /// interface this agent keeps as it was, knows by identity `.1`: kept in
+    /// the address map so that policy keeps judging it as it did. No rule
+    /// names it.
+    Kept(IpNet, u32),
 }
 
-/// One entry of the port trie: `prefix_len` bits of (class, proto, port).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortEntry {
-    pub prefix_len: u32,
-    pub proto: u8,
-    pub port: u16,
-    pub flags: u32,
+/// A rule reduced to what the datapath matches: one atom, one protocol, one
+/// range over the 16-bit port space.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Rule {
+    pub atom: Atom,
+    pub protocol: Protocol,
+    pub lo: u16,
+    pub hi: u16,
 }
 
-/// One entry of an address trie: a CIDR and the index of its class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AddrEntry {
-    pub net: IpNet,
-    pub class: usize,
+/// What one direction of an interface's policy is made of: its rules, and
+/// which `/0` rules may leave flows untracked (the other direction allows
+/// all responses, by family and TCP/UDP). Interfaces whose directions are
+/// equal share one policy in the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct DirPolicy {
+    pub rules: Vec<Rule>,
+    /// Indexed by `family_index * 2 + (proto == UDP)`.
+    pub untracked_ok: [bool; 4],
+}
+
+impl DirPolicy {
+    pub fn atoms(&self) -> impl Iterator<Item = &Atom> {
+        self.rules.iter().map(|r| &r.atom)
+    }
 }
 
 /// The compiled policy of one interface.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Compiled {
-    /// Address entries per `policy_index(dir, family)`.
-    pub addrs: [Vec<AddrEntry>; 4],
-    /// Port-trie entries of each class, deduplicated across the interface.
-    pub classes: Vec<Vec<PortEntry>>,
-    /// The interface's kernel configuration (its `all_response` bits too), but for what the datapath
-    /// allocates (`policy` ids and the `stats_slot`).
+    /// Inbound and outbound, indexed by direction.
+    pub dirs: [DirPolicy; 2],
+    /// The interface's kernel configuration (its `all_response` bits too),
+    /// but for what the datapath allocates (`policy` ids and the
+    /// `stats_slot`).
     pub cfg: IfaceCfg,
+}
+
+impl Compiled {
+    /// The interface's configuration with the ids the datapath allocated.
+    pub fn iface_cfg(&self, policy: [u32; 2], stats_slot: u32) -> IfaceCfg {
+        IfaceCfg {
+            policy,
+            stats_slot,
+            ..self.cfg
+        }
+    }
+}
+
+/// The compiled policy of an interface of `d`: group references stay
+/// groups (their members are `members(d)`), prefix lists become their
+/// entries, stale references match nothing.
+pub fn compile_interface(d: &Desired, iface: &Interface) -> Compiled {
+    let mut dirs = [BTreeSet::new(), BTreeSet::new()];
+    for gid in &iface.groups {
+        let Some(g) = d.group(gid) else { continue };
+        for (rules, out) in [(&g.ingress, 0), (&g.egress, 1)] {
+            for r in rules {
+                let (lo, hi) = port_span(r.protocol, r.from_port, r.to_port);
+                let atoms: Vec<Atom> = match &r.peer {
+                    Peer::Group { stale: true, .. } => vec![],
+                    Peer::Group { id, .. } => vec![Atom::Group(id.clone())],
+                    other => peer_nets(d, other).into_iter().map(Atom::Net).collect(),
+                };
+                for atom in atoms {
+                    dirs[out].insert(Rule {
+                        atom,
+                        protocol: r.protocol,
+                        lo,
+                        hi,
+                    });
+                }
+            }
+        }
+    }
+    let [inbound, outbound] = dirs;
+    build(inbound, outbound, &Settings::of(iface))
+}
+
+/// Compiles inbound and outbound rules given as address blocks, with the
+/// interface's settings (tests and benchmarks).
+pub fn compile(inbound: &[Flat], outbound: &[Flat], settings: &Settings) -> Compiled {
+    let rules = |fs: &[Flat]| {
+        fs.iter()
+            .map(|f| Rule {
+                atom: Atom::Net(f.net),
+                protocol: f.protocol,
+                lo: f.lo,
+                hi: f.hi,
+            })
+            .collect::<Vec<_>>()
+    };
+    compile_rules(rules(inbound), rules(outbound), settings)
+}
+
+/// Compiles rules given as atoms (benchmarks: group references without a
+/// model around them).
+pub fn compile_rules(
+    inbound: impl IntoIterator<Item = Rule>,
+    outbound: impl IntoIterator<Item = Rule>,
+    settings: &Settings,
+) -> Compiled {
+    build(
+        inbound.into_iter().collect(),
+        outbound.into_iter().collect(),
+        settings,
+    )
 }
 
 fn family_of(net: &IpNet) -> u8 {
@@ -186,72 +276,60 @@ fn family_of(net: &IpNet) -> u8 {
     }
 }
 
-fn is_default_route(net: &IpNet) -> bool {
-    net.prefix_len() == 0
+fn is_default_route(atom: &Atom) -> Option<u8> {
+    match atom {
+        Atom::Net(n) if n.prefix_len() == 0 => Some(family_of(n)),
+        _ => None,
+    }
 }
 
-/// Compiles an interface's inbound and outbound rules, with its settings.
-pub fn compile(inbound: &[Flat], outbound: &[Flat], settings: &Settings) -> Compiled {
-    let mut out = Compiled {
-        cfg: settings.cfg(),
-        ..Compiled::default()
-    };
-    let by_dir = [(DIR_INBOUND, inbound), (DIR_OUTBOUND, outbound)];
+fn build(inbound: BTreeSet<Rule>, outbound: BTreeSet<Rule>, settings: &Settings) -> Compiled {
+    let mut cfg = settings.cfg();
+    let by_dir = [(DIR_INBOUND, &inbound), (DIR_OUTBOUND, &outbound)];
     // Which (dir, family, tcp/udp) allow all responses: a /0 rule of the
     // protocol (or of all protocols) on all ports (docs/contract.md §3).
     for (dir, rules) in by_dir {
-        for r in rules {
-            if is_default_route(&r.net) && r.lo == 0 && r.hi == u16::MAX {
+        for r in rules.iter() {
+            if let Some(family) = is_default_route(&r.atom)
+                && r.lo == 0
+                && r.hi == u16::MAX
+            {
                 for p in [PROTO_TCP, PROTO_UDP] {
                     if r.protocol == Protocol::All || r.protocol == Protocol::Number(p) {
-                        out.cfg.all_response |= all_response_bit(dir, family_of(&r.net), p);
+                        cfg.all_response |= all_response_bit(dir, family, p);
                     }
                 }
             }
         }
     }
-    let mut class_ids: HashMap<Vec<PortEntry>, usize> = HashMap::new();
-    for (dir, rules) in by_dir {
+    let dir_policy = |dir: u8, rules: &BTreeSet<Rule>| {
         let other = if dir == DIR_INBOUND {
             DIR_OUTBOUND
         } else {
             DIR_INBOUND
         };
-        for family in [FAMILY_V4, FAMILY_V6] {
-            let rules: Vec<&Flat> = rules
-                .iter()
-                .filter(|r| family_of(&r.net) == family)
-                .collect();
-            let mut by_net: BTreeMap<IpNet, Vec<&Flat>> = BTreeMap::new();
-            for r in &rules {
-                by_net.entry(r.net).or_default().push(r);
-            }
-            let untracked_ok =
-                |proto: u8| out.cfg.all_response & all_response_bit(other, family, proto) != 0;
-            let idx = sg_common::policy_index(dir, family);
-            for net in by_net.keys() {
-                // The rules of this CIDR and of every CIDR that contains it.
-                let mut applicable: Vec<&Flat> = Vec::new();
-                for len in 0..=net.prefix_len() {
-                    let anc = truncate(net, len);
-                    if let Some(rs) = by_net.get(&anc) {
-                        applicable.extend(rs.iter().copied());
-                    }
-                }
-                let entries = port_entries(&applicable, &untracked_ok);
-                let next = class_ids.len();
-                let class = *class_ids.entry(entries.clone()).or_insert_with(|| {
-                    out.classes.push(entries);
-                    next
-                });
-                out.addrs[idx].push(AddrEntry { net: *net, class });
-            }
+        let mut untracked_ok = [false; 4];
+        for (i, ok) in untracked_ok.iter_mut().enumerate() {
+            let family = if i / 2 == 0 { FAMILY_V4 } else { FAMILY_V6 };
+            let proto = if i % 2 == 0 { PROTO_TCP } else { PROTO_UDP };
+            *ok = cfg.all_response & all_response_bit(other, family, proto) != 0;
         }
+        DirPolicy {
+            rules: rules.iter().cloned().collect(),
+            untracked_ok,
+        }
+    };
+    Compiled {
+        dirs: [
+            dir_policy(DIR_INBOUND, &inbound),
+            dir_policy(DIR_OUTBOUND, &outbound),
+        ],
+        cfg,
     }
-    out
 }
 
-fn truncate(net: &IpNet, len: u8) -> IpNet {
+/// `net` cut to its first `len` bits.
+pub(crate) fn truncate(net: &IpNet, len: u8) -> IpNet {
     match net {
         IpNet::V4(n) => IpNet::V4(
             Ipv4Net::new(n.network(), len)

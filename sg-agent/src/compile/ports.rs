@@ -1,22 +1,63 @@
-//! Port ranges to port-trie entries: the rules that apply to one peer,
-//! partitioned into disjoint segments and split into aligned blocks.
+//! The rules that apply to one identity, as what the datapath scans: per
+//! protocol, sorted disjoint port segments with their flags.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
-use sg_common::{
-    PORT_ALLOW, PORT_KEY_CLASS_BITS, PORT_KEY_PROTO_BITS, PORT_UNTRACKED, PROTO_TCP, PROTO_UDP,
-};
+use sg_common::{PORT_ALLOW, PORT_UNTRACKED, PROTO_TCP, PROTO_UDP, PortSeg, family_index};
 
-use super::{Flat, PortEntry, is_default_route};
+use super::{Atom, DirPolicy, Rule, is_default_route};
 use crate::model::Protocol;
 
-/// Port-trie entries for a set of rules that all apply to one peer.
-pub(super) fn port_entries(rules: &[&Flat], untracked_ok: &dyn Fn(u8) -> bool) -> Vec<PortEntry> {
-    let mut entries = Vec::new();
-    let all: Vec<&&Flat> = rules
-        .iter()
-        .filter(|r| r.protocol == Protocol::All)
-        .collect();
+/// What a policy allows one identity: by protocol (0 standing for every
+/// protocol), sorted disjoint port segments.
+pub type Segments = Vec<(u8, Vec<PortSeg>)>;
+
+/// A direction's rules indexed by atom, to find those of an identity.
+pub struct PolicyIndex<'a> {
+    policy: &'a DirPolicy,
+    by_atom: HashMap<&'a Atom, Vec<&'a Rule>>,
+}
+
+impl<'a> PolicyIndex<'a> {
+    pub fn new(policy: &'a DirPolicy) -> Self {
+        let mut by_atom: HashMap<&Atom, Vec<&Rule>> = HashMap::new();
+        for r in &policy.rules {
+            by_atom.entry(&r.atom).or_default().push(r);
+        }
+        PolicyIndex { policy, by_atom }
+    }
+
+    /// Whether some rule's peer is one of `atoms`.
+    pub fn relevant(&self, atoms: &[Atom]) -> bool {
+        atoms.iter().any(|a| self.by_atom.contains_key(a))
+    }
+
+    /// What the rules whose peers are among `atoms` allow (empty: nothing).
+    pub fn segments(&self, atoms: &[Atom]) -> Segments {
+        let rules: Vec<&Rule> = atoms
+            .iter()
+            .filter_map(|a| self.by_atom.get(a))
+            .flatten()
+            .copied()
+            .collect();
+        segments(&rules, &|r, proto| {
+            (proto == PROTO_TCP || proto == PROTO_UDP)
+                && is_default_route(&r.atom).is_some_and(|family| {
+                    self.policy.untracked_ok
+                        [family_index(family) * 2 + usize::from(proto == PROTO_UDP)]
+                })
+        })
+    }
+}
+
+/// Segments for a set of rules that all apply to one peer; `untracked(r, p)`
+/// says whether rule `r` leaves flows of protocol `p` untracked.
+fn segments(rules: &[&Rule], untracked: &dyn Fn(&Rule, u8) -> bool) -> Segments {
+    let mut out = Segments::new();
+    if rules.is_empty() {
+        return out;
+    }
+    let any_all = rules.iter().any(|r| r.protocol == Protocol::All);
     let mut protos: BTreeSet<u8> = rules
         .iter()
         .filter_map(|r| match r.protocol {
@@ -24,60 +65,47 @@ pub(super) fn port_entries(rules: &[&Flat], untracked_ok: &dyn Fn(u8) -> bool) -
             Protocol::All => None,
         })
         .collect();
-    if !all.is_empty() {
-        // Other protocols fall through to the class-wide entry. TCP and UDP
-        // get entries of their own so that they can carry the untracked flag.
-        entries.push(PortEntry {
-            prefix_len: PORT_KEY_CLASS_BITS,
-            proto: 0,
-            port: 0,
-            flags: PORT_ALLOW,
-        });
+    if any_all {
+        // Other protocols fall through to the every-protocol entry. TCP and
+        // UDP get entries of their own so that they can carry the untracked
+        // flag.
+        out.push((
+            0,
+            vec![PortSeg {
+                lo: 0,
+                hi: u16::MAX,
+                flags: PORT_ALLOW,
+            }],
+        ));
         protos.insert(PROTO_TCP);
         protos.insert(PROTO_UDP);
     }
     for proto in protos {
-        // (lo, hi, untracked) intervals of this protocol.
         let ivs: Vec<(u16, u16, bool)> = rules
             .iter()
             .filter(|r| r.protocol == Protocol::All || r.protocol == Protocol::Number(proto))
-            .map(|r| {
-                let untracked = (proto == PROTO_TCP || proto == PROTO_UDP)
-                    && is_default_route(&r.net)
-                    && untracked_ok(proto);
-                (r.lo, r.hi, untracked)
+            .map(|r| (r.lo, r.hi, untracked(r, proto)))
+            .collect();
+        let segs = partition(&ivs)
+            .into_iter()
+            .map(|(lo, hi, u)| PortSeg {
+                lo,
+                hi,
+                flags: PORT_ALLOW | if u { PORT_UNTRACKED } else { 0 },
             })
             .collect();
-        let segments = partition(&ivs);
-        let covers_all = segments.first().is_some_and(|s| s.0 == 0)
-            && segments.last().is_some_and(|s| s.1 == u16::MAX)
-            && segments
-                .windows(2)
-                .all(|w| w[0].1 as u32 + 1 == w[1].0 as u32);
-        let whole = segments.len() == 1 && covers_all;
-        if covers_all && !whole {
-            // Lets a non-first fragment (no ports) find "all ports allowed".
-            entries.push(PortEntry {
-                prefix_len: PORT_KEY_PROTO_BITS,
-                proto,
-                port: 0,
-                flags: PORT_ALLOW,
-            });
-        }
-        for (lo, hi, untracked) in segments {
-            let flags = PORT_ALLOW | if untracked { PORT_UNTRACKED } else { 0 };
-            for (port, bits) in blocks(lo, hi) {
-                entries.push(PortEntry {
-                    prefix_len: PORT_KEY_PROTO_BITS + bits,
-                    proto,
-                    port,
-                    flags,
-                });
-            }
-        }
+        out.push((proto, segs));
     }
-    entries.sort();
-    entries
+    out
+}
+
+/// Whether sorted disjoint `segs` cover every port.
+pub fn covers_all(segs: &[PortSeg]) -> bool {
+    segs.first().is_some_and(|s| s.lo == 0)
+        && segs.last().is_some_and(|s| s.hi == u16::MAX)
+        && segs
+            .windows(2)
+            .all(|w| w[0].hi as u32 + 1 == w[1].lo as u32)
 }
 
 /// Disjoint, maximal segments covered by `ivs`; a segment is untracked when
@@ -108,25 +136,6 @@ fn partition(ivs: &[(u16, u16, bool)]) -> Vec<(u16, u16, bool)> {
             Some(last) if last.1 as u32 + 1 == lo && last.2 == untracked => last.1 = hi as u16,
             _ => out.push((lo as u16, hi as u16, untracked)),
         }
-    }
-    out
-}
-
-/// Splits `lo..=hi` into aligned power-of-two blocks: `(start, prefix bits)`.
-pub fn blocks(lo: u16, hi: u16) -> Vec<(u16, u32)> {
-    let mut out = Vec::new();
-    let (mut lo, hi) = (lo as u32, hi as u32);
-    while lo <= hi {
-        let mut size = if lo == 0 {
-            1 << 16
-        } else {
-            1u32 << lo.trailing_zeros()
-        };
-        while lo + size - 1 > hi {
-            size >>= 1;
-        }
-        out.push((lo as u16, 16 - size.trailing_zeros()));
-        lo += size;
     }
     out
 }

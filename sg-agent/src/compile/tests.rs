@@ -1,4 +1,4 @@
-use sg_common::{PORT_KEY_CLASS_BITS, PORT_KEY_PROTO_BITS, PORT_UNTRACKED};
+use sg_common::PORT_UNTRACKED;
 
 use super::*;
 
@@ -12,49 +12,35 @@ fn flat(net: &str, proto: Protocol, lo: u16, hi: u16) -> Flat {
 }
 const TCP: Protocol = Protocol::Number(6);
 
-#[test]
-fn blocks_cover_exactly() {
-    for (lo, hi) in [
-        (0u16, 65535u16),
-        (80, 80),
-        (1, 65535),
-        (1000, 2000),
-        (0, 0),
-        (65535, 65535),
-    ] {
-        let bs = blocks(lo, hi);
-        let mut next = lo as u32;
-        for (start, bits) in bs {
-            assert_eq!(start as u32, next);
-            let size = 1u32 << (16 - bits);
-            assert_eq!(start as u32 % size, 0, "aligned");
-            next += size;
-        }
-        assert_eq!(next, hi as u32 + 1);
-    }
-    assert_eq!(blocks(0, 65535), vec![(0, 0)]);
-    assert!(blocks(1, 65535).len() <= 16);
+/// The flags the datapath would find for `addr`: the longest block's
+/// atoms in the address map, then the policy's segments for them.
+fn lookup(c: &Compiled, dir: u8, addr: &str, proto: u8, port: u16) -> Option<u32> {
+    lookup_with(c, &Members::new(), dir, addr, proto, port)
 }
 
-/// The class of the longest CIDR containing `addr`, as the trie finds it.
-fn lookup(c: &Compiled, idx: usize, addr: &str, proto: u8, port: u16) -> Option<u32> {
+fn lookup_with(
+    c: &Compiled,
+    members: &Members,
+    dir: u8,
+    addr: &str,
+    proto: u8,
+    port: u16,
+) -> Option<u32> {
     let addr: std::net::IpAddr = addr.parse().unwrap();
-    let e = c.addrs[idx]
+    let map = address_map(c.dirs.iter().flat_map(|d| d.atoms()), members);
+    let (_, atoms) = map
         .iter()
-        .filter(|e| e.net.contains(&addr))
-        .max_by_key(|e| e.net.prefix_len())?;
-    let class = &c.classes[e.class];
-    class
-        .iter()
-        .filter(|p| {
-            let bits = p.prefix_len;
-            bits == PORT_KEY_CLASS_BITS
-                || (p.proto == proto
-                    && (bits == PORT_KEY_PROTO_BITS
-                        || (port ^ p.port) >> (16 - (bits - PORT_KEY_PROTO_BITS)) == 0))
-        })
-        .max_by_key(|p| p.prefix_len)
-        .map(|p| p.flags)
+        .filter(|(n, _)| n.contains(&addr))
+        .max_by_key(|(n, _)| n.prefix_len())?;
+    let index = PolicyIndex::new(&c.dirs[dir as usize]);
+    let segs = index.segments(atoms);
+    let find = |p: u8| {
+        segs.iter()
+            .find(|(q, _)| *q == p)
+            .and_then(|(_, ss)| ss.iter().find(|s| s.lo <= port && port <= s.hi))
+            .map(|s| s.flags)
+    };
+    find(proto).or_else(|| find(0))
 }
 
 #[test]
@@ -65,7 +51,7 @@ fn nested_cidrs_union_their_rules() {
         flat("10.1.2.3/32", Protocol::Number(17), 53, 53),
     ];
     let c = compile(&inbound, &[], &Settings::default());
-    let v4 = sg_common::policy_index(DIR_INBOUND, FAMILY_V4);
+    let v4 = DIR_INBOUND;
     assert!(lookup(&c, v4, "10.1.2.3", 6, 22).is_some());
     assert!(lookup(&c, v4, "10.1.2.3", 6, 80).is_some());
     assert!(lookup(&c, v4, "10.1.2.3", 17, 53).is_some());
@@ -84,7 +70,7 @@ fn untracked_needs_slash0_and_all_response() {
     ];
     let outbound = vec![flat("0.0.0.0/0", Protocol::All, 0, 65535)];
     let c = compile(&inbound, &outbound, &Settings::default());
-    let v4 = sg_common::policy_index(DIR_INBOUND, FAMILY_V4);
+    let v4 = DIR_INBOUND;
     let f = lookup(&c, v4, "10.0.0.1", 6, 22).unwrap();
     assert_ne!(f & PORT_UNTRACKED, 0);
     let f = lookup(&c, v4, "10.0.0.1", 6, 80).unwrap();
@@ -108,7 +94,7 @@ fn all_protocols_and_fragment_entry() {
     ];
     let outbound = vec![flat("0.0.0.0/0", Protocol::All, 0, 65535)];
     let c = compile(&inbound, &outbound, &Settings::default());
-    let v4 = sg_common::policy_index(DIR_INBOUND, FAMILY_V4);
+    let v4 = DIR_INBOUND;
     assert!(lookup(&c, v4, "10.9.9.9", 47, 0).is_some());
     assert!(lookup(&c, v4, "10.9.9.9", 6, 1234).is_some());
     assert_ne!(
@@ -116,16 +102,51 @@ fn all_protocols_and_fragment_entry() {
         0
     );
     assert!(lookup(&c, v4, "11.0.0.1", 6, 1234).is_none());
-    // TCP from 10/8 covers all ports in two kinds of segment: a /40 entry
-    // answers the fragment query.
-    let class = &c.classes[c.addrs[v4]
-        .iter()
-        .find(|e| e.net.prefix_len() == 8)
-        .unwrap()
-        .class];
-    assert!(
-        class
-            .iter()
-            .any(|p| p.proto == 6 && p.prefix_len == PORT_KEY_PROTO_BITS)
-    );
+    // TCP from 10/8 covers all ports in two segments (80 untracked): a
+    // later fragment, which has no port, finds "all ports" in the value.
+    let entries = policy_entries(
+        1,
+        1,
+        &PolicyIndex::new(&c.dirs[0]).segments(&[
+            Atom::Net("0.0.0.0/0".parse().unwrap()),
+            Atom::Net("10.0.0.0/8".parse().unwrap()),
+        ]),
+    )
+    .unwrap();
+    let tcp = entries.iter().find(|(k, _)| k.proto == 6).unwrap();
+    assert!(tcp.1.n > 1);
+    assert_eq!(tcp.1.all_ports, sg_common::PORT_ALLOW);
+}
+
+#[test]
+fn a_group_reference_is_one_atom_its_members_carry() {
+    let d = crate::source::file::parse(
+        "t.yaml",
+        "vpcs: [{name: v, cidr_blocks: [10.0.0.0/16]}]\nsecurity_groups:\n  - {name: web}\n  - name: db\n    ingress: [{ip_protocol: tcp, from_port: 5432, to_port: 5432, user_id_group_pairs: [{group_name: web}]}, {ip_protocol: tcp, from_port: 22, to_port: 22, ip_ranges: [10.0.0.0/24]}]\nnetwork_interfaces:\n  - {interface: a, private_ipv4: [10.0.0.5], groups: [web]}\n  - {interface: b, private_ipv4: [10.0.1.6], groups: [web]}\n  - {interface: c, private_ipv4: [10.0.0.9], groups: [db]}\n",
+        None,
+        None,
+    )
+    .unwrap();
+    let c = compile_interface(&d, &d.interfaces[2]);
+    assert_eq!(c.dirs[0].rules.len(), 2);
+    let m = members(&d);
+    assert_eq!(m.values().map(Vec::len).sum::<usize>(), 3);
+    // 10.0.0.5 is a member inside the /24: both rules; 10.0.1.6 only the reference.
+    assert!(lookup_with(&c, &m, DIR_INBOUND, "10.0.0.5", 6, 5432).is_some());
+    assert!(lookup_with(&c, &m, DIR_INBOUND, "10.0.0.5", 6, 22).is_some());
+    assert!(lookup_with(&c, &m, DIR_INBOUND, "10.0.1.6", 6, 5432).is_some());
+    assert!(lookup_with(&c, &m, DIR_INBOUND, "10.0.1.6", 6, 22).is_none());
+    assert!(lookup_with(&c, &m, DIR_INBOUND, "10.0.0.7", 6, 5432).is_none());
+    assert!(lookup_with(&c, &m, DIR_INBOUND, "10.0.0.7", 6, 22).is_some());
+}
+
+#[test]
+fn too_many_port_ranges_for_one_peer_are_refused() {
+    let inbound: Vec<Flat> = (0..1100)
+        .map(|i| flat("10.0.0.0/8", TCP, 2 * i, 2 * i))
+        .collect();
+    let c = compile(&inbound, &[], &Settings::default());
+    let segs = PolicyIndex::new(&c.dirs[0]).segments(&[Atom::Net("10.0.0.0/8".parse().unwrap())]);
+    let err = policy_entries(1, 1, &segs).unwrap_err().to_string();
+    assert!(err.contains("1100 disjoint port ranges"), "{err}");
 }

@@ -7,9 +7,9 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use sg_common::{
-    AddrKey4, AddrKey6, CtKey, CtVal, FragKey, IfaceCfg, PortKey, PortVal, Stats, names,
+    AddrKey4, AddrKey6, CtKey, CtVal, FragKey, IfaceCfg, Lens, PolicyKey, PolicyVal, Stats, names,
 };
 
 use super::links::unpin_links_at;
@@ -19,9 +19,10 @@ use super::links::unpin_links_at;
 pub struct Maps {
     pub dir: PathBuf,
     pub(super) ifaces: HashMap<MapData, u32, IfaceCfg>,
-    pub(super) addr4: LpmTrie<MapData, AddrKey4, u32>,
-    pub(super) addr6: LpmTrie<MapData, AddrKey6, u32>,
-    pub(super) ports: LpmTrie<MapData, PortKey, PortVal>,
+    pub(super) addr4: HashMap<MapData, AddrKey4, u32>,
+    pub(super) addr6: HashMap<MapData, AddrKey6, u32>,
+    pub(super) lens: Array<MapData, Lens>,
+    pub(super) policy: HashMap<MapData, PolicyKey, PolicyVal>,
     pub(super) ct: HashMap<MapData, CtKey, CtVal>,
     pub(super) frags: HashMap<MapData, FragKey, u64>,
     pub(super) ct_inserted: PerCpuArray<MapData, u64>,
@@ -49,15 +50,23 @@ impl Maps {
         Ok(Maps {
             dir: dir.to_path_buf(),
             ifaces: HashMap::try_from(get(names::IFACES)?)?,
-            addr4: LpmTrie::try_from(get(names::ADDR4)?)?,
-            addr6: LpmTrie::try_from(get(names::ADDR6)?)?,
-            ports: LpmTrie::try_from(get(names::PORTS)?)?,
+            addr4: HashMap::try_from(get(names::ADDR4)?)?,
+            addr6: HashMap::try_from(get(names::ADDR6)?)?,
+            lens: Array::try_from(get(names::LENS)?)?,
+            policy: HashMap::try_from(get(names::POLICY)?)?,
             ct: HashMap::try_from(get(names::CT)?)?,
             frags: HashMap::try_from(get(names::FRAGS)?)?,
             ct_inserted: PerCpuArray::try_from(get(names::CT_INSERTED)?)?,
             ct_removed: Array::try_from(get(names::CT_REMOVED)?)?,
             stats: PerCpuArray::try_from(get(names::STATS)?)?,
         })
+    }
+
+    /// Entries of the shared address map (both families) and of the
+    /// policy map: the figures of "state grows with addresses + rules".
+    pub fn policy_sizes(&self) -> (usize, usize) {
+        let addrs = self.addr4.keys().count() + self.addr6.keys().count();
+        (addrs, self.policy.keys().count())
     }
 
     pub fn iface_cfgs(&self) -> StdHashMap<u32, IfaceCfg> {

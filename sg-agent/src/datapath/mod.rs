@@ -8,6 +8,7 @@ mod counters;
 mod links;
 mod maps;
 mod policy;
+mod state;
 
 use std::{
     collections::HashMap as StdHashMap,
@@ -24,13 +25,14 @@ use aya::{
 pub use conntrack::{FlowMatch, ct_addr, ct_slack, flow_clock_ns};
 pub use counters::IfaceStats;
 pub use maps::Maps;
+pub use policy::{Change, Writes};
 
 use crate::{
     model::IngressHook,
     pins::{self, PinLock},
 };
-use policy::Written;
-use sg_common::names;
+use sg_common::{PolicyKey, names};
+use state::State;
 
 /// The eBPF object, embedded at build time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg"));
@@ -42,16 +44,15 @@ pub struct Datapath {
     _lock: PinLock,
     ebpf: Ebpf,
     pub maps: Maps,
-    next_policy: u32,
-    next_class: u32,
+    /// The mirror of the policy state the maps hold.
+    state: State,
     next_slot: u32,
     free_slots: Vec<u32>,
     /// Interfaces whose links this agent holds (pinned under `dir/links`),
     /// with their ingress hook.
     links: StdHashMap<u32, IngressHook>,
-    written: StdHashMap<u32, Written>,
     /// Replaced policies' entries, with when they were replaced.
-    retiring: Vec<(std::time::Instant, Written)>,
+    retiring: Vec<(std::time::Instant, Vec<PolicyKey>)>,
 }
 
 impl Datapath {
@@ -96,28 +97,23 @@ impl Datapath {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the object"))
         })?;
-        // Continue the ids of whatever an earlier agent left in force, so
-        // that new policy never overwrites entries a live packet may use.
-        let cfgs = maps.iface_cfgs();
-        let next_policy = 1 + cfgs.values().flat_map(|c| c.policy).max().unwrap_or(0);
-        let next_slot = 1 + cfgs.values().map(|c| c.stats_slot).max().unwrap_or(0);
-        let next_class = 1 + maps
-            .ports
-            .keys()
-            .filter_map(|k| k.ok())
-            .map(|k| k.data().class)
+        // Continue from whatever an earlier agent left in force, so that new
+        // policy never overwrites entries a live packet may use.
+        let state = State::read(&maps);
+        let next_slot = 1 + maps
+            .iface_cfgs()
+            .values()
+            .map(|c| c.stats_slot)
             .max()
             .unwrap_or(0);
         Ok(Datapath {
             _lock: lock,
             ebpf,
             maps,
-            next_policy,
-            next_class,
+            state,
             next_slot,
             free_slots: Vec::new(),
             links: StdHashMap::new(),
-            written: StdHashMap::new(),
             retiring: Vec::new(),
         })
     }
@@ -140,14 +136,21 @@ impl Datapath {
         )
     }
 
-    /// Loads the pass-everything program, the benchmarks' baseline.
+    /// Loads the benchmarks' programs: the pass-everything baseline, the
+    /// one-lookup floor and the pipeline's stages.
     pub fn load_baseline(&mut self) -> Result<()> {
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(PROG_PASS)
-            .context("program missing")?
-            .try_into()?;
-        prog.load()?;
+        for name in [PROG_PASS, names::PROG_FLOOR]
+            .into_iter()
+            .chain(names::PROG_STAGES)
+        {
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("loading program {name} (verifier)"))?;
+        }
         Ok(())
     }
 
@@ -235,7 +238,11 @@ mod tests {
             names::PROG_EGRESS,
             names::PROG_XDP,
             names::PROG_PASS,
-        ] {
+            names::PROG_FLOOR,
+        ]
+        .into_iter()
+        .chain(names::PROG_STAGES)
+        {
             assert!(obj.programs.contains_key(p), "no program {p} in the object");
         }
         let text = String::from_utf8_lossy(super::OBJECT);

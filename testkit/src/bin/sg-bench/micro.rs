@@ -1,17 +1,9 @@
-//! sg's benchmark helper, driven by `cargo xtask bench`:
-//!
-//! - `micro`: the datapath's cost per packet with `BPF_PROG_TEST_RUN`
-//!   against a pass-everything program, policy update latency and atomicity,
-//!   memory per flow and per rule; prints JSON.
-//! - `enforce`: installs an N-rule policy on an interface and keeps it
-//!   attached until SIGINT/SIGTERM (AWS's quotas cap a configuration at 1,000
-//!   rules per interface; the benchmarks go past that through the same API).
-//! - `render`: the same N-rule policy as nftables or iptables rules.
+//! The datapath's micro-benchmarks, through `BPF_PROG_TEST_RUN`.
 
 use std::{
     collections::HashSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -19,13 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::{Result, bail};
 use ipnet::IpNet;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 use sg_agent::{
-    compile::{Compiled, Flat, Settings, compile},
     datapath::{self, Datapath, PROG_INGRESS, PROG_PASS},
     model::Protocol,
 };
@@ -35,172 +25,7 @@ use sg_testkit::{
     policies::{rules, rules_ending_with},
 };
 
-#[derive(Parser)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    Micro {
-        /// A smaller sweep.
-        #[arg(long)]
-        quick: bool,
-        #[arg(long, default_value = "/sys/fs/bpf/sg-bench")]
-        pin_dir: PathBuf,
-    },
-    Enforce {
-        #[arg(long)]
-        interface: String,
-        #[arg(long)]
-        rules: usize,
-        #[arg(long, default_value = "/sys/fs/bpf/sg-bench-enforce")]
-        pin_dir: PathBuf,
-    },
-    Render {
-        #[arg(long)]
-        rules: usize,
-        #[arg(long, value_enum)]
-        format: Format,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Format {
-    Nft,
-    Iptables,
-    Ip6tables,
-}
-
-/// The rules the end-to-end traffic matches, placed last: UDP 5353 (the
-/// packet-rate test), TCP 5201 (iperf3) and TCP 8000 (connection rate).
-fn bench_targets() -> Vec<Flat> {
-    let net: IpNet = "10.77.0.0/24".parse().expect("net");
-    [(17u8, 5353u16), (6, 5201), (6, 8000)]
-        .into_iter()
-        .map(|(p, port)| Flat {
-            net,
-            protocol: Protocol::Number(p),
-            lo: port,
-            hi: port,
-        })
-        .collect()
-}
-
-fn main() -> Result<()> {
-    match Cli::parse().cmd {
-        Cmd::Micro { quick, pin_dir } => micro(quick, &pin_dir),
-        Cmd::Enforce {
-            interface,
-            rules,
-            pin_dir,
-        } => enforce(&interface, rules, &pin_dir),
-        Cmd::Render { rules, format } => {
-            print!(
-                "{}",
-                render(&rules_ending_with(rules, &bench_targets()), format)
-            );
-            Ok(())
-        }
-    }
-}
-
-/// The benchmarks' interface settings: a workload's own interface, AWS's
-/// default timeouts.
-fn compiled(inbound: &[Flat], outbound: &[Flat]) -> Compiled {
-    compile(inbound, outbound, &Settings::default())
-}
-
-fn enforce(interface: &str, n: usize, pin_dir: &Path) -> Result<()> {
-    let ifindex = nix::net::if_::if_nametoindex(interface)
-        .with_context(|| format!("no interface {interface}"))?;
-    let mut dp = Datapath::load(262_144, pin_dir)?;
-    let inbound = rules_ending_with(n, &bench_targets());
-    let outbound = vec![Flat {
-        net: "0.0.0.0/0".parse()?,
-        protocol: Protocol::All,
-        lo: 0,
-        hi: u16::MAX,
-    }];
-    dp.install("bench", ifindex, &compiled(&inbound, &outbound))?;
-    dp.attach(interface, ifindex, sg_agent::model::IngressHook::Tcx)?;
-    println!("ready: {n} rules on {interface}");
-    let mut set = nix::sys::signal::SigSet::empty();
-    set.add(nix::sys::signal::Signal::SIGINT);
-    set.add(nix::sys::signal::Signal::SIGTERM);
-    set.thread_block()?;
-    set.wait()?;
-    dp.stop();
-    Ok(())
-}
-
-fn proto_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Number(6) => "tcp",
-        _ => "udp",
-    }
-}
-
-fn render(rules: &[Flat], format: Format) -> String {
-    let range = |r: &Flat| {
-        if r.lo == r.hi {
-            r.lo.to_string()
-        } else {
-            format!("{}-{}", r.lo, r.hi)
-        }
-    };
-    match format {
-        Format::Nft => {
-            // Sets of concatenated (address . protocol . port) intervals: one
-            // lookup per family, as a careful admin would write it. Elements
-            // go in batches: one netlink message of 10,000 overflows.
-            let mut s = String::from(
-                "table inet sgbench {\n  set allow4 { type ipv4_addr . inet_proto . inet_service; flags interval; }\n  set allow6 { type ipv6_addr . inet_proto . inet_service; flags interval; }\n  chain input {\n    type filter hook input priority 0; policy drop;\n    ct state established,related accept\n    iif lo accept\n    icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept\n    ip saddr . meta l4proto . th dport @allow4 accept\n    ip6 saddr . meta l4proto . th dport @allow6 accept\n  }\n}\n",
-            );
-            for (set, v6) in [("allow4", false), ("allow6", true)] {
-                let elems: Vec<String> = rules
-                    .iter()
-                    .filter(|r| r.net.addr().is_ipv6() == v6)
-                    .map(|r| format!("{} . {} . {}", r.net, proto_name(r.protocol), range(r)))
-                    .collect();
-                for chunk in elems.chunks(500) {
-                    s.push_str(&format!(
-                        "add element inet sgbench {set} {{ {} }}\n",
-                        chunk.join(", ")
-                    ));
-                }
-            }
-            s
-        }
-        Format::Iptables | Format::Ip6tables => {
-            // One rule per allowed entry, conntrack first: iptables as it is
-            // usually written.
-            let v6 = matches!(format, Format::Ip6tables);
-            let mut s = String::from(
-                "*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n",
-            );
-            s.push_str("-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n-A INPUT -i lo -j ACCEPT\n");
-            if v6 {
-                s.push_str("-A INPUT -p ipv6-icmp -j ACCEPT\n");
-            }
-            for r in rules.iter().filter(|r| r.net.addr().is_ipv6() == v6) {
-                let ports = if r.lo == r.hi {
-                    r.lo.to_string()
-                } else {
-                    format!("{}:{}", r.lo, r.hi)
-                };
-                s.push_str(&format!(
-                    "-A INPUT -s {} -p {} --dport {ports} -j ACCEPT\n",
-                    r.net,
-                    proto_name(r.protocol)
-                ));
-            }
-            s.push_str("COMMIT\n");
-            s
-        }
-    }
-}
+use crate::{bench_targets, compiled};
 
 fn median(mut v: Vec<u64>) -> f64 {
     v.sort_unstable();
@@ -213,7 +38,7 @@ fn median(mut v: Vec<u64>) -> f64 {
 /// Median nanoseconds of one run of `prog` over `frames`, each run once so
 /// that consecutive runs do not find each other's lookups in cache (and the
 /// system call between runs leaves caches and TLB cold: a pessimistic view).
-fn cost(dp: &Datapath, prog: &str, frames: &[Vec<u8>]) -> Result<f64> {
+pub(crate) fn cost(dp: &Datapath, prog: &str, frames: &[Vec<u8>]) -> Result<f64> {
     let mut ns = Vec::with_capacity(frames.len());
     for f in frames {
         let (_, d) = dp.test_run_named(prog, f, 1)?;
@@ -233,6 +58,29 @@ fn alternate(dp: &Datapath, frames: &[Vec<u8>]) -> Result<(f64, f64)> {
     Ok((median_f(sg), median_f(base)))
 }
 
+/// The floor (one lookup of the flow's key in the tracking table, from a
+/// bare program) and the pipeline stopped after each stage, cold, measured
+/// alternately with sg over the same frames.
+fn floor_and_stages(dp: &Datapath, frames: &[Vec<u8>]) -> Result<(f64, serde_json::Value)> {
+    let progs: Vec<&str> = [names::PROG_FLOOR]
+        .into_iter()
+        .chain(names::PROG_STAGES)
+        .collect();
+    let mut by: Vec<Vec<f64>> = vec![vec![]; progs.len()];
+    for chunk in frames.chunks(500) {
+        for (i, p) in progs.iter().enumerate() {
+            by[i].push(cost(dp, p, chunk)?);
+        }
+    }
+    let ns: Vec<f64> = by.into_iter().map(median_f).collect();
+    let stages = json!({
+        "config": ns[1],
+        "config_parse": ns[2],
+        "config_parse_track": ns[3],
+    });
+    Ok((ns[0], stages))
+}
+
 /// Mean nanoseconds per run when each frame is run 64 times in a row: the
 /// flow's own entries warm, as for a packet of a busy flow.
 fn warm_cost(dp: &Datapath, prog: &str, frames: &[Vec<u8>]) -> Result<f64> {
@@ -244,15 +92,19 @@ fn warm_cost(dp: &Datapath, prog: &str, frames: &[Vec<u8>]) -> Result<f64> {
     Ok(median(ns))
 }
 
-const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+/// The maps a policy's size shows in.
+const POLICY_MAPS: [&str; 4] = [names::ADDR4, names::ADDR6, names::LENS, names::POLICY];
 
-fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
+pub(crate) const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+
+pub(crate) fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
     let samples = if quick { 2000 } else { 6000 };
     let mut rng = StdRng::seed_from_u64(7);
     let mut out = json!({});
     established_flows(quick, pin_dir, samples, &mut rng, &mut out)?;
     new_flows(pin_dir, samples, &mut rng, &mut out)?;
     out["update"] = update(pin_dir)?;
+    out["fleet"] = crate::fleet::fleet(pin_dir)?;
     out["config_10000_rules_parse_validate_ms"] = json!(parse_validate_ms()?);
     let _ = std::fs::remove_dir_all(pin_dir);
     println!("{}", serde_json::to_string_pretty(&out)?);
@@ -327,14 +179,17 @@ fn established_flows(
             warm_cost(&dp, PROG_INGRESS, &frames)?,
             warm_cost(&dp, PROG_PASS, &frames)?,
         );
+        let (floor, stages) = floor_and_stages(&dp, &frames)?;
         let verdict = dp.test_run(true, &frames[0], 1)?.0;
         if verdict != 0 {
             bail!("an established flow's packet was dropped in the benchmark");
         }
         eprintln!(
-            "micro: established flow, {size} flows: cold {sg:.0} ns (empty {base:.0} ns), warm {warm_sg:.0} ns (empty {warm_base:.0} ns)"
+            "micro: established flow, {size} flows: cold {sg:.0} ns (empty {base:.0} ns, floor {floor:.0} ns: {:.2}x), warm {warm_sg:.0} ns (empty {warm_base:.0} ns); stages {stages}",
+            sg / floor
         );
         established.push(json!({"flows": size, "sg_ns": sg, "empty_ns": base, "over_empty_ns": sg - base,
+            "floor_ns": floor, "over_floor": sg / floor, "stages_ns": stages,
             "warm_sg_ns": warm_sg, "warm_empty_ns": warm_base, "warm_over_empty_ns": warm_sg - warm_base}));
         if size == *sizes.last().expect("sizes") {
             let ct = dp.maps.memlock(names::CT)?;
@@ -368,13 +223,13 @@ fn new_flows(
         let _ = std::fs::remove_dir_all(pin_dir);
         let mut dp = Datapath::load(1 << 20, pin_dir)?;
         dp.load_baseline()?;
-        let before: u64 = [names::ADDR4, names::ADDR6, names::PORTS]
+        let before: u64 = POLICY_MAPS
             .iter()
             .map(|m| dp.maps.memlock(m).unwrap_or(0))
             .sum();
         let inbound = rules(n);
         dp.install("bench", 1, &compiled(&inbound, &[]))?;
-        let after: u64 = [names::ADDR4, names::ADDR6, names::PORTS]
+        let after: u64 = POLICY_MAPS
             .iter()
             .map(|m| dp.maps.memlock(m).unwrap_or(0))
             .sum();

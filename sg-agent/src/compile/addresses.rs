@@ -1,0 +1,72 @@
+//! The shared address map: every address block some rule's peer stands
+//! for, with the identity it gets — the atoms that contain it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+
+use super::{Atom, truncate};
+use crate::model::Desired;
+
+/// The private addresses of each group's members (both families), by
+/// group id: what a group atom stands for.
+pub type Members = BTreeMap<String, Vec<IpAddr>>;
+
+/// Every interface of `d` counts, wherever it runs: a reference matches
+/// the members' addresses, not only the local ones.
+pub fn members(d: &Desired) -> Members {
+    let mut out = Members::new();
+    for i in &d.interfaces {
+        for g in &i.groups {
+            let addrs = out.entry(g.clone()).or_default();
+            addrs.extend(i.ipv4.iter().map(|a| IpAddr::V4(*a)));
+            addrs.extend(i.ipv6.iter().map(|a| IpAddr::V6(*a)));
+        }
+    }
+    out
+}
+
+/// The address map of `atoms`: each block → the atoms containing it,
+/// sorted. A block's atoms are its own and those of every shorter block
+/// that contains it, so that the longest match alone finds them all.
+pub fn address_map<'a>(
+    atoms: impl IntoIterator<Item = &'a Atom>,
+    members: &Members,
+) -> HashMap<IpNet, Vec<Atom>> {
+    let mut direct: HashMap<IpNet, BTreeSet<Atom>> = HashMap::new();
+    for atom in atoms {
+        match atom {
+            Atom::Net(n) | Atom::Kept(n, _) => {
+                direct.entry(n.trunc()).or_default().insert(atom.clone());
+            }
+            Atom::Group(g) => {
+                for a in members.get(g).into_iter().flatten() {
+                    direct
+                        .entry(IpNet::from(*a))
+                        .or_default()
+                        .insert(atom.clone());
+                }
+            }
+        }
+    }
+    // The lengths present, per family: the only ancestors to look for.
+    let mut lens: [BTreeSet<u8>; 2] = Default::default();
+    for net in direct.keys() {
+        lens[usize::from(net.addr().is_ipv6())].insert(net.prefix_len());
+    }
+    direct
+        .iter()
+        .map(|(net, own)| {
+            let mut all = own.clone();
+            for &len in lens[usize::from(net.addr().is_ipv6())].range(..net.prefix_len()) {
+                if let Some(up) = direct.get(&truncate(net, len)) {
+                    all.extend(up.iter().cloned());
+                }
+            }
+            (*net, all.into_iter().collect())
+        })
+        .collect()
+}
