@@ -201,6 +201,12 @@ impl Default for Lens {
 pub const MAX_LENS: usize = 129;
 const _: () = assert!(size_of::<Lens>() == 4 + 20 * MAX_LENS);
 
+/// Capacities of the shared maps (docs/datapath.md, "Capacity"): blocks
+/// of each family in the address map, and policy entries.
+pub const ADDR4_ENTRIES: u32 = 1 << 18;
+pub const ADDR6_ENTRIES: u32 = 1 << 17;
+pub const POLICY_ENTRIES: u32 = 1 << 19;
+
 /// Key of `POLICY`: what a policy allows towards an identity for one
 /// protocol (0: every protocol), in chunks of [`POLICY_SEGS`] port segments.
 #[repr(C)]

@@ -18,11 +18,11 @@ pub(crate) static IFACES: HashMap<u32, IfaceCfg> = HashMap::with_max_entries(STA
 /// Sizes: docs/datapath.md, "Capacity".
 #[map]
 pub(crate) static ADDR4: HashMap<AddrKey4, u32> =
-    HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(ADDR4_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
 pub(crate) static ADDR6: HashMap<AddrKey6, u32> =
-    HashMap::with_max_entries(1 << 17, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(ADDR6_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// The prefix lengths present in `ADDR4` (index 0) and `ADDR6` (1). An
 /// array, whose lookup the JIT inlines; its values are rewritten in place,
@@ -35,7 +35,7 @@ pub(crate) static LENS: Array<Lens> = Array::with_max_entries(2, 0);
 /// Per policy: (identity, protocol, chunk) → the allowed port segments.
 #[map]
 pub(crate) static POLICY: HashMap<PolicyKey, PolicyVal> =
-    HashMap::with_max_entries(1 << 19, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(POLICY_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// The tracking table: a plain, preallocated hash, so nothing is ever
 /// evicted; the program refuses new flows past the allowance (`CT_LIMIT`) and

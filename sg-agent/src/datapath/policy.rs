@@ -11,9 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use ipnet::IpNet;
-use sg_common::{PolicyKey, PolicyVal, STATS_SLOTS};
+use sg_common::{ADDR4_ENTRIES, ADDR6_ENTRIES, POLICY_ENTRIES, PolicyKey, PolicyVal, STATS_SLOTS};
 
 use super::{Datapath, ifname, state::State};
 use crate::compile::{
@@ -239,6 +239,7 @@ impl Datapath {
         }
         self.state.next_policy = next_policy;
         self.state.next_id = next_id;
+        self.state.fits(&target, entries.len())?;
         if let Err(e) = self.write_entries(&entries) {
             self.remove_entries(entries.iter().map(|(k, _)| *k));
             return Err(e);
@@ -509,6 +510,33 @@ impl State {
             })
             .collect();
         (ids, fresh)
+    }
+
+    /// Refuses, before anything is written, a change the maps cannot hold
+    /// while it is made (old and new side by side until the old goes).
+    fn fits(&self, target: &HashMap<IpNet, Vec<Atom>>, new_entries: usize) -> Result<()> {
+        for (v6, max, family) in [
+            (false, ADDR4_ENTRIES, "IPv4"),
+            (true, ADDR6_ENTRIES, "IPv6"),
+        ] {
+            let n = target
+                .keys()
+                .chain(self.addr.keys().filter(|n| !target.contains_key(n)))
+                .filter(|n| n.addr().is_ipv6() == v6)
+                .count();
+            if n > max as usize {
+                bail!(
+                    "the policies need {n} {family} address blocks (rule CIDRs, prefix-list entries and group members' addresses) while the change is made; the datapath holds at most {max} (docs/datapath.md, \"Capacity\")"
+                );
+            }
+        }
+        let n = self.pol.values().map(Vec::len).sum::<usize>() + new_entries;
+        if n > POLICY_ENTRIES as usize {
+            bail!(
+                "the policies need {n} policy entries while the change is made; the datapath holds at most {POLICY_ENTRIES} (docs/datapath.md, \"Capacity\")"
+            );
+        }
+        Ok(())
     }
 
     /// The identity that judged packets from `net` before: its own entry's,
