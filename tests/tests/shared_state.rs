@@ -123,6 +123,29 @@ fn a_member_joining_is_one_address_write_whatever_the_interfaces() {
     let w = dp.commit(&[], &base).unwrap();
     assert_eq!(w.addresses + w.policy + w.interfaces, 1);
     assert_eq!(verdict(&dp, "10.50.9.9", 5432), 2);
+    // A rule added to one interface's policy: that identity's entry is
+    // rewritten in place, nothing else.
+    let more = policy(vec![
+        rule(group(), 5432, 5432),
+        rule(group(), 6432, 6432),
+        rule(net("192.168.0.0/24"), 22, 22),
+    ]);
+    let change = [Change {
+        name: "t",
+        ifindex: 1,
+        compiled: &more,
+    }];
+    let w = dp.commit(&change, &base).unwrap();
+    assert_eq!(
+        w,
+        Writes {
+            addresses: 0,
+            policy: 1,
+            interfaces: 0
+        }
+    );
+    assert_eq!(verdict(&dp, "10.50.0.7", 6432), 0);
+    assert_eq!(verdict(&dp, "10.50.0.7", 5432), 0);
     dp.stop();
 }
 

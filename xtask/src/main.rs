@@ -4,6 +4,8 @@
 mod api_model;
 mod bench;
 mod bench_api;
+mod bench_report;
+mod bench_traffic;
 mod demo;
 mod package;
 mod setup;

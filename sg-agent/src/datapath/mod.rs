@@ -5,6 +5,7 @@
 
 mod conntrack;
 mod counters;
+mod inplace;
 mod links;
 mod maps;
 mod policy;

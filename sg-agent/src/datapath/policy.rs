@@ -137,6 +137,20 @@ impl Datapath {
             .copied()
             .collect();
         let staged = !moved.is_empty() && !changed.is_empty();
+        let distinct: HashSet<u32> = ids.values().copied().collect();
+        let rewrites = st.rewrites(
+            &moved,
+            |i, d| after.get(&i).and_then(|c| c[d].clone()),
+            |i| {
+                let c = changes.iter().rev().find(|c| c.ifindex == i);
+                match (self.maps.ifaces.get(&i, 0), c) {
+                    (Ok(old), Some(c)) => c.compiled.iface_cfg(old.policy, old.stats_slot) == old,
+                    _ => false,
+                }
+            },
+            &distinct,
+            &fresh,
+        )?;
 
         // New policy ids. Staged, a policy is shared only by interfaces that
         // come from the same old one (its temporary entries copy the old).
@@ -146,6 +160,10 @@ impl Datapath {
         for &(i, d) in &moved {
             let content = after[&i][d].clone().expect("moved directions have content");
             let old = st.installed.get(&i).map_or(0, |p| p[d]);
+            if rewrites.contains_key(&old) {
+                new_policy.insert((i, d), old);
+                continue;
+            }
             let key = (content.clone(), if staged { old } else { 0 });
             let id = match by_content.get(&key) {
                 Some(id) => *id,
@@ -179,7 +197,6 @@ impl Datapath {
                 })
             })
             .collect();
-        let distinct: HashSet<u32> = ids.values().copied().collect();
         // Where each changed block's packets got their verdict before: its
         // own entry or its longest ancestor's.
         let source: HashMap<IpNet, Option<u32>> =
@@ -189,7 +206,10 @@ impl Datapath {
                 Some(c) => {
                     let index = PolicyIndex::new(c);
                     for &id in &distinct {
-                        if st.pol.contains_key(&(p, id)) {
+                        // A policy changed in place has its rewrite.
+                        if st.pol.contains_key(&(p, id))
+                            || rewrites.contains_key(&p) && !fresh.contains(&id)
+                        {
                             continue;
                         }
                         let atoms = &st.atoms_of[&id];
@@ -231,7 +251,9 @@ impl Datapath {
                     entries.extend(st.copy(q, k, q, t));
                 }
                 for (&(i, d), &p) in &new_policy {
-                    if let Some(old) = st.installed.get(&i) {
+                    if let Some(old) = st.installed.get(&i)
+                        && old[d] != p
+                    {
                         entries.extend(st.copy(old[d], k, p, t));
                     }
                 }
@@ -269,7 +291,24 @@ impl Datapath {
                 }
             }
         }
-        // 3. The interfaces switch.
+        // 3. The interfaces switch: policies changed in place entry by
+        // entry, the others by their configuration.
+        for (p, (content, rw)) in rewrites {
+            self.write_entries(&rw.writes)?;
+            self.remove_entries(rw.removes.iter().copied());
+            w.policy += rw.writes.len() + rw.removes.len();
+            for (k, entries) in rw.after {
+                if entries.is_empty() {
+                    self.state.pol.remove(&k);
+                } else {
+                    self.state.pol.insert(k, entries);
+                }
+            }
+            if let Some(old) = self.state.contents.insert(p, content.clone()) {
+                self.state.policy_ids.remove(&old);
+            }
+            self.state.policy_ids.insert(content, p);
+        }
         for (&i, dirs) in &after {
             let policy = [0, 1].map(|d| {
                 new_policy
