@@ -16,16 +16,16 @@ use std::{
 use anyhow::Result;
 use sg_common::{PolicyKey, PolicyVal};
 
-use super::state::State;
+use super::state::{Entries, State};
 use crate::compile::{DirPolicy, PolicyIndex, policy_entries};
 
 /// A policy's entries to write and to remove, in place.
 #[derive(Default)]
 pub(super) struct Rewrite {
-    pub writes: Vec<(PolicyKey, PolicyVal)>,
+    pub writes: Entries,
     pub removes: Vec<PolicyKey>,
     /// The entries by identity afterwards, for the mirror.
-    pub after: Vec<((u32, u32), Vec<(PolicyKey, PolicyVal)>)>,
+    pub after: Vec<((u32, u32), Entries)>,
 }
 
 impl State {
@@ -100,7 +100,7 @@ impl State {
             }
             let protos: HashSet<u8> = old.iter().chain(&entries).map(|(k, _)| k.proto).collect();
             for proto in protos {
-                let of = |v: &[(PolicyKey, PolicyVal)]| -> Vec<(PolicyKey, PolicyVal)> {
+                let of = |v: &[(PolicyKey, PolicyVal)]| -> Entries {
                     v.iter()
                         .filter(|(k, _)| k.proto == proto)
                         .copied()

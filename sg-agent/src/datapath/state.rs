@@ -16,6 +16,9 @@ use sg_common::{PolicyKey, PolicyVal, addr_bytes};
 use super::Maps;
 use crate::compile::{Atom, DirPolicy};
 
+/// A policy's entries towards one identity, as written.
+pub(super) type Entries = Vec<(PolicyKey, PolicyVal)>;
+
 #[derive(Default)]
 pub(super) struct State {
     /// What `ADDR4`/`ADDR6` hold: block → identity.
@@ -23,7 +26,7 @@ pub(super) struct State {
     /// What `LENS` holds, per family (IPv4, IPv6).
     pub lens: [BTreeSet<u8>; 2],
     /// What `POLICY` holds, by (policy, identity).
-    pub pol: HashMap<(u32, u32), Vec<(PolicyKey, PolicyVal)>>,
+    pub pol: HashMap<(u32, u32), Entries>,
     /// The identities this agent named: atoms → id, and back.
     pub ids: HashMap<Vec<Atom>, u32>,
     pub atoms_of: HashMap<u32, Vec<Atom>>,
