@@ -342,6 +342,7 @@ fn a_crash_in_a_burst_of_changes_loses_nothing_acknowledged() {
     let script = format!(
         r#"
 import threading, sys
+out = threading.Lock()
 def worker(t):
     c = ec2()
     for i in range(t, 4000, 4):
@@ -350,7 +351,10 @@ def worker(t):
             c.authorize_security_group_ingress(GroupId={app:?}, IpPermissions=[{{'IpProtocol': 'tcp', 'FromPort': p, 'ToPort': p, 'IpRanges': [{{'CidrIp': '10.77.0.0/24'}}]}}])
         except Exception:
             return
-        print(p, flush=True)
+        # One line per answer, whole: print() from threads can interleave.
+        with out:
+            sys.stdout.write(f"{{p}}\n")
+            sys.stdout.flush()
 ts = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
 [t.start() for t in ts]
 [t.join() for t in ts]
