@@ -172,6 +172,20 @@ pub fn markdown(all: &Value, counts: &[usize]) -> String {
         f["leave"]["address_writes"],
         f["join_new_identity"]["address_writes"], f["join_new_identity"]["policy_writes"],
     ));
+    let c = &d["contention"];
+    s.push_str(&format!(
+        "\nFlow creation under two-CPU contention ({} new flows per CPU, 1,000 rules, each CPU its own flows): {:.0} ns per flow alone, {} at once on both CPUs: **{:.2}x** uncontended (the slower CPU).\n",
+        c["flows_per_thread"],
+        c["uncontended_ns"].as_f64().unwrap_or(0.0),
+        c["contended_ns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| format!("{:.0} ns", v.as_f64().unwrap_or(0.0)))
+            .collect::<Vec<_>>()
+            .join(" and "),
+        c["ratio"].as_f64().unwrap_or(0.0),
+    ));
     let mem = &d["memory"];
     s.push_str(&format!(
         "\nMemory (kernel map accounting): {:.0} bytes per tracked-flow table entry; {:.0} bytes per flow of allowance at {} flows on {} CPUs (the table is a preallocated hash of allowance + 2 x CPUs entries: memory grows with the allowance, not with the CPU count); {:.0} bytes per rule (address, length and policy maps, 10,000 rules).\n",

@@ -9,6 +9,7 @@
 //!   rules per interface; the benchmarks go past that through the same API).
 //! - `render`: the same N-rule policy as nftables or iptables rules.
 
+mod contention;
 mod fleet;
 mod micro;
 

@@ -105,6 +105,7 @@ pub(crate) fn micro(quick: bool, pin_dir: &Path) -> Result<()> {
     new_flows(pin_dir, samples, &mut rng, &mut out)?;
     out["update"] = update(pin_dir)?;
     out["fleet"] = crate::fleet::fleet(pin_dir)?;
+    out["contention"] = crate::contention::contention(pin_dir)?;
     out["config_10000_rules_parse_validate_ms"] = json!(parse_validate_ms()?);
     let _ = std::fs::remove_dir_all(pin_dir);
     println!("{}", serde_json::to_string_pretty(&out)?);
