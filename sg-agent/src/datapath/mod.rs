@@ -10,6 +10,7 @@ mod links;
 mod maps;
 mod policy;
 mod state;
+mod txn;
 
 use std::{
     collections::HashMap as StdHashMap,

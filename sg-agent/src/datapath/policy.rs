@@ -6,20 +6,17 @@
 //! `compile`'s; this allocates ids and writes.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use ipnet::IpNet;
-use sg_common::{ADDR4_ENTRIES, ADDR6_ENTRIES, POLICY_ENTRIES, PolicyKey, PolicyVal, STATS_SLOTS};
+use sg_common::{PolicyKey, PolicyVal, STATS_SLOTS};
 
-use super::{Datapath, ifname, state::State};
-use crate::compile::{
-    AddrKey, Atom, Compiled, DirPolicy, Members, PolicyIndex, addr_key, address_map, lens_value,
-    policy_entries, truncate,
-};
+use super::{Datapath, ifname, txn::Txn};
+use crate::compile::{AddrKey, Compiled, DirPolicy, Members, addr_key, lens_value};
 
 /// How long replaced policy entries stay after the change (see `commit`).
 pub(super) const RETIRE_GRACE: Duration = Duration::from_millis(20);
@@ -42,7 +39,7 @@ pub struct Writes {
 
 /// A policy direction as the transaction sees it: its content when this
 /// agent wrote it (an earlier agent's is unknown).
-type Content = Option<Arc<DirPolicy>>;
+pub(super) type Content = Option<Arc<DirPolicy>>;
 
 impl Datapath {
     /// Enforces `compiled` on one interface, the rest as they are, with no
@@ -66,202 +63,42 @@ impl Datapath {
     /// 2. when both policies and addresses change, each changed block first
     ///    moves to a temporary identity that every policy, old and new,
     ///    judges as the old state did;
-    /// 3. the interfaces switch to their new policies, one map write each;
+    /// 3. the interfaces switch to their new policies, one map write each
+    ///    (or, where every user of a policy moves to the same rules, the
+    ///    policy is rewritten in place: `inplace.rs`);
     /// 4. the blocks take their new identities, one write each;
     /// 5. what nothing refers to goes after a grace (`retire_expired`).
     ///
     /// A packet reads one interface configuration and one address entry, so
     /// at every step it is judged by the whole old or the whole new state.
     pub fn commit(&mut self, changes: &[Change], members: &Members) -> Result<Writes> {
-        let mut w = Writes::default();
-        let st = &self.state;
-        // The contents after the change, by interface and direction.
-        let mut after: HashMap<u32, [Content; 2]> = st
-            .installed
-            .iter()
-            .map(|(i, ids)| (*i, ids.map(|p| st.contents.get(&p).cloned())))
-            .collect();
+        let mut same_cfg = HashSet::new();
         for c in changes {
-            after.insert(
-                c.ifindex,
-                c.compiled.dirs.clone().map(|d| Some(Arc::new(d))),
-            );
-        }
-        // Directions whose policy changes: another content than installed.
-        let moved: Vec<(u32, usize)> = after
-            .iter()
-            .flat_map(|(i, dirs)| (0..2).map(move |d| (*i, d, &dirs[d])))
-            .filter(|(i, d, c)| {
-                let known = st.installed.get(i).and_then(|p| st.contents.get(&p[*d]));
-                c.is_some() && known != c.as_ref()
-            })
-            .map(|(i, d, _)| (i, d))
-            .collect();
-        // Blocks that policies of unknown content (an earlier agent's, on
-        // interfaces kept as they were) judge stay, as the identity they
-        // know them by.
-        let unknown: HashSet<u32> = after
-            .iter()
-            .flat_map(|(i, dirs)| {
-                (0..2)
-                    .filter(|d| dirs[*d].is_none())
-                    .map(|d| st.installed[i][d])
-            })
-            .collect();
-        let judged: HashSet<u32> = st
-            .pol
-            .keys()
-            .filter(|(p, _)| unknown.contains(p))
-            .map(|(_, id)| *id)
-            .collect();
-        let kept: Vec<Atom> = st
-            .addr
-            .iter()
-            .filter(|(_, id)| judged.contains(id))
-            .map(|(n, id)| Atom::Kept(*n, *id))
-            .collect();
-        let atoms: BTreeSet<&Atom> = after
-            .values()
-            .flatten()
-            .flatten()
-            .flat_map(|c| c.atoms())
-            .chain(&kept)
-            .collect();
-        let target = address_map(atoms, members);
-        let (ids, fresh) = self.state.identities(&target);
-        let st = &self.state;
-        let changed: Vec<IpNet> = target
-            .keys()
-            .filter(|n| st.addr.get(n) != ids.get(n))
-            .chain(st.addr.keys().filter(|n| !target.contains_key(n)))
-            .copied()
-            .collect();
-        let staged = !moved.is_empty() && !changed.is_empty();
-        let distinct: HashSet<u32> = ids.values().copied().collect();
-        let rewrites = st.rewrites(
-            &moved,
-            |i, d| after.get(&i).and_then(|c| c[d].clone()),
-            |i| {
-                let c = changes.iter().rev().find(|c| c.ifindex == i);
-                match (self.maps.ifaces.get(&i, 0), c) {
-                    (Ok(old), Some(c)) => c.compiled.iface_cfg(old.policy, old.stats_slot) == old,
-                    _ => false,
+            match self.maps.ifaces.get(&c.ifindex, 0) {
+                Ok(old) if c.compiled.iface_cfg(old.policy, old.stats_slot) == old => {
+                    same_cfg.insert(c.ifindex)
                 }
-            },
-            &distinct,
-            &fresh,
-        )?;
-
-        // New policy ids. Staged, a policy is shared only by interfaces that
-        // come from the same old one (its temporary entries copy the old).
-        let mut new_policy: HashMap<(u32, usize), u32> = HashMap::new();
-        let mut by_content: HashMap<(Arc<DirPolicy>, u32), u32> = HashMap::new();
-        let mut next_policy = self.state.next_policy;
-        for &(i, d) in &moved {
-            let content = after[&i][d].clone().expect("moved directions have content");
-            let old = st.installed.get(&i).map_or(0, |p| p[d]);
-            if rewrites.contains_key(&old) {
-                new_policy.insert((i, d), old);
-                continue;
-            }
-            let key = (content.clone(), if staged { old } else { 0 });
-            let id = match by_content.get(&key) {
-                Some(id) => *id,
-                None => {
-                    let id = match st.policy_ids.get(&content) {
-                        Some(id) if !staged => *id,
-                        _ => {
-                            next_policy += 1;
-                            next_policy - 1
-                        }
-                    };
-                    by_content.insert(key, id);
-                    id
-                }
+                _ => same_cfg.remove(&c.ifindex),
             };
-            new_policy.insert((i, d), id);
         }
+        let t = self.state.plan(changes, members, &same_cfg)?;
+        self.write(t, changes)
+    }
 
-        // 1. Entries under ids nothing uses yet.
-        let mut entries: Vec<(PolicyKey, PolicyVal)> = Vec::new();
-        let np = &new_policy;
-        let live_after: HashMap<u32, Content> = after
-            .iter()
-            .flat_map(|(i, dirs)| {
-                (0..2).map(move |d| {
-                    let id = np
-                        .get(&(*i, d))
-                        .copied()
-                        .unwrap_or_else(|| st.installed[i][d]);
-                    (id, dirs[d].clone())
-                })
-            })
-            .collect();
-        // Where each changed block's packets got their verdict before: its
-        // own entry or its longest ancestor's.
-        let source: HashMap<IpNet, Option<u32>> =
-            changed.iter().map(|n| (*n, st.judged_by(n))).collect();
-        for (&p, content) in &live_after {
-            match content {
-                Some(c) => {
-                    let index = PolicyIndex::new(c);
-                    for &id in &distinct {
-                        // A policy changed in place has its rewrite.
-                        if st.pol.contains_key(&(p, id))
-                            || rewrites.contains_key(&p) && !fresh.contains(&id)
-                        {
-                            continue;
-                        }
-                        let atoms = &st.atoms_of[&id];
-                        if index.relevant(atoms) {
-                            entries.extend(policy_entries(p, id, &index.segments(atoms))?);
-                        }
-                    }
-                }
-                // An earlier agent's policy (an interface kept as it was):
-                // a new identity is judged as the one its blocks had, when
-                // they all had the same; otherwise it is denied (fail closed).
-                None => {
-                    for &j in &fresh {
-                        let olds: HashSet<Option<u32>> = ids
-                            .iter()
-                            .filter(|(_, id)| **id == j)
-                            .map(|(n, _)| source.get(n).copied().flatten())
-                            .collect();
-                        if let [Some(k)] = olds.into_iter().collect::<Vec<_>>()[..] {
-                            entries.extend(st.copy(p, k, p, j));
-                        }
-                    }
-                }
-            }
-        }
-        // 2. Temporary identities, judged everywhere as the old state judged.
-        let mut temp: HashMap<u32, u32> = HashMap::new();
-        let mut next_id = self.state.next_id;
-        if staged {
-            for k in source.values().flatten() {
-                temp.entry(*k).or_insert_with(|| {
-                    next_id += 1;
-                    next_id - 1
-                });
-            }
-            let live_now: HashSet<u32> = st.installed.values().flatten().copied().collect();
-            for (&k, &t) in &temp {
-                for &q in &live_now {
-                    entries.extend(st.copy(q, k, q, t));
-                }
-                for (&(i, d), &p) in &new_policy {
-                    if let Some(old) = st.installed.get(&i)
-                        && old[d] != p
-                    {
-                        entries.extend(st.copy(old[d], k, p, t));
-                    }
-                }
-            }
-        }
-        self.state.next_policy = next_policy;
-        self.state.next_id = next_id;
-        self.state.fits(&target, entries.len())?;
+    /// Writes a planned change, in the order `commit` describes.
+    fn write(&mut self, t: Txn, changes: &[Change]) -> Result<Writes> {
+        let mut w = Writes::default();
+        let Txn {
+            after,
+            target,
+            ids,
+            changed,
+            source,
+            temp,
+            new_policy,
+            rewrites,
+            entries,
+        } = t;
         if let Err(e) = self.write_entries(&entries) {
             self.remove_entries(entries.iter().map(|(k, _)| *k));
             return Err(e);
@@ -283,12 +120,12 @@ impl Datapath {
             .copied()
             .collect();
         self.write_lens(union.iter())?;
-        if staged {
-            for n in &changed {
-                if let Some(Some(k)) = source.get(n) {
-                    self.write_addr(n, Some(temp[k]))?;
-                    w.addresses += 1;
-                }
+        for n in &changed {
+            if let Some(Some(k)) = source.get(n)
+                && let Some(tmp) = temp.get(k)
+            {
+                self.write_addr(n, Some(*tmp))?;
+                w.addresses += 1;
             }
         }
         // 3. The interfaces switch: policies changed in place entry by
@@ -499,135 +336,5 @@ impl Datapath {
         if n > 0 {
             log::info!("removed {n} policy entries no interface uses");
         }
-    }
-}
-
-impl State {
-    /// Identities for the blocks of `target`: the id its atoms already
-    /// have, an earlier agent's id that every block now holding it would
-    /// get (so that a restart rewrites nothing), or a fresh one. Returns
-    /// them and the fresh ones.
-    fn identities(
-        &mut self,
-        target: &HashMap<IpNet, Vec<Atom>>,
-    ) -> (HashMap<IpNet, u32>, HashSet<u32>) {
-        let mut adopt: HashMap<u32, Option<&Vec<Atom>>> = HashMap::new();
-        for (n, atoms) in target {
-            if let Some(k) = self.addr.get(n)
-                && !self.atoms_of.contains_key(k)
-            {
-                let e = adopt.entry(*k).or_insert(Some(atoms));
-                if *e != Some(atoms) {
-                    *e = None;
-                }
-            }
-        }
-        for (k, atoms) in adopt {
-            if let Some(atoms) = atoms
-                && !self.ids.contains_key(atoms)
-            {
-                self.ids.insert(atoms.clone(), k);
-                self.atoms_of.insert(k, atoms.clone());
-            }
-        }
-        let mut fresh = HashSet::new();
-        let ids = target
-            .iter()
-            .map(|(n, atoms)| {
-                let id = match self.ids.get(atoms) {
-                    Some(id) => *id,
-                    None => {
-                        let id = self.next_id;
-                        self.next_id += 1;
-                        self.ids.insert(atoms.clone(), id);
-                        self.atoms_of.insert(id, atoms.clone());
-                        fresh.insert(id);
-                        id
-                    }
-                };
-                (*n, id)
-            })
-            .collect();
-        (ids, fresh)
-    }
-
-    /// Refuses, before anything is written, a change the maps cannot hold
-    /// while it is made (old and new side by side until the old goes).
-    fn fits(&self, target: &HashMap<IpNet, Vec<Atom>>, new_entries: usize) -> Result<()> {
-        for (v6, max, family) in [
-            (false, ADDR4_ENTRIES, "IPv4"),
-            (true, ADDR6_ENTRIES, "IPv6"),
-        ] {
-            let n = target
-                .keys()
-                .chain(self.addr.keys().filter(|n| !target.contains_key(n)))
-                .filter(|n| n.addr().is_ipv6() == v6)
-                .count();
-            if n > max as usize {
-                bail!(
-                    "the policies need {n} {family} address blocks (rule CIDRs, prefix-list entries and group members' addresses) while the change is made; the datapath holds at most {max} (docs/datapath.md, \"Capacity\")"
-                );
-            }
-        }
-        let n = self.pol.values().map(Vec::len).sum::<usize>() + new_entries;
-        if n > POLICY_ENTRIES as usize {
-            bail!(
-                "the policies need {n} policy entries while the change is made; the datapath holds at most {POLICY_ENTRIES} (docs/datapath.md, \"Capacity\")"
-            );
-        }
-        Ok(())
-    }
-
-    /// The identity that judged packets from `net` before: its own entry's,
-    /// or its longest ancestor's.
-    fn judged_by(&self, net: &IpNet) -> Option<u32> {
-        if let Some(id) = self.addr.get(net) {
-            return Some(*id);
-        }
-        let lens = &self.lens[usize::from(net.addr().is_ipv6())];
-        lens.range(..net.prefix_len())
-            .rev()
-            .find_map(|len| self.addr.get(&truncate(net, *len)).copied())
-    }
-
-    /// The entries of `(from, k)` rewritten as `(to, t)`.
-    fn copy(&self, from: u32, k: u32, to: u32, t: u32) -> Vec<(PolicyKey, PolicyVal)> {
-        self.pol
-            .get(&(from, k))
-            .into_iter()
-            .flatten()
-            .map(|(key, v)| {
-                (
-                    PolicyKey {
-                        policy: to,
-                        identity: t,
-                        ..*key
-                    },
-                    *v,
-                )
-            })
-            .collect()
-    }
-
-    /// Drops from the mirror, and returns the keys of, the entries of
-    /// policies no interface uses and of identities no block has (but
-    /// `keep`); forgets those policies' contents and those identities.
-    fn unreferenced(&mut self, temporary: &HashSet<u32>) -> Vec<PolicyKey> {
-        let policies: HashSet<u32> = self.installed.values().flatten().copied().collect();
-        let identities: HashSet<u32> = self.addr.values().copied().collect();
-        let mut out = Vec::new();
-        self.pol.retain(|(p, id), keys| {
-            let keep = policies.contains(p) && identities.contains(id) && !temporary.contains(id);
-            if !keep {
-                out.extend(keys.iter().map(|(k, _)| *k));
-            }
-            keep
-        });
-        self.contents.retain(|p, _| policies.contains(p));
-        let contents = &self.contents;
-        self.policy_ids.retain(|_, p| contents.contains_key(p));
-        self.ids.retain(|_, id| identities.contains(id));
-        self.atoms_of.retain(|id, _| identities.contains(id));
-        out
     }
 }

@@ -5,16 +5,17 @@
 //! cannot know: those stay as they are until replaced).
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
+use anyhow::{Result, bail};
 use ipnet::IpNet;
-use sg_common::{PolicyKey, PolicyVal, addr_bytes};
+use sg_common::{ADDR4_ENTRIES, ADDR6_ENTRIES, POLICY_ENTRIES, PolicyKey, PolicyVal, addr_bytes};
 
 use super::Maps;
-use crate::compile::{Atom, DirPolicy};
+use crate::compile::{Atom, DirPolicy, truncate};
 
 /// A policy's entries towards one identity, as written.
 pub(super) type Entries = Vec<(PolicyKey, PolicyVal)>;
@@ -81,5 +82,139 @@ impl State {
             .chain(st.installed.values().flatten().copied());
         st.next_policy = 1 + policies.max().unwrap_or(0);
         st
+    }
+}
+
+impl State {
+    /// Identities for the blocks of `target`: the id its atoms already
+    /// have, an earlier agent's id that every block now holding it would
+    /// get (so that a restart rewrites nothing), or a fresh one. Returns
+    /// them and the fresh ones.
+    pub(super) fn identities(
+        &mut self,
+        target: &HashMap<IpNet, Vec<Atom>>,
+    ) -> (HashMap<IpNet, u32>, HashSet<u32>) {
+        let mut adopt: HashMap<u32, Option<&Vec<Atom>>> = HashMap::new();
+        for (n, atoms) in target {
+            if let Some(k) = self.addr.get(n)
+                && !self.atoms_of.contains_key(k)
+            {
+                let e = adopt.entry(*k).or_insert(Some(atoms));
+                if *e != Some(atoms) {
+                    *e = None;
+                }
+            }
+        }
+        for (k, atoms) in adopt {
+            if let Some(atoms) = atoms
+                && !self.ids.contains_key(atoms)
+            {
+                self.ids.insert(atoms.clone(), k);
+                self.atoms_of.insert(k, atoms.clone());
+            }
+        }
+        let mut fresh = HashSet::new();
+        let ids = target
+            .iter()
+            .map(|(n, atoms)| {
+                let id = match self.ids.get(atoms) {
+                    Some(id) => *id,
+                    None => {
+                        let id = self.next_id;
+                        self.next_id += 1;
+                        self.ids.insert(atoms.clone(), id);
+                        self.atoms_of.insert(id, atoms.clone());
+                        fresh.insert(id);
+                        id
+                    }
+                };
+                (*n, id)
+            })
+            .collect();
+        (ids, fresh)
+    }
+
+    /// Refuses, before anything is written, a change the maps cannot hold
+    /// while it is made (old and new side by side until the old goes).
+    pub(super) fn fits(
+        &self,
+        target: &HashMap<IpNet, Vec<Atom>>,
+        new_entries: usize,
+    ) -> Result<()> {
+        for (v6, max, family) in [
+            (false, ADDR4_ENTRIES, "IPv4"),
+            (true, ADDR6_ENTRIES, "IPv6"),
+        ] {
+            let n = target
+                .keys()
+                .chain(self.addr.keys().filter(|n| !target.contains_key(n)))
+                .filter(|n| n.addr().is_ipv6() == v6)
+                .count();
+            if n > max as usize {
+                bail!(
+                    "the policies need {n} {family} address blocks (rule CIDRs, prefix-list entries and group members' addresses) while the change is made; the datapath holds at most {max} (docs/datapath.md, \"Capacity\")"
+                );
+            }
+        }
+        let n = self.pol.values().map(Vec::len).sum::<usize>() + new_entries;
+        if n > POLICY_ENTRIES as usize {
+            bail!(
+                "the policies need {n} policy entries while the change is made; the datapath holds at most {POLICY_ENTRIES} (docs/datapath.md, \"Capacity\")"
+            );
+        }
+        Ok(())
+    }
+
+    /// The identity that judged packets from `net` before: its own entry's,
+    /// or its longest ancestor's.
+    pub(super) fn judged_by(&self, net: &IpNet) -> Option<u32> {
+        if let Some(id) = self.addr.get(net) {
+            return Some(*id);
+        }
+        let lens = &self.lens[usize::from(net.addr().is_ipv6())];
+        lens.range(..net.prefix_len())
+            .rev()
+            .find_map(|len| self.addr.get(&truncate(net, *len)).copied())
+    }
+
+    /// The entries of `(from, k)` rewritten as `(to, t)`.
+    pub(super) fn copy(&self, from: u32, k: u32, to: u32, t: u32) -> Vec<(PolicyKey, PolicyVal)> {
+        self.pol
+            .get(&(from, k))
+            .into_iter()
+            .flatten()
+            .map(|(key, v)| {
+                (
+                    PolicyKey {
+                        policy: to,
+                        identity: t,
+                        ..*key
+                    },
+                    *v,
+                )
+            })
+            .collect()
+    }
+
+    /// Drops from the mirror, and returns the keys of, the entries of
+    /// policies no interface uses and of identities no block has (but
+    /// `keep`); forgets those policies' contents and those identities.
+    pub(super) fn unreferenced(&mut self, temporary: &HashSet<u32>) -> Vec<PolicyKey> {
+        let policies: HashSet<u32> = self.installed.values().flatten().copied().collect();
+        let identities: HashSet<u32> = self.addr.values().copied().collect();
+        let mut out = Vec::new();
+        self.pol.retain(|(p, id), keys| {
+            let keep = policies.contains(p) && identities.contains(id) && !temporary.contains(id);
+            if !keep {
+                out.extend(keys.iter().map(|(k, _)| *k));
+            }
+            keep
+        });
+        self.contents.retain(|p, _| policies.contains(p));
+        let contents = &self.contents;
+        self.policy_ids.retain(|_, p| contents.contains_key(p));
+        self.ids.retain(|_, id| identities.contains(id));
+        self.atoms_of.retain(|id, _| identities.contains(id));
+        out
     }
 }

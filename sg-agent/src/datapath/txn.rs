@@ -1,0 +1,271 @@
+//! Planning a change: from the interfaces' new policies and the groups'
+//! members to what `Datapath::commit` writes, in its order. Nothing here
+//! touches the kernel; the ids it hands out are fresh.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::Arc,
+};
+
+use anyhow::Result;
+use ipnet::IpNet;
+
+use super::{
+    inplace::Rewrite,
+    policy::{Change, Content},
+    state::{Entries, State},
+};
+use crate::compile::{Atom, DirPolicy, Members, PolicyIndex, address_map, policy_entries};
+
+/// A change, planned.
+pub(super) struct Txn {
+    /// The contents after the change, by interface and direction.
+    pub after: HashMap<u32, [Content; 2]>,
+    /// The address map after the change: block → atoms, and their ids.
+    pub target: HashMap<IpNet, Vec<Atom>>,
+    pub ids: HashMap<IpNet, u32>,
+    /// Blocks whose identity changes (new and removed ones too).
+    pub changed: Vec<IpNet>,
+    /// Where each changed block's packets got their verdict before: its
+    /// own entry or its longest ancestor's.
+    pub source: HashMap<IpNet, Option<u32>>,
+    /// Staged: old identity → the temporary one standing for it.
+    pub temp: HashMap<u32, u32>,
+    /// The policy id of each (interface, direction) that moves.
+    pub new_policy: HashMap<(u32, usize), u32>,
+    /// Policies changed in place.
+    pub rewrites: HashMap<u32, (Arc<DirPolicy>, Rewrite)>,
+    /// Entries written before anything refers to them.
+    pub entries: Entries,
+}
+
+impl State {
+    /// Plans `changes` with `members`; `same_cfg`: the changed interfaces
+    /// whose configuration stays as it is but for policy ids.
+    pub fn plan(
+        &mut self,
+        changes: &[Change],
+        members: &Members,
+        same_cfg: &HashSet<u32>,
+    ) -> Result<Txn> {
+        let mut after: HashMap<u32, [Content; 2]> = self
+            .installed
+            .iter()
+            .map(|(i, ids)| (*i, ids.map(|p| self.contents.get(&p).cloned())))
+            .collect();
+        for c in changes {
+            after.insert(
+                c.ifindex,
+                c.compiled.dirs.clone().map(|d| Some(Arc::new(d))),
+            );
+        }
+        // Directions whose policy changes: another content than installed.
+        let moved: Vec<(u32, usize)> = after
+            .iter()
+            .flat_map(|(i, dirs)| (0..2).map(move |d| (*i, d, &dirs[d])))
+            .filter(|(i, d, c)| {
+                let known = self
+                    .installed
+                    .get(i)
+                    .and_then(|p| self.contents.get(&p[*d]));
+                c.is_some() && known != c.as_ref()
+            })
+            .map(|(i, d, _)| (i, d))
+            .collect();
+        let kept = self.kept(&after);
+        let atoms: BTreeSet<&Atom> = after
+            .values()
+            .flatten()
+            .flatten()
+            .flat_map(|c| c.atoms())
+            .chain(&kept)
+            .collect();
+        let target = address_map(atoms, members);
+        let (ids, fresh) = self.identities(&target);
+        let changed: Vec<IpNet> = target
+            .keys()
+            .filter(|n| self.addr.get(n) != ids.get(n))
+            .chain(self.addr.keys().filter(|n| !target.contains_key(n)))
+            .copied()
+            .collect();
+        let staged = !moved.is_empty() && !changed.is_empty();
+        let distinct: HashSet<u32> = ids.values().copied().collect();
+        let rewrites = self.rewrites(
+            &moved,
+            |i, d| after.get(&i).and_then(|c| c[d].clone()),
+            |i| same_cfg.contains(&i),
+            &distinct,
+            &fresh,
+        )?;
+        let new_policy = self.policy_ids(&moved, &after, &rewrites, staged);
+        let source: HashMap<IpNet, Option<u32>> =
+            changed.iter().map(|n| (*n, self.judged_by(n))).collect();
+        let mut t = Txn {
+            after,
+            target,
+            ids,
+            changed,
+            source,
+            temp: HashMap::new(),
+            new_policy,
+            rewrites,
+            entries: Entries::new(),
+        };
+        t.entries = self.new_entries(&t, &distinct, &fresh)?;
+        if staged {
+            self.temporaries(&mut t);
+        }
+        self.fits(&t.target, t.entries.len())?;
+        Ok(t)
+    }
+
+    /// Blocks that policies of unknown content (an earlier agent's, on
+    /// interfaces kept as they were) judge: they stay, as the identity
+    /// those policies know them by.
+    fn kept(&self, after: &HashMap<u32, [Content; 2]>) -> Vec<Atom> {
+        let unknown: HashSet<u32> = after
+            .iter()
+            .flat_map(|(i, dirs)| {
+                (0..2)
+                    .filter(|d| dirs[*d].is_none())
+                    .map(|d| self.installed[i][d])
+            })
+            .collect();
+        let judged: HashSet<u32> = self
+            .pol
+            .keys()
+            .filter(|(p, _)| unknown.contains(p))
+            .map(|(_, id)| *id)
+            .collect();
+        self.addr
+            .iter()
+            .filter(|(_, id)| judged.contains(id))
+            .map(|(n, id)| Atom::Kept(*n, *id))
+            .collect()
+    }
+
+    /// The policy id of each moving direction: its own when rewritten in
+    /// place, an equal live policy's, or a fresh one. Staged, a policy is
+    /// shared only by interfaces that come from the same old one (its
+    /// temporary entries copy the old).
+    fn policy_ids(
+        &mut self,
+        moved: &[(u32, usize)],
+        after: &HashMap<u32, [Content; 2]>,
+        rewrites: &HashMap<u32, (Arc<DirPolicy>, Rewrite)>,
+        staged: bool,
+    ) -> HashMap<(u32, usize), u32> {
+        let mut out = HashMap::new();
+        let mut by_content: HashMap<(Arc<DirPolicy>, u32), u32> = HashMap::new();
+        for &(i, d) in moved {
+            let content = after[&i][d].clone().expect("moved directions have content");
+            let old = self.installed.get(&i).map_or(0, |p| p[d]);
+            if rewrites.contains_key(&old) {
+                out.insert((i, d), old);
+                continue;
+            }
+            let key = (content.clone(), if staged { old } else { 0 });
+            let id = match by_content.get(&key) {
+                Some(id) => *id,
+                None => {
+                    let id = match self.policy_ids.get(&content) {
+                        Some(id) if !staged => *id,
+                        _ => {
+                            self.next_policy += 1;
+                            self.next_policy - 1
+                        }
+                    };
+                    by_content.insert(key, id);
+                    id
+                }
+            };
+            out.insert((i, d), id);
+        }
+        out
+    }
+
+    /// The entries the new state needs that no packet can reach yet: new
+    /// policies', and existing policies' for new identities.
+    fn new_entries(
+        &self,
+        t: &Txn,
+        distinct: &HashSet<u32>,
+        fresh: &HashSet<u32>,
+    ) -> Result<Entries> {
+        let mut entries = Entries::new();
+        let live_after: HashMap<u32, Content> = t
+            .after
+            .iter()
+            .flat_map(|(i, dirs)| {
+                (0..2).map(move |d| {
+                    let id = t
+                        .new_policy
+                        .get(&(*i, d))
+                        .copied()
+                        .unwrap_or_else(|| self.installed[i][d]);
+                    (id, dirs[d].clone())
+                })
+            })
+            .collect();
+        for (&p, content) in &live_after {
+            match content {
+                Some(c) => {
+                    let index = PolicyIndex::new(c);
+                    for &id in distinct {
+                        // A policy changed in place has its rewrite.
+                        if self.pol.contains_key(&(p, id))
+                            || t.rewrites.contains_key(&p) && !fresh.contains(&id)
+                        {
+                            continue;
+                        }
+                        let atoms = &self.atoms_of[&id];
+                        if index.relevant(atoms) {
+                            entries.extend(policy_entries(p, id, &index.segments(atoms))?);
+                        }
+                    }
+                }
+                // An earlier agent's policy (an interface kept as it was):
+                // a new identity is judged as the one its blocks had, when
+                // they all had the same; otherwise it is denied (fail closed).
+                None => {
+                    for &j in fresh {
+                        let olds: HashSet<Option<u32>> = t
+                            .ids
+                            .iter()
+                            .filter(|(_, id)| **id == j)
+                            .map(|(n, _)| t.source.get(n).copied().flatten())
+                            .collect();
+                        if let [Some(k)] = olds.into_iter().collect::<Vec<_>>()[..] {
+                            entries.extend(self.copy(p, k, p, j));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Temporary identities for the changed blocks' old ones, judged by
+    /// every policy, old and new, as the old state judged.
+    fn temporaries(&mut self, t: &mut Txn) {
+        for k in t.source.values().flatten() {
+            t.temp.entry(*k).or_insert_with(|| {
+                self.next_id += 1;
+                self.next_id - 1
+            });
+        }
+        let live_now: HashSet<u32> = self.installed.values().flatten().copied().collect();
+        for (&k, &tmp) in &t.temp {
+            for &q in &live_now {
+                t.entries.extend(self.copy(q, k, q, tmp));
+            }
+            for (&(i, d), &p) in &t.new_policy {
+                if let Some(old) = self.installed.get(&i)
+                    && old[d] != p
+                {
+                    t.entries.extend(self.copy(old[d], k, p, tmp));
+                }
+            }
+        }
+    }
+}
