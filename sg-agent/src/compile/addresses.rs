@@ -9,7 +9,7 @@ use std::{
 use ipnet::IpNet;
 
 use super::{Atom, truncate};
-use crate::model::Desired;
+use crate::model::{Desired, Interface};
 
 /// The private addresses of each group's members (both families), by
 /// group id: what a group atom stands for.
@@ -21,12 +21,17 @@ pub fn members(d: &Desired) -> Members {
     let mut out = Members::new();
     for i in &d.interfaces {
         for g in &i.groups {
-            let addrs = out.entry(g.clone()).or_default();
-            addrs.extend(i.ipv4.iter().map(|a| IpAddr::V4(*a)));
-            addrs.extend(i.ipv6.iter().map(|a| IpAddr::V6(*a)));
+            out.entry(g.clone()).or_default().extend(of(i));
         }
     }
     out
+}
+
+/// An interface's private addresses, both families: what it brings to
+/// each of its groups.
+pub(super) fn of(i: &Interface) -> impl Iterator<Item = IpAddr> + '_ {
+    let v4 = i.ipv4.iter().map(|a| IpAddr::V4(*a));
+    v4.chain(i.ipv6.iter().map(|a| IpAddr::V6(*a)))
 }
 
 /// The address map of `atoms`: each block → the atoms containing it,

@@ -31,7 +31,7 @@ use sg_common::{
 
 pub use ports::{PolicyIndex, Segments};
 
-use crate::model::{AttachMode, Desired, Interface, Peer, Protocol, Timeouts};
+use crate::model::{self, AttachMode, Desired, Interface, Peer, Protocol, Timeouts};
 
 /// A rule reduced to what the datapath matches: one peer, one protocol, one
 /// range over the 16-bit port space.
@@ -48,28 +48,35 @@ pub struct Flat {
 /// private addresses of every interface in the group (both families). Stale
 /// references match nothing.
 pub fn interface_rules(d: &Desired, iface: &Interface) -> (Vec<Flat>, Vec<Flat>) {
-    let mut inbound = BTreeSet::new();
-    let mut outbound = BTreeSet::new();
-    for gid in &iface.groups {
-        let Some(g) = d.group(gid) else { continue };
-        for (rules, out) in [(&g.ingress, &mut inbound), (&g.egress, &mut outbound)] {
-            for r in rules {
-                let span = port_span(r.protocol, r.from_port, r.to_port);
-                for net in peer_nets(d, &r.peer) {
-                    out.insert(Flat {
-                        net,
-                        protocol: r.protocol,
-                        lo: span.0,
-                        hi: span.1,
-                    });
-                }
-            }
+    let mut dirs = [BTreeSet::new(), BTreeSet::new()];
+    for (dir, r) in rules_of(d, iface) {
+        let (lo, hi) = port_span(r.protocol, r.from_port, r.to_port);
+        for net in peer_nets(d, &r.peer) {
+            dirs[dir].insert(Flat {
+                net,
+                protocol: r.protocol,
+                lo,
+                hi,
+            });
         }
     }
-    (
-        inbound.into_iter().collect(),
-        outbound.into_iter().collect(),
-    )
+    let [inbound, outbound] = dirs.map(|d| d.into_iter().collect());
+    (inbound, outbound)
+}
+
+/// The rules of `iface`'s groups, each with its direction (0: inbound).
+fn rules_of<'a>(
+    d: &'a Desired,
+    iface: &'a Interface,
+) -> impl Iterator<Item = (usize, &'a model::Rule)> {
+    iface
+        .groups
+        .iter()
+        .filter_map(|gid| d.group(gid))
+        .flat_map(|g| {
+            let inbound = g.ingress.iter().map(|r| (0, r));
+            inbound.chain(g.egress.iter().map(|r| (1, r)))
+        })
 }
 
 /// The address blocks a peer stands for now.
@@ -85,12 +92,8 @@ pub fn peer_nets(d: &Desired, peer: &Peer) -> Vec<IpNet> {
             .interfaces
             .iter()
             .filter(|i| i.groups.contains(id))
-            .flat_map(|i| {
-                i.ipv4
-                    .iter()
-                    .map(|a| IpNet::V4(Ipv4Net::from(*a)))
-                    .chain(i.ipv6.iter().map(|a| IpNet::V6(Ipv6Net::from(*a))))
-            })
+            .flat_map(addresses::of)
+            .map(IpNet::from)
             .collect(),
     }
 }
@@ -214,25 +217,20 @@ impl Compiled {
 /// entries, stale references match nothing.
 pub fn compile_interface(d: &Desired, iface: &Interface) -> Compiled {
     let mut dirs = [BTreeSet::new(), BTreeSet::new()];
-    for gid in &iface.groups {
-        let Some(g) = d.group(gid) else { continue };
-        for (rules, out) in [(&g.ingress, 0), (&g.egress, 1)] {
-            for r in rules {
-                let (lo, hi) = port_span(r.protocol, r.from_port, r.to_port);
-                let atoms: Vec<Atom> = match &r.peer {
-                    Peer::Group { stale: true, .. } => vec![],
-                    Peer::Group { id, .. } => vec![Atom::Group(id.clone())],
-                    other => peer_nets(d, other).into_iter().map(Atom::Net).collect(),
-                };
-                for atom in atoms {
-                    dirs[out].insert(Rule {
-                        atom,
-                        protocol: r.protocol,
-                        lo,
-                        hi,
-                    });
-                }
-            }
+    for (dir, r) in rules_of(d, iface) {
+        let (lo, hi) = port_span(r.protocol, r.from_port, r.to_port);
+        let atoms: Vec<Atom> = match &r.peer {
+            Peer::Group { stale: true, .. } => vec![],
+            Peer::Group { id, .. } => vec![Atom::Group(id.clone())],
+            other => peer_nets(d, other).into_iter().map(Atom::Net).collect(),
+        };
+        for atom in atoms {
+            dirs[dir].insert(Rule {
+                atom,
+                protocol: r.protocol,
+                lo,
+                hi,
+            });
         }
     }
     let [inbound, outbound] = dirs;
