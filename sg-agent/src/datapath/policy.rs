@@ -99,6 +99,7 @@ impl Datapath {
             rewrites,
             entries,
         } = t;
+        // 1. Entries under ids nothing uses yet.
         if let Err(e) = self.write_entries(&entries) {
             self.remove_entries(entries.iter().map(|(k, _)| *k));
             return Err(e);
@@ -120,6 +121,7 @@ impl Datapath {
             .copied()
             .collect();
         self.write_lens(union.iter())?;
+        // 2. Changed blocks to the temporary identities of their old ones.
         for n in &changed {
             if let Some(Some(k)) = source.get(n)
                 && let Some(tmp) = temp.get(k)
@@ -146,16 +148,16 @@ impl Datapath {
             }
             self.state.policy_ids.insert(content, p);
         }
-        for (&i, dirs) in &after {
+        // Each changed interface once, as its last change says.
+        let mut seen = HashSet::new();
+        for c in changes.iter().rev().filter(|c| seen.insert(c.ifindex)) {
+            let (i, dirs) = (c.ifindex, &after[&c.ifindex]);
             let policy = [0, 1].map(|d| {
                 new_policy
                     .get(&(i, d))
                     .copied()
                     .unwrap_or_else(|| self.state.installed[&i][d])
             });
-            let Some(c) = changes.iter().rev().find(|c| c.ifindex == i) else {
-                continue;
-            };
             if self.configure(c.name, i, c.compiled, policy)? {
                 w.interfaces += 1;
             }

@@ -207,6 +207,17 @@ impl State {
                 })
             })
             .collect();
+        // For an earlier agent's policies: the identities a fresh one's
+        // blocks were judged by before, gathered once.
+        let mut judged_before: HashMap<u32, HashSet<Option<u32>>> = HashMap::new();
+        if live_after.values().any(Option::is_none) {
+            for (n, id) in &t.ids {
+                if fresh.contains(id) {
+                    let before = t.source.get(n).copied().flatten();
+                    judged_before.entry(*id).or_default().insert(before);
+                }
+            }
+        }
         for (&p, content) in &live_after {
             match content {
                 Some(c) => {
@@ -228,14 +239,8 @@ impl State {
                 // a new identity is judged as the one its blocks had, when
                 // they all had the same; otherwise it is denied (fail closed).
                 None => {
-                    for &j in fresh {
-                        let olds: HashSet<Option<u32>> = t
-                            .ids
-                            .iter()
-                            .filter(|(_, id)| **id == j)
-                            .map(|(n, _)| t.source.get(n).copied().flatten())
-                            .collect();
-                        if let [Some(k)] = olds.into_iter().collect::<Vec<_>>()[..] {
+                    for (&j, olds) in &judged_before {
+                        if let [Some(k)] = olds.iter().copied().collect::<Vec<_>>()[..] {
                             entries.extend(self.copy(p, k, p, j));
                         }
                     }
