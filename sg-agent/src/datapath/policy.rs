@@ -69,8 +69,11 @@ impl Datapath {
     /// 4. the blocks take their new identities, one write each;
     /// 5. what nothing refers to goes after a grace (`retire_expired`).
     ///
-    /// A packet reads one interface configuration and one address entry, so
-    /// at every step it is judged by the whole old or the whole new state.
+    /// A packet reads one interface configuration and then one address
+    /// entry; with a grace between steps 3 and 4 when staged (a packet that
+    /// read the old configuration is done before any block leaves its
+    /// temporary identity), it is judged by the whole old or the whole new
+    /// state at every step.
     pub fn commit(&mut self, changes: &[Change], members: &Members) -> Result<Writes> {
         let mut same_cfg = HashSet::new();
         for c in changes {
@@ -168,6 +171,15 @@ impl Datapath {
                     self.state.contents.insert(policy[d], content.clone());
                 }
             }
+        }
+        // A packet reads its interface's configuration before its peer's
+        // address entry: one that read an old configuration just before the
+        // switch must not meet the blocks' new identities, which its old
+        // policy would judge by old rules and new members. So, staged, the
+        // blocks move only once every such packet is done (the grace that
+        // retirement relies on too).
+        if !temp.is_empty() {
+            std::thread::sleep(RETIRE_GRACE);
         }
         // 4. The blocks take their identities.
         for n in &changed {
