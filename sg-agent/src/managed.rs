@@ -100,8 +100,10 @@ impl Managed {
         before: &Desired,
         enforce: &mut dyn FnMut(&Desired) -> Result<(), String>,
     ) -> Vec<(Reply, Value)> {
-        let mut state = before.clone();
-        let mut raw = self.raw.clone();
+        // The batch's state so far, once a call changed it (whole-state
+        // copies cost milliseconds at thousands of rules).
+        let mut state: Option<Desired> = None;
+        let mut raw: Option<RawConfig> = None;
         let mut events = Vec::new();
         let mut accepted = Vec::new();
         for call in calls {
@@ -114,8 +116,8 @@ impl Managed {
                 ..
             } = call;
             let mut txn = Txn {
-                raw: raw.clone(),
-                before: &state,
+                raw: raw.as_ref().unwrap_or(&self.raw).clone(),
+                before: state.as_ref().unwrap_or(before),
                 scope,
                 resources: vec![],
             };
@@ -124,8 +126,8 @@ impl Managed {
             match outcome {
                 Ok((resp, after)) if !dry_run => {
                     events.push(record.finish(Ok(&resp), resources.clone()));
-                    raw = canonical(&after);
-                    state = after;
+                    raw = Some(canonical(&after));
+                    state = Some(after);
                     accepted.push((reply, resp, record, resources));
                 }
                 outcome => {
@@ -138,12 +140,12 @@ impl Managed {
                 }
             }
         }
-        if accepted.is_empty() {
+        let (Some(state), Some(raw)) = (state, raw) else {
             if let Err(err) = self.store.append(&events) {
                 log::error!("writing the audit trail: {err:#}");
             }
             return vec![];
-        }
+        };
         match self.take(&state, raw, before, enforce, &events) {
             Ok(()) => accepted
                 .into_iter()

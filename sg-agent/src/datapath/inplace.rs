@@ -17,7 +17,7 @@ use anyhow::Result;
 use sg_common::{PolicyKey, PolicyVal};
 
 use super::state::{Entries, State};
-use crate::compile::{DirPolicy, PolicyIndex, policy_entries};
+use crate::compile::{Atom, DirPolicy, PolicyIndex, Rule, policy_entries};
 
 /// A policy's entries to write and to remove, in place.
 #[derive(Default)]
@@ -83,12 +83,31 @@ impl State {
         fresh: &HashSet<u32>,
     ) -> Result<Option<Rewrite>> {
         let index = PolicyIndex::new(new);
+        // Only identities with an atom whose rules changed can be judged
+        // otherwise (all of them when the untracked flags change).
+        let old_content = &self.contents[&p];
+        let changed = (old_content.untracked_ok == new.untracked_ok).then(|| {
+            let (r0, r1): (HashSet<&Rule>, HashSet<&Rule>) = (
+                old_content.rules.iter().collect(),
+                new.rules.iter().collect(),
+            );
+            r0.symmetric_difference(&r1)
+                .map(|r| &r.atom)
+                .collect::<HashSet<&Atom>>()
+        });
         let mut rw = Rewrite::default();
         for id in ids.difference(fresh) {
             let id = *id;
             let Some(atoms) = self.atoms_of.get(&id) else {
                 continue;
             };
+            // Its entries, written from the old content, stand.
+            if let Some(changed) = &changed
+                && !atoms.iter().any(|a| changed.contains(a))
+                && (self.pol.contains_key(&(p, id)) || !index.relevant(atoms))
+            {
+                continue;
+            }
             let old = self.pol.get(&(p, id)).cloned().unwrap_or_default();
             let entries = if index.relevant(atoms) {
                 policy_entries(p, id, &index.segments(atoms))?

@@ -9,6 +9,7 @@ mod inplace;
 mod links;
 mod maps;
 mod policy;
+mod stage;
 mod state;
 mod txn;
 

@@ -35,6 +35,9 @@ pub struct Writes {
     pub addresses: usize,
     pub policy: usize,
     pub interfaces: usize,
+    /// Whether the change was staged (`stage.rs`): its blocks went through
+    /// temporary identities, and it waited for a grace.
+    pub staged: bool,
 }
 
 /// A policy direction as the transaction sees it: its content when this
@@ -60,9 +63,12 @@ impl Datapath {
     ///
     /// 1. every entry the new state needs is written under ids nothing uses
     ///    yet (new policies; existing policies' entries for new identities);
-    /// 2. when both policies and addresses change, each changed block first
-    ///    moves to a temporary identity that every policy, old and new,
-    ///    judges as the old state did;
+    /// 2. when policies and addresses change in ways a packet reading one
+    ///    old and one new could mix into a verdict neither state gives
+    ///    (`stage.rs`), each changed block first moves to a temporary
+    ///    identity that every policy, old and new, judges as the old state
+    ///    did; otherwise the policies that stragglers may read judge the
+    ///    identities they may meet;
     /// 3. the interfaces switch to their new policies, one map write each
     ///    (or, where every user of a policy moves to the same rules, the
     ///    policy is rewritten in place: `inplace.rs`);
@@ -179,6 +185,7 @@ impl Datapath {
         // blocks move only once every such packet is done (the grace that
         // retirement relies on too).
         if !temp.is_empty() {
+            w.staged = true;
             std::thread::sleep(RETIRE_GRACE);
         }
         // 4. The blocks take their identities.

@@ -88,7 +88,9 @@ impl State {
             .chain(self.addr.keys().filter(|n| !target.contains_key(n)))
             .copied()
             .collect();
-        let staged = !moved.is_empty() && !changed.is_empty();
+        let source: HashMap<IpNet, Option<u32>> =
+            changed.iter().map(|n| (*n, self.judged_by(n))).collect();
+        let staged = self.mixes(&moved, &after, &source, &ids);
         let distinct: HashSet<u32> = ids.values().copied().collect();
         let rewrites = self.rewrites(
             &moved,
@@ -98,8 +100,6 @@ impl State {
             &fresh,
         )?;
         let new_policy = self.policy_ids(&moved, &after, &rewrites, staged);
-        let source: HashMap<IpNet, Option<u32>> =
-            changed.iter().map(|n| (*n, self.judged_by(n))).collect();
         let mut t = Txn {
             after,
             target,
@@ -111,9 +111,20 @@ impl State {
             rewrites,
             entries: Entries::new(),
         };
-        t.entries = self.new_entries(&t, &distinct, &fresh)?;
+        // Unstaged, a packet that read a new configuration just after the
+        // switch may still meet a changed block's old identity: the new
+        // policies judge those too.
+        let mut judged = distinct.clone();
+        if !staged {
+            let old = t.source.values().flatten();
+            judged.extend(old.filter(|k| self.atoms_of.contains_key(k)));
+        }
+        t.entries = self.new_entries(&t, &judged, &fresh)?;
         if staged {
             self.temporaries(&mut t);
+        } else {
+            t.entries
+                .extend(self.replaced_entries(&moved, &t.new_policy, &fresh)?);
         }
         self.fits(&t.target, t.entries.len())?;
         Ok(t)
@@ -123,6 +134,9 @@ impl State {
     /// interfaces kept as they were) judge: they stay, as the identity
     /// those policies know them by.
     fn kept(&self, after: &HashMap<u32, [Content; 2]>) -> Vec<Atom> {
+        if after.values().flatten().all(Option::is_some) {
+            return vec![];
+        }
         let unknown: HashSet<u32> = after
             .iter()
             .flat_map(|(i, dirs)| {
@@ -221,14 +235,18 @@ impl State {
         for (&p, content) in &live_after {
             match content {
                 Some(c) => {
-                    let index = PolicyIndex::new(c);
-                    for &id in distinct {
-                        // A policy changed in place has its rewrite.
-                        if self.pol.contains_key(&(p, id))
-                            || t.rewrites.contains_key(&p) && !fresh.contains(&id)
-                        {
+                    // A policy in force with this content, or changed in
+                    // place (which has its rewrite), judges every identity
+                    // but the fresh ones already.
+                    let judges_all = t.rewrites.contains_key(&p)
+                        || self.contents.get(&p).is_some_and(|old| old == c);
+                    let ids = if judges_all { fresh } else { distinct };
+                    let mut index = None;
+                    for &id in ids {
+                        if self.pol.contains_key(&(p, id)) {
                             continue;
                         }
+                        let index = index.get_or_insert_with(|| PolicyIndex::new(c));
                         let atoms = &self.atoms_of[&id];
                         if index.relevant(atoms) {
                             entries.extend(policy_entries(p, id, &index.segments(atoms))?);
@@ -244,6 +262,45 @@ impl State {
                             entries.extend(self.copy(p, k, p, j));
                         }
                     }
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Unstaged, a packet that read a replaced policy's configuration just
+    /// before the switch may meet a new identity just after the blocks
+    /// move: the replaced policies judge the new identities too (`mixes`
+    /// made sure that they judge them as the old state did, or between it
+    /// and the new).
+    fn replaced_entries(
+        &self,
+        moved: &[(u32, usize)],
+        new_policy: &HashMap<(u32, usize), u32>,
+        fresh: &HashSet<u32>,
+    ) -> Result<Entries> {
+        let live_after: HashSet<u32> = self
+            .installed
+            .iter()
+            .flat_map(|(i, p)| (0..2).map(move |d| new_policy.get(&(*i, d)).unwrap_or(&p[d])))
+            .chain(new_policy.values())
+            .copied()
+            .collect();
+        let replaced: BTreeSet<u32> = moved
+            .iter()
+            .filter_map(|(i, d)| self.installed.get(i).map(|p| p[*d]))
+            .filter(|p| !live_after.contains(p))
+            .collect();
+        let mut entries = Entries::new();
+        for p in replaced {
+            let Some(content) = self.contents.get(&p) else {
+                continue;
+            };
+            let index = PolicyIndex::new(content);
+            for id in fresh {
+                let atoms = &self.atoms_of[id];
+                if index.relevant(atoms) {
+                    entries.extend(policy_entries(p, *id, &index.segments(atoms))?);
                 }
             }
         }

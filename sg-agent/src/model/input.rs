@@ -220,6 +220,34 @@ pub struct RawRule {
 }
 
 impl RawGroup {
+    /// A copy without rules (none either way, not AWS's default egress).
+    pub fn without_rules(&self) -> RawGroup {
+        let RawGroup {
+            id,
+            name,
+            description,
+            vpc,
+            owner_id,
+            _arn,
+            tags,
+            ingress: _,
+            egress: _,
+            origin,
+        } = self;
+        RawGroup {
+            id: id.clone(),
+            name: name.clone(),
+            description: description.clone(),
+            vpc: vpc.clone(),
+            owner_id: owner_id.clone(),
+            _arn: _arn.clone(),
+            tags: tags.clone(),
+            ingress: vec![],
+            egress: Some(vec![]),
+            origin: origin.clone(),
+        }
+    }
+
     /// Its permissions, inbound then outbound.
     pub fn rules_mut(&mut self) -> impl Iterator<Item = &mut RawRule> {
         self.ingress

@@ -18,7 +18,7 @@ use crate::{
     },
     model::{
         Desired, Group, Rule,
-        input::{RawGroup, RawPeer, RawRule},
+        input::{RawConfig, RawGroup, RawPeer, RawRule},
     },
 };
 
@@ -128,8 +128,24 @@ pub fn authorize_egress(txn: &mut Txn, p: &Value) -> ApiResult<(Value, Desired)>
 
 /// The rules `perms` stand for, resolved by validation against the state:
 /// the group's rules of that direction replaced by them, in a copy.
+/// The copy keeps every VPC, prefix list and group (peers name them) but no
+/// other rule and no interface: resolving a few permissions need not
+/// validate every rule of the state.
 fn resolve(txn: &Txn, g: &Group, egress: bool, perms: Vec<RawRule>) -> ApiResult<Vec<Rule>> {
-    let mut probe = txn.raw.clone();
+    let raw = &txn.raw;
+    let mut probe = RawConfig {
+        account_id: raw.account_id.clone(),
+        vpcs: raw.vpcs.clone(),
+        prefix_lists: raw.prefix_lists.clone(),
+        security_groups: raw
+            .security_groups
+            .iter()
+            .map(RawGroup::without_rules)
+            .collect(),
+        conntrack: raw.conntrack,
+        quotas: raw.quotas,
+        ..Default::default()
+    };
     let group = probe
         .security_groups
         .iter()

@@ -80,6 +80,26 @@ pub fn resolve(
     }
 }
 
+/// Where a rule, or one of its peers, was written: formatted only for an
+/// error (a group may hold thousands of rules).
+#[derive(Clone, Copy)]
+struct At<'a> {
+    gpath: &'a str,
+    dir: &'a str,
+    i: usize,
+    peer: Option<(&'a str, usize)>,
+}
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}.{}[{}]", self.gpath, self.dir, self.i)?;
+        if let Some((kind, j)) = self.peer {
+            write!(f, ".{kind}[{j}]")?;
+        }
+        Ok(())
+    }
+}
+
 struct RuleCtx<'a> {
     vpc: &'a Vpc,
     vpcs: &'a [Vpc],
@@ -170,7 +190,12 @@ fn rules_of(
     let mut ids: HashSet<String> = HashSet::new();
     let (mut n4, mut n6) = (0u32, 0u32);
     for (i, r) in raw.iter().enumerate() {
-        let path = format!("{gpath}.{dir}[{i}]");
+        let path = At {
+            gpath,
+            dir,
+            i,
+            peer: None,
+        };
         let protocol = match Protocol::parse(&r.ip_protocol) {
             Ok(p) => p,
             Err(e) => {
@@ -191,10 +216,13 @@ fn rules_of(
         .flat_map(|(k, list)| list.iter().enumerate().map(move |(j, p)| (k, j, p)))
         .collect();
         if peers.is_empty() {
-            v.err(doc, &path, obj, INVALID, "a rule needs a peer: ip_ranges, ipv6_ranges, prefix_list_ids or user_id_group_pairs");
+            v.err(doc, &path.to_string(), obj, INVALID, "a rule needs a peer: ip_ranges, ipv6_ranges, prefix_list_ids or user_id_group_pairs");
         }
         for (kind, j, p) in peers {
-            let ppath = format!("{path}.{kind}[{j}]");
+            let ppath = At {
+                peer: Some((kind, j)),
+                ..path
+            };
             if let Some(d) = &p.description
                 && (d.len() > 255 || !valid_text(d))
             {
@@ -212,7 +240,7 @@ fn rules_of(
                         let fam = if v6 { "IPv6" } else { "IPv4" };
                         v.err(
                             doc,
-                            &ppath,
+                            &ppath.to_string(),
                             obj,
                             INVALID,
                             format!("invalid {fam} CIDR {:?}", p.value),
@@ -239,7 +267,7 @@ fn rules_of(
                     None => {
                         v.err(
                             doc,
-                            &ppath,
+                            &ppath.to_string(),
                             obj,
                             "InvalidPrefixListID.NotFound",
                             format!("no prefix list {:?}", p.value),
@@ -285,7 +313,7 @@ fn rules_of(
             if !seen.insert((new.protocol, new.from_port, new.to_port, new.peer.clone())) {
                 v.err(
                     doc,
-                    &ppath,
+                    &ppath.to_string(),
                     obj,
                     "InvalidPermission.Duplicate",
                     format!(
@@ -332,7 +360,7 @@ fn group_peer(
     ctx: &RuleCtx,
     p: &RawPeer,
     doc: usize,
-    path: &str,
+    path: &At,
     obj: &str,
 ) -> Option<Peer> {
     let other_vpc = p
@@ -352,13 +380,13 @@ fn group_peer(
                 stale: false,
             }),
             None if ctx.previous.contains(p.value.as_str()) => {
-                v.err(doc, path, obj, "DependencyViolation", format!("group {:?} is still referenced here; remove the reference before the group", p.value));
+                v.err(doc, &path.to_string(), obj, "DependencyViolation", format!("group {:?} is still referenced here; remove the reference before the group", p.value));
                 None
             }
             None => {
                 v.err(
                     doc,
-                    path,
+                    &path.to_string(),
                     obj,
                     "InvalidGroup.NotFound",
                     format!("no security group {:?} in {}", p.value, ctx.vpc.id),
@@ -390,7 +418,7 @@ fn group_peer(
                 };
                 v.push(
                     doc,
-                    path,
+                    &path.to_string(),
                     obj,
                     "StaleSecurityGroupReference",
                     format!(
@@ -416,7 +444,7 @@ fn port_range(
     protocol: Protocol,
     r: &RawRule,
     doc: usize,
-    path: &str,
+    path: &At,
     obj: &str,
 ) -> Option<(i32, i32)> {
     match protocol {
@@ -424,7 +452,7 @@ fn port_range(
             let (Some(from), Some(to)) = (r.from_port, r.to_port) else {
                 v.err(
                     doc,
-                    path,
+                    &path.to_string(),
                     obj,
                     INVALID,
                     format!("a {protocol} rule needs from_port and to_port"),
@@ -435,7 +463,7 @@ fn port_range(
             if !ok(from) || !ok(to) {
                 v.err(
                     doc,
-                    path,
+                    &path.to_string(),
                     obj,
                     INVALID,
                     format!("invalid port range {from}-{to}: ports are 0-65535"),
@@ -445,7 +473,7 @@ fn port_range(
             if from > to {
                 v.err(
                     doc,
-                    path,
+                    &path.to_string(),
                     obj,
                     INVALID,
                     format!("invalid port range {from}-{to}: from_port is greater than to_port"),
@@ -461,7 +489,7 @@ fn port_range(
             if !ok(t) || !ok(c) {
                 v.err(
                     doc,
-                    path,
+                    &path.to_string(),
                     obj,
                     INVALID,
                     format!("invalid ICMP type {t} / code {c}: each is -1 (all) or 0-255"),
@@ -471,7 +499,7 @@ fn port_range(
             if t == -1 && c != -1 {
                 v.err(
                     doc,
-                    path,
+                    &path.to_string(),
                     obj,
                     INVALID,
                     format!(
