@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 use sg_agent::{
+    compile::Flat,
     datapath::{self, Datapath, PROG_INGRESS, PROG_PASS},
     model::Protocol,
 };
@@ -210,8 +211,11 @@ fn established_flows(
     Ok(())
 }
 
-/// New flows: the policy decision (and the flow's creation) at growing rule
-/// counts; and the policy's memory per rule.
+/// New flows from IPv4 peers at 1 to 10,000 rules, allowed (decision and
+/// creation) and denied (the decision alone). The four policies are loaded side by side
+/// and measured in turn over chunks of frames, so that each round's ratio
+/// to the 1-rule policy compares runs made moments apart: the machine's
+/// drift (up to 2x within an hour here) would otherwise decide the ratio.
 fn new_flows(
     pin_dir: &Path,
     samples: usize,
@@ -219,74 +223,130 @@ fn new_flows(
     out: &mut serde_json::Value,
 ) -> Result<()> {
     let counts: &[usize] = &[1, 100, 1_000, 10_000];
-    let mut new_flow = vec![];
+    struct Case {
+        dp: Datapath,
+        allowed: Vec<Vec<u8>>,
+        denied: Vec<Vec<u8>>,
+        memlock: u64,
+    }
+    let mut cases = Vec::new();
     for &n in counts {
-        let _ = std::fs::remove_dir_all(pin_dir);
-        let mut dp = Datapath::load(1 << 20, pin_dir)?;
+        let dir = pin_dir.join(format!("new-{n}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut dp = Datapath::load(1 << 20, &dir)?;
         dp.load_baseline()?;
-        let before: u64 = POLICY_MAPS
-            .iter()
-            .map(|m| dp.maps.memlock(m).unwrap_or(0))
-            .sum();
+        let memlock = |dp: &Datapath| -> u64 {
+            POLICY_MAPS
+                .iter()
+                .map(|m| dp.maps.memlock(m).unwrap_or(0))
+                .sum()
+        };
+        let before = memlock(&dp);
         let inbound = rules(n);
         dp.install("bench", 1, &compiled(&inbound, &[]))?;
-        let after: u64 = POLICY_MAPS
-            .iter()
-            .map(|m| dp.maps.memlock(m).unwrap_or(0))
-            .sum();
-        let frames: Vec<Vec<u8>> = (0..samples)
-            .map(|k| {
-                let r = &inbound[rng.random_range(0..inbound.len())];
-                let src = host_in(&r.net, rng);
-                let dst: IpAddr = if src.is_ipv4() {
-                    IpAddr::V4(LOCAL)
-                } else {
-                    "fd00::1".parse().expect("v6")
-                };
-                let sport = 1024 + (k % 60000) as u16;
-                let l4 = match r.protocol {
-                    Protocol::Number(6) => L4::Tcp {
-                        sport,
-                        dport: r.lo,
-                        flags: TCP_SYN,
-                    },
-                    _ => L4::Udp { sport, dport: r.lo },
-                };
-                Spec::new(src, dst, l4).frame()
-            })
+        // IPv4 peers only: the 1-rule policy has one family, and an IPv6
+        // packet costs more to parse and to key whatever the rules.
+        let v4: Vec<&Flat> = inbound.iter().filter(|r| r.net.addr().is_ipv4()).collect();
+        let allowed: Vec<Vec<u8>> = (0..samples)
+            .map(|k| new_flow_frame(v4[rng.random_range(0..v4.len())], k, rng))
             .collect();
-        let (sg, base) = alternate(&dp, &frames)?;
         // Denied packets of new flows: the decision alone, no flow created.
-        let denied: Vec<Vec<u8>> = frames
-            .iter()
-            .map(|f| {
-                let mut f = f.clone();
+        // Peers drawn afresh: the allowed frames' entries, just looked up,
+        // would still be in the cache.
+        let denied = (0..samples)
+            .map(|k| {
+                let mut f = new_flow_frame(v4[rng.random_range(0..v4.len())], k, rng);
                 deny(&mut f);
                 f
             })
             .collect();
-        let decision = cost(&dp, PROG_INGRESS, &denied)?;
-        let created = dp.maps.flows(1).len();
+        let memlock = memlock(&dp) - before;
+        cases.push(Case {
+            dp,
+            allowed,
+            denied,
+            memlock,
+        });
+    }
+    // cost[case][round] = (allowed, denied, empty)
+    let mut cost_of: Vec<Vec<(f64, f64, f64)>> = vec![vec![]; cases.len()];
+    for round in 0..samples.div_ceil(CHUNK) {
+        let at = round * CHUNK..((round + 1) * CHUNK).min(samples);
+        for (c, case) in cases.iter().enumerate() {
+            let a = cost(&case.dp, PROG_INGRESS, &case.allowed[at.clone()])?;
+            let d = cost(&case.dp, PROG_INGRESS, &case.denied[at.clone()])?;
+            let e = cost(&case.dp, PROG_PASS, &case.allowed[at.clone()])?;
+            cost_of[c].push((a, d, e));
+        }
+    }
+    let mut new_flow = vec![];
+    for (c, case) in cases.iter().enumerate() {
+        let n = counts[c];
+        let created = case.dp.maps.flows(1).len();
         if created < samples / 2 {
             bail!(
-                "only {created} of {samples} new flows were allowed: the generator and the policy disagree"
+                "only {created} of {samples} new flows were allowed at {n} rules: the generator and the policy disagree"
             );
         }
+        let col = |f: fn(&(f64, f64, f64)) -> f64| median_f(cost_of[c].iter().map(f).collect());
+        let (sg, denied, base) = (col(|x| x.0), col(|x| x.1), col(|x| x.2));
+        // Per round, over the empty program, against the 1-rule policy.
+        let ratio = |f: fn(&(f64, f64, f64)) -> f64| {
+            let per_round: Vec<f64> = cost_of[c]
+                .iter()
+                .zip(&cost_of[0])
+                .map(|(x, one)| (f(x) - x.2) / (f(one) - one.2).max(1.0))
+                .collect();
+            spread(per_round)
+        };
         eprintln!(
-            "micro: new flow, {n} rules: {sg:.0} ns allowed and created, {decision:.0} ns denied (empty program {base:.0} ns)"
+            "micro: new flow, {n} rules: {sg:.0} ns allowed and created, {denied:.0} ns denied (empty program {base:.0} ns)"
         );
-        new_flow.push(
-            json!({"rules": n, "sg_ns": sg, "empty_ns": base, "over_empty_ns": sg - base,
-            "denied_ns": decision, "denied_over_empty_ns": decision - base,
-            "policy_memlock_bytes": after - before}),
-        );
+        new_flow.push(json!({
+            "rules": n, "sg_ns": sg, "empty_ns": base, "over_empty_ns": sg - base,
+            "denied_ns": denied, "denied_over_empty_ns": denied - base,
+            "ratio_allowed": ratio(|x| x.0), "ratio_denied": ratio(|x| x.1),
+            "rounds": cost_of[c].len(), "policy_memlock_bytes": case.memlock,
+        }));
         if n == 10_000 {
-            out["memory"]["bytes_per_rule"] = json!((after - before) as f64 / n as f64);
+            out["memory"]["bytes_per_rule"] = json!(case.memlock as f64 / n as f64);
         }
-        dp.stop();
+    }
+    for case in cases {
+        case.dp.stop();
     }
     out["new_flow"] = json!(new_flow);
     Ok(())
+}
+
+/// Frames per round of the interleaved measurements.
+const CHUNK: usize = 500;
+
+/// Median and the range of the middle 80 % of `v`.
+fn spread(mut v: Vec<f64>) -> serde_json::Value {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    json!({"median": at(0.5), "lo": at(0.1), "hi": at(0.9)})
+}
+
+/// The first packet of a new flow that `r` allows, from a host in its block.
+fn new_flow_frame(r: &Flat, k: usize, rng: &mut StdRng) -> Vec<u8> {
+    let src = host_in(&r.net, rng);
+    let dst: IpAddr = if src.is_ipv4() {
+        IpAddr::V4(LOCAL)
+    } else {
+        "fd00::1".parse().expect("v6")
+    };
+    let sport = 1024 + (k % 60000) as u16;
+    let l4 = match r.protocol {
+        Protocol::Number(6) => L4::Tcp {
+            sport,
+            dport: r.lo,
+            flags: TCP_SYN,
+        },
+        _ => L4::Udp { sport, dport: r.lo },
+    };
+    Spec::new(src, dst, l4).frame()
 }
 
 /// Turns a frame of `micro`'s new-flow set into one no rule allows: the
