@@ -2,9 +2,11 @@
 //! for, with the identity it gets — the atoms that contain it.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
+
+use foldhash::{HashMap, HashMapExt};
 
 use ipnet::IpNet;
 

@@ -1,7 +1,9 @@
 //! The rules that apply to one identity, as what the datapath scans: per
 //! protocol, sorted disjoint port segments with their flags.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashMapExt};
 
 use sg_common::{PORT_ALLOW, PORT_UNTRACKED, PROTO_TCP, PROTO_UDP, PortSeg, family_index};
 

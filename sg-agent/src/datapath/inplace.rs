@@ -8,10 +8,9 @@
 //! it falls back to) the policy is written under a fresh id instead
 //! (docs/datapath.md, "Atomic changes").
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use anyhow::Result;
 use sg_common::{PolicyKey, PolicyVal};

@@ -6,10 +6,12 @@
 //! `compile`'s; this allocates ids and writes.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::BTreeSet,
     sync::Arc,
     time::{Duration, Instant},
 };
+
+use foldhash::{HashSet, HashSetExt};
 
 use anyhow::{Context, Result, anyhow};
 use ipnet::IpNet;

@@ -12,10 +12,9 @@
 //! address leaves the group) can give a verdict that neither state gives,
 //! and only that one is staged.
 
-use std::{
-    collections::{BTreeSet, HashMap, HashSet},
-    sync::Arc,
-};
+use std::{collections::BTreeSet, sync::Arc};
+
+use foldhash::{HashMap, HashSet, HashSetExt};
 
 use ipnet::IpNet;
 

@@ -5,10 +5,12 @@
 //! cannot know: those stay as they are until replaced).
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use anyhow::{Result, bail};
 use ipnet::IpNet;

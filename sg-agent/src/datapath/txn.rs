@@ -2,10 +2,9 @@
 //! members to what `Datapath::commit` writes, in its order. Nothing here
 //! touches the kernel; the ids it hands out are fresh.
 
-use std::{
-    collections::{BTreeSet, HashMap, HashSet},
-    sync::Arc,
-};
+use std::{collections::BTreeSet, sync::Arc};
+
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use anyhow::Result;
 use ipnet::IpNet;
