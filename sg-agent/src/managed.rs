@@ -98,7 +98,7 @@ impl Managed {
         &mut self,
         calls: Vec<Call>,
         before: &Desired,
-        enforce: &mut dyn FnMut(&Desired) -> Result<(), String>,
+        enforce: &mut dyn FnMut(Desired) -> Result<(), String>,
     ) -> Vec<(Reply, Value)> {
         // The batch's state so far, once a call changed it (whole-state
         // copies cost milliseconds at thousands of rules).
@@ -146,7 +146,7 @@ impl Managed {
             }
             return vec![];
         };
-        match self.take(&state, raw, before, enforce, &events) {
+        match self.take(state, raw, before, enforce, &events) {
             Ok(()) => accepted
                 .into_iter()
                 .map(|(reply, resp, ..)| (reply, resp))
@@ -171,14 +171,14 @@ impl Managed {
     /// with `events`; on any failure enforces `before` again.
     fn take(
         &mut self,
-        after: &Desired,
+        after: Desired,
         raw: RawConfig,
         before: &Desired,
-        enforce: &mut dyn FnMut(&Desired) -> Result<(), String>,
+        enforce: &mut dyn FnMut(Desired) -> Result<(), String>,
         events: &[Event],
     ) -> Result<(), ApiError> {
-        let restore = |enforce: &mut dyn FnMut(&Desired) -> Result<(), String>| {
-            if let Err(e) = enforce(before) {
+        let restore = |enforce: &mut dyn FnMut(Desired) -> Result<(), String>| {
+            if let Err(e) = enforce(before.clone()) {
                 log::error!("restoring the previous state after a failed change: {e}");
             }
         };
@@ -204,13 +204,13 @@ impl Managed {
         &mut self,
         path: &Path,
         before: &Desired,
-        enforce: &mut dyn FnMut(&Desired) -> Result<(), String>,
+        enforce: &mut dyn FnMut(Desired) -> Result<(), String>,
     ) -> Result<(String, Desired), String> {
         let after = source::file::load(path, Some(before)).map_err(|e| format!("{e:#}"))?;
         let changed = changes(before, &after);
         let summary = format!("applied {}: {}", path.display(), summary(&changed));
         let ev = crate::api::audit::reload(&path.display().to_string(), &summary, changed);
-        self.take(&after, canonical(&after), before, enforce, &[ev])
+        self.take(after.clone(), canonical(&after), before, enforce, &[ev])
             .map_err(|e| e.message)?;
         Ok((summary, after))
     }

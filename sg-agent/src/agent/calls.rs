@@ -40,13 +40,13 @@ impl Agent {
         &mut self,
         what: &str,
         report: bool,
-        change: impl FnOnce(&mut Managed, &Desired, &mut dyn FnMut(&Desired) -> Result<(), String>) -> R,
+        change: impl FnOnce(&mut Managed, &Desired, &mut dyn FnMut(Desired) -> Result<(), String>) -> R,
     ) -> Option<R> {
         let mut m = self.managed.take()?;
         let before = self.desired.clone();
         self.holding = true;
-        let mut enforce = |d: &Desired| {
-            let r = self.adopt(d.clone(), what, report);
+        let mut enforce = |d: Desired| {
+            let r = self.adopt(d, what, report);
             if r.ok { Ok(()) } else { Err(r.message) }
         };
         let out = change(&mut m, &before, &mut enforce);

@@ -123,7 +123,7 @@ struct Agent {
     path: PathBuf,
     file: String,
     /// The last configuration taken.
-    desired: Desired,
+    desired: Arc<Desired>,
     /// What each enforced interface lets through, for reporting widenings.
     enforced: Enforced,
     /// Interfaces the file lists, with what is installed for them.
@@ -281,7 +281,7 @@ impl Agent {
     /// Looks at the file after `trigger`; takes it if it is complete and
     /// valid. Anything else leaves the policy in force as it is.
     async fn refresh(&mut self, trigger: Trigger) -> Reply {
-        let (previous, enforced) = (self.desired.clone(), self.enforced.clone());
+        let (previous, enforced) = ((*self.desired).clone(), self.enforced.clone());
         let d = match load(&self.path, trigger, Some(previous), Some(enforced)).await {
             Ok(d) => d,
             Err(e) => {
@@ -297,7 +297,7 @@ impl Agent {
         for w in &d.warnings {
             log::warn!("{w}");
         }
-        if d == self.desired && trigger != Trigger::Apply {
+        if d == *self.desired && trigger != Trigger::Apply {
             return Reply {
                 ok: true,
                 message: "unchanged".into(),
@@ -340,7 +340,7 @@ impl Agent {
                 d.conntrack.max_flows
             );
         }
-        self.desired = d;
+        self.desired = Arc::new(d);
         self.enforced = after;
         self.reconcile(what)
     }
@@ -431,7 +431,7 @@ impl Agent {
 
     /// `sg-agent check` against the running agent: what `path` would change.
     async fn check(&self, path: &Path) -> Reply {
-        match load(path, Trigger::Apply, Some(self.desired.clone()), None).await {
+        match load(path, Trigger::Apply, Some((*self.desired).clone()), None).await {
             Err(e) => Reply {
                 ok: false,
                 message: e,

@@ -116,7 +116,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         dp,
         path: config.to_path_buf(),
         file,
-        desired: desired.clone(),
+        desired: Arc::new(desired.clone()),
         enforced,
         applied: HashMap::new(),
         retained,

@@ -33,7 +33,9 @@ pub const DEFAULT_PORT: u16 = 8733;
 /// What reads see: the state in force, as the agent last published it.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    pub desired: Desired,
+    /// Shared with the agent: a state of thousands of rules is not copied
+    /// per change.
+    pub desired: Arc<Desired>,
     /// The API may change the state (managed mode); otherwise the file rules.
     pub managed: bool,
     /// Where the state comes from, for messages.
