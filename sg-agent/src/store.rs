@@ -1,13 +1,15 @@
 //! The managed state on disk: SQLite in WAL mode under the state directory
 //! (`/var/lib/sg/sg.db` by default). One object per row, in the canonical
-//! input form ([`crate::model::canonical`]); every accepted API call is one
+//! input form ([`crate::model::canonical`]), a group's rules each in a row
+//! of their own; every accepted API call is one
 //! `BEGIN IMMEDIATE` transaction holding its changes *and* its audit record,
 //! so a crash leaves the previous state or the new one, never a mix, and
 //! never a change without its record. The audit trail is append-only: the
 //! schema refuses updates and deletes of events.
 
 use std::{
-    collections::BTreeMap,
+    borrow::Cow,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::mpsc,
     time::Duration,
@@ -15,13 +17,14 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use serde::{Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::model::input::{RawConfig, RawGroup, RawIface, RawPrefixList, RawVpc};
+use crate::model::input::{RawConfig, RawGroup, RawIface, RawPrefixList, RawRule, RawVpc};
 
 /// The schema's version, in `PRAGMA user_version`; `MIGRATIONS[i]` takes a
 /// database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE objects (
     kind TEXT NOT NULL,
     id   TEXT NOT NULL,
@@ -42,7 +45,12 @@ CREATE TRIGGER events_no_update BEFORE UPDATE ON events
     BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 CREATE TRIGGER events_no_delete BEFORE DELETE ON events
     BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
-"#];
+"#,
+    // Version 2: a group's rules in rows of their own (kind `rule`), so that
+    // a call on a group of 1,000 rules writes its rule, not the group's
+    // ~100 kB; `split_rules` moves version 1's embedded rules out.
+    "",
+];
 
 pub const DB_FILE: &str = "sg.db";
 
@@ -88,7 +96,13 @@ fn checkpointer(path: PathBuf, stop: mpsc::Receiver<()>) {
 }
 
 /// The kinds of object, each with its list in the input form.
-const KINDS: [&str; 4] = ["vpc", "prefix_list", "security_group", "network_interface"];
+const KINDS: [&str; 5] = [
+    "vpc",
+    "prefix_list",
+    "security_group",
+    "rule",
+    "network_interface",
+];
 
 impl Store {
     /// Opens (creating, and migrating) the database in `dir`.
@@ -140,6 +154,10 @@ impl Store {
             tx.execute_batch(m).with_context(|| {
                 format!("migrating {} to schema {}", self.path.display(), i + 1)
             })?;
+            if i + 1 == 2 {
+                split_rules(&tx)
+                    .with_context(|| format!("migrating {} to schema 2", self.path.display()))?;
+            }
         }
         tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
         tx.commit()?;
@@ -158,6 +176,7 @@ impl Store {
             return Ok(None);
         };
         let mut raw: RawConfig = serde_json::from_str(&settings).context("the stored settings")?;
+        let mut rules: Vec<StoredRule> = Vec::new();
         let mut stmt = self
             .conn
             .prepare("SELECT id, body FROM objects WHERE kind = ?1 ORDER BY rowid")?;
@@ -172,9 +191,29 @@ impl Store {
                     "vpc" => raw.vpcs.push(parse(&body).with_context(bad)?),
                     "prefix_list" => raw.prefix_lists.push(parse(&body).with_context(bad)?),
                     "security_group" => raw.security_groups.push(parse(&body).with_context(bad)?),
+                    "rule" => rules.push(parse(&body).with_context(bad)?),
                     _ => raw.network_interfaces.push(parse(&body).with_context(bad)?),
                 }
             }
+        }
+        // Each rule to its group, in the order the rows were written.
+        let at: HashMap<String, usize> = raw
+            .security_groups
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| Some((g.id.clone()?, i)))
+            .collect();
+        for r in rules {
+            let Some(&i) = at.get(r.group.as_ref()) else {
+                bail!("a stored rule of group {}, which is not stored", r.group);
+            };
+            let g = &mut raw.security_groups[i];
+            let list = if r.egress {
+                g.egress.get_or_insert_with(Vec::new)
+            } else {
+                &mut g.ingress
+            };
+            list.push(r.rule.into_owned());
         }
         Ok(Some(raw))
     }
@@ -191,19 +230,24 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Objects are compared as values: only what changed is serialised
-        // and written (a group of 1,000 rules is ~100 kB of JSON).
-        let old = before.map(objects).transpose()?.unwrap_or_default();
+        // and written (a rule added to a group of 1,000 is one row).
+        // New rows in the state's order: rows load in the order they were
+        // first written (a rule inserted among others by `apply -f` comes
+        // back last).
+        let old: HashMap<_, _> = before
+            .map(objects)
+            .transpose()?
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let new = objects(after)?;
         for (key, obj) in &new {
             if old.get(key) != Some(obj) {
-                tx.execute(
-                    "INSERT INTO objects (kind, id, body) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
-                    params![key.0, key.1, obj.body()?],
-                )?;
+                upsert(&tx, key, obj)?;
             }
         }
-        for key in old.keys().filter(|k| !new.contains_key(*k)) {
+        let new: HashSet<_> = new.into_iter().map(|(k, _)| k).collect();
+        for key in old.keys().filter(|k| !new.contains(*k)) {
             tx.execute(
                 "DELETE FROM objects WHERE kind = ?1 AND id = ?2",
                 params![key.0, key.1],
@@ -302,13 +346,24 @@ fn body<T: Serialize>(x: &T) -> Result<String> {
     Ok(serde_json::to_string(x)?)
 }
 
-/// One stored object, borrowed from the state.
+/// One stored object, borrowed from the state (a group's own row, without
+/// its rules, made from it).
 #[derive(PartialEq)]
 enum Obj<'a> {
     Vpc(&'a RawVpc),
     PrefixList(&'a RawPrefixList),
-    Group(&'a RawGroup),
+    Group(RawGroup),
+    Rule(StoredRule<'a>),
     Interface(&'a RawIface),
+}
+
+/// A group's rule, as its row holds it (one permission with one peer, whose
+/// id is the row's).
+#[derive(PartialEq, Serialize, Deserialize)]
+struct StoredRule<'a> {
+    group: Cow<'a, str>,
+    egress: bool,
+    rule: Cow<'a, RawRule>,
 }
 
 impl Obj<'_> {
@@ -317,47 +372,104 @@ impl Obj<'_> {
             Obj::Vpc(x) => body(x),
             Obj::PrefixList(x) => body(x),
             Obj::Group(x) => body(x),
+            Obj::Rule(x) => body(x),
             Obj::Interface(x) => body(x),
         }
     }
 }
 
+/// Writes `obj` as the row `key`, keeping the row's place if it exists.
+fn upsert(tx: &rusqlite::Transaction, key: &(&str, String), obj: &Obj) -> Result<()> {
+    tx.execute(
+        "INSERT INTO objects (kind, id, body) VALUES (?1, ?2, ?3)
+         ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
+        params![key.0, key.1, obj.body()?],
+    )?;
+    Ok(())
+}
+
+/// Schema 2: moves each group's rules into rows of their own.
+fn split_rules(tx: &rusqlite::Transaction) -> Result<()> {
+    let groups: Vec<(String, String)> = tx
+        .prepare("SELECT id, body FROM objects WHERE kind = 'security_group' ORDER BY rowid")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, b) in groups {
+        let g: RawGroup = parse(&b).with_context(|| format!("the stored group {id}"))?;
+        let mut rows = Objects::new();
+        group_objects(&g, &mut rows)?;
+        for (key, obj) in &rows {
+            upsert(tx, key, obj)?;
+        }
+    }
+    Ok(())
+}
+
+/// Rows by (kind, id), in the state's order.
+type Objects<'a> = Vec<((&'static str, String), Obj<'a>)>;
+
+/// A group's row (without its rules) and its rules' rows, into `out`.
+fn group_objects<'a>(g: &'a RawGroup, out: &mut Objects<'a>) -> Result<()> {
+    let id =
+        g.id.as_deref()
+            .ok_or_else(|| anyhow::anyhow!("a group without an id cannot be stored"))?;
+    let lists = [
+        (false, &g.ingress[..]),
+        (true, g.egress.as_deref().unwrap_or(&[])),
+    ];
+    for (egress, rules) in lists {
+        for r in rules {
+            let rule_id = r.peers().find_map(|p| p.rule_id.clone()).ok_or_else(|| {
+                anyhow::anyhow!("a rule of group {id} without an id cannot be stored")
+            })?;
+            let row = StoredRule {
+                group: Cow::Borrowed(id),
+                egress,
+                rule: Cow::Borrowed(r),
+            };
+            // Keyed by group and direction too: a file may give one id to
+            // an inbound and an outbound rule.
+            let dir = if egress { "egress" } else { "ingress" };
+            out.push((("rule", format!("{id}/{dir}/{rule_id}")), Obj::Rule(row)));
+        }
+    }
+    out.push((
+        ("security_group", id.to_string()),
+        Obj::Group(g.without_rules()),
+    ));
+    Ok(())
+}
+
 /// Every object of `raw` by (kind, id).
-fn objects(raw: &RawConfig) -> Result<BTreeMap<(&'static str, String), Obj<'_>>> {
-    let mut out = BTreeMap::new();
+fn objects(raw: &RawConfig) -> Result<Objects<'_>> {
+    let mut out = Objects::new();
     let missing = |kind: &str| anyhow::anyhow!("a {kind} without an id cannot be stored");
     for v in &raw.vpcs {
-        out.insert(
+        out.push((
             ("vpc", v.id.clone().ok_or_else(|| missing("VPC"))?),
             Obj::Vpc(v),
-        );
+        ));
     }
     for p in &raw.prefix_lists {
-        out.insert(
+        out.push((
             (
                 "prefix_list",
                 p.id.clone().ok_or_else(|| missing("prefix list"))?,
             ),
             Obj::PrefixList(p),
-        );
+        ));
     }
     for g in &raw.security_groups {
-        out.insert(
-            (
-                "security_group",
-                g.id.clone().ok_or_else(|| missing("group"))?,
-            ),
-            Obj::Group(g),
-        );
+        group_objects(g, &mut out)?;
     }
     for i in &raw.network_interfaces {
-        out.insert(
+        out.push((
             (
                 "network_interface",
                 i.id.clone().ok_or_else(|| missing("interface"))?,
             ),
             Obj::Interface(i),
-        );
+        ));
     }
     Ok(out)
 }
@@ -413,6 +525,109 @@ mod tests {
         )
         .unwrap();
         assert!(s.load().unwrap().unwrap().vpcs.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn rule(cidr: &str, id: &str) -> RawRule {
+        RawRule {
+            ip_protocol: "tcp".into(),
+            from_port: Some(22.into()),
+            to_port: Some(22.into()),
+            ip_ranges: vec![crate::model::input::RawPeer {
+                value: cidr.into(),
+                rule_id: Some(id.into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn group(rules: Vec<RawRule>) -> RawConfig {
+        RawConfig {
+            security_groups: vec![RawGroup {
+                id: Some("sg-0123456789abcdef0".into()),
+                name: "web".into(),
+                ingress: rules,
+                egress: Some(vec![rule("10.9.0.0/16", "sgr-00000000000000e01")]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn rows(s: &Store, kind: &str) -> usize {
+        s.conn
+            .query_row(
+                "SELECT count(*) FROM objects WHERE kind = ?1",
+                [kind],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap() as usize
+    }
+
+    #[test]
+    fn a_groups_rules_are_rows_of_their_own_in_order() {
+        let dir = std::env::temp_dir().join(format!("sg-store-rules-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut s = Store::open(&dir).unwrap();
+        let ids = [
+            "sgr-00000000000000a03",
+            "sgr-00000000000000a01",
+            "sgr-00000000000000a02",
+        ];
+        let three = group(
+            ids.iter()
+                .enumerate()
+                .map(|(i, id)| rule(&format!("10.0.{i}.0/24"), id))
+                .collect(),
+        );
+        s.commit(None, &three, &[]).unwrap();
+        assert_eq!(rows(&s, "rule"), 4);
+        assert_eq!(
+            s.load().unwrap().unwrap().security_groups,
+            three.security_groups
+        );
+        // Revoking the middle rule deletes its row; the others keep theirs
+        // and their order.
+        let mut two = three.clone();
+        two.security_groups[0].ingress.remove(1);
+        s.commit(Some(&three), &two, &[]).unwrap();
+        assert_eq!(rows(&s, "rule"), 3);
+        drop(s);
+        let s = Store::open(&dir).unwrap();
+        assert_eq!(
+            s.load().unwrap().unwrap().security_groups,
+            two.security_groups
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn schema_1_groups_with_embedded_rules_migrate() {
+        let dir = std::env::temp_dir().join(format!("sg-store-v1-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = group(vec![rule("10.0.0.0/24", "sgr-00000000000000b01")]);
+        {
+            let c = Connection::open(dir.join(DB_FILE)).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            let g = &state.security_groups[0];
+            c.execute(
+                "INSERT INTO objects (kind, id, body) VALUES ('security_group', ?1, ?2)",
+                params![g.id, serde_json::to_string(g).unwrap()],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO settings (key, value) VALUES ('state', '{}')",
+                [],
+            )
+            .unwrap();
+        }
+        let s = Store::open(&dir).unwrap();
+        assert_eq!(rows(&s, "rule"), 2);
+        let back = s.load().unwrap().unwrap();
+        assert_eq!(back.security_groups, state.security_groups);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
