@@ -205,14 +205,15 @@ impl Managed {
         path: &Path,
         before: &Desired,
         enforce: &mut dyn FnMut(Desired) -> Result<(), String>,
-    ) -> Result<(String, Desired), String> {
+    ) -> Result<String, String> {
         let after = source::file::load(path, Some(before)).map_err(|e| format!("{e:#}"))?;
         let changed = changes(before, &after);
         let summary = format!("applied {}: {}", path.display(), summary(&changed));
         let ev = crate::api::audit::reload(&path.display().to_string(), &summary, changed);
-        self.take(after.clone(), canonical(&after), before, enforce, &[ev])
+        let raw = canonical(&after);
+        self.take(after, raw, before, enforce, &[ev])
             .map_err(|e| e.message)?;
-        Ok((summary, after))
+        Ok(summary)
     }
 }
 

@@ -21,10 +21,17 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::model::input::{RawConfig, RawGroup, RawIface, RawPrefixList, RawRule, RawVpc};
 
+/// A step of the schema: SQL, then what SQL alone cannot do.
+struct Migration {
+    sql: &'static str,
+    then: Option<fn(&rusqlite::Transaction) -> Result<()>>,
+}
+
 /// The schema's version, in `PRAGMA user_version`; `MIGRATIONS[i]` takes a
 /// database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
-    r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        sql: r#"
 CREATE TABLE objects (
     kind TEXT NOT NULL,
     id   TEXT NOT NULL,
@@ -46,10 +53,15 @@ CREATE TRIGGER events_no_update BEFORE UPDATE ON events
 CREATE TRIGGER events_no_delete BEFORE DELETE ON events
     BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 "#,
+        then: None,
+    },
     // Version 2: a group's rules in rows of their own (kind `rule`), so that
     // a call on a group of 1,000 rules writes its rule, not the group's
     // ~100 kB; `split_rules` moves version 1's embedded rules out.
-    "",
+    Migration {
+        sql: "",
+        then: Some(split_rules),
+    },
 ];
 
 pub const DB_FILE: &str = "sg.db";
@@ -151,12 +163,10 @@ impl Store {
             );
         }
         for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
-            tx.execute_batch(m).with_context(|| {
-                format!("migrating {} to schema {}", self.path.display(), i + 1)
-            })?;
-            if i + 1 == 2 {
-                split_rules(&tx)
-                    .with_context(|| format!("migrating {} to schema 2", self.path.display()))?;
+            let at = || format!("migrating {} to schema {}", self.path.display(), i + 1);
+            tx.execute_batch(m.sql).with_context(at)?;
+            if let Some(then) = m.then {
+                then(&tx).with_context(at)?;
             }
         }
         tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
@@ -610,7 +620,7 @@ mod tests {
         let state = group(vec![rule("10.0.0.0/24", "sgr-00000000000000b01")]);
         {
             let c = Connection::open(dir.join(DB_FILE)).unwrap();
-            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(MIGRATIONS[0].sql).unwrap();
             c.pragma_update(None, "user_version", 1).unwrap();
             let g = &state.security_groups[0];
             c.execute(

@@ -192,6 +192,31 @@ fn port_ranges_past_one_chunk_are_matched() {
     dp.stop();
 }
 
+/// Changes to the loopback and to interface 3001 (which need not exist).
+fn lo_and_other<'a>(lo: &'a Compiled, other: &'a Compiled) -> [Change<'a>; 2] {
+    [
+        Change {
+            name: "lo",
+            ifindex: 1,
+            compiled: lo,
+        },
+        Change {
+            name: "other",
+            ifindex: 3001,
+            compiled: other,
+        },
+    ]
+}
+
+/// A datapath whose ingress program is pinned for a probe thread to run.
+fn probed(name: &str) -> (PinDir, Datapath, std::path::PathBuf) {
+    let pins = PinDir::new(name);
+    let mut dp = Datapath::load(1 << 16, &pins.0).unwrap();
+    let pin = pins.0.join("probe-prog");
+    dp.pin_program(PROG_INGRESS, &pin).unwrap();
+    (pins, dp, pin)
+}
+
 /// Commits `a` and `b` in turn while a thread probes `src`:80 with new
 /// flows; returns (probes, verdicts other than `want`).
 fn probe_during_changes(
@@ -204,21 +229,9 @@ fn probe_during_changes(
     let other = policy(vec![rule(group(), 80, 80)]);
     probe_while(dp, pin, 80, want, |dp, to_b| {
         let (c, m) = if to_b { b } else { a };
-        let changes = [
-            Change {
-                name: "lo",
-                ifindex: 1,
-                compiled: c,
-            },
-            // Another interface references the group, so that its members
-            // are in the address map in both states.
-            Change {
-                name: "other",
-                ifindex: 3001,
-                compiled: &other,
-            },
-        ];
-        dp.commit(&changes, m).unwrap();
+        // Another interface references the group, so that its members are
+        // in the address map in both states.
+        dp.commit(&lo_and_other(c, &other), m).unwrap();
     })
 }
 
@@ -269,10 +282,7 @@ fn a_change_of_rules_and_members_together_is_never_seen_half_done() {
     if !kernel_available("a_change_of_rules_and_members_together_is_never_seen_half_done") {
         return;
     }
-    let pins = PinDir::new("sharedatomic");
-    let mut dp = Datapath::load(1 << 16, &pins.0).unwrap();
-    let pin = pins.0.join("probe-prog");
-    dp.pin_program(PROG_INGRESS, &pin).unwrap();
+    let (_pins, mut dp, pin) = probed("sharedatomic");
     let x: IpAddr = "10.9.0.7".parse().unwrap();
     let (none, with_x) = (members([]), members([x]));
     let by_group = policy(vec![rule(group(), 80, 80)]);
@@ -307,10 +317,7 @@ fn a_rule_for_a_new_block_is_enforced_unstaged_and_never_seen_half_done() {
     if !kernel_available("a_rule_for_a_new_block_is_enforced_unstaged_and_never_seen_half_done") {
         return;
     }
-    let pins = PinDir::new("sharedunstaged");
-    let mut dp = Datapath::load(1 << 16, &pins.0).unwrap();
-    let pin = pins.0.join("probe-prog");
-    dp.pin_program(PROG_INGRESS, &pin).unwrap();
+    let (_pins, mut dp, pin) = probed("sharedunstaged");
     // Two interfaces share a policy allowing 10.0.0.0/8 to 80; each then
     // adds a rule of its own for 10.9.0.0/24, a block new to the address
     // map: 10.9.0.7 takes a new identity while the shared policy is
@@ -328,19 +335,7 @@ fn a_rule_for_a_new_block_is_enforced_unstaged_and_never_seen_half_done() {
     let mut staged = 0;
     let mut flip = |dp: &mut Datapath, to_b: bool| {
         let (lo, other) = if to_b { (&b1, &b2) } else { (&a, &a) };
-        let changes = [
-            Change {
-                name: "lo",
-                ifindex: 1,
-                compiled: lo,
-            },
-            Change {
-                name: "other",
-                ifindex: 3001,
-                compiled: other,
-            },
-        ];
-        let w = dp.commit(&changes, &none).unwrap();
+        let w = dp.commit(&lo_and_other(lo, other), &none).unwrap();
         staged += usize::from(w.staged);
     };
     for (dport, want, what) in [(80, 0, "dropped what both"), (82, 2, "passed what neither")] {

@@ -85,7 +85,7 @@ impl Agent {
             m.apply_file(path, before, enforce)
         });
         match r {
-            Some(Ok((message, _))) => Reply { ok: true, message },
+            Some(Ok(message)) => Reply { ok: true, message },
             Some(Err(message)) => Reply { ok: false, message },
             None => Reply {
                 ok: false,

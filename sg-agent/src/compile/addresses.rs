@@ -36,6 +36,30 @@ pub(super) fn of(i: &Interface) -> impl Iterator<Item = IpAddr> + '_ {
     v4.chain(i.ipv6.iter().map(|a| IpAddr::V6(*a)))
 }
 
+/// The prefix lengths of `nets`, per family (IPv4, IPv6).
+pub fn prefix_lengths<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> [BTreeSet<u8>; 2] {
+    let mut lens: [BTreeSet<u8>; 2] = Default::default();
+    for n in nets {
+        lens[usize::from(n.addr().is_ipv6())].insert(n.prefix_len());
+    }
+    lens
+}
+
+/// What `map` holds for `net`'s own block or, failing that, for its longest
+/// ancestor among `lens` (per family): what its addresses are looked up by.
+pub fn covering<V: Copy>(
+    map: &HashMap<IpNet, V>,
+    lens: &[BTreeSet<u8>; 2],
+    net: &IpNet,
+) -> Option<V> {
+    map.get(net).copied().or_else(|| {
+        lens[usize::from(net.addr().is_ipv6())]
+            .range(..net.prefix_len())
+            .rev()
+            .find_map(|len| map.get(&truncate(net, *len)).copied())
+    })
+}
+
 /// The address map of `atoms`: each block → the atoms containing it,
 /// sorted. A block's atoms are its own and those of every shorter block
 /// that contains it, so that the longest match alone finds them all.
@@ -60,10 +84,7 @@ pub fn address_map<'a>(
         }
     }
     // The lengths present, per family: the only ancestors to look for.
-    let mut lens: [BTreeSet<u8>; 2] = Default::default();
-    for net in direct.keys() {
-        lens[usize::from(net.addr().is_ipv6())].insert(net.prefix_len());
-    }
+    let lens = prefix_lengths(direct.keys());
     direct
         .iter()
         .map(|(net, own)| {

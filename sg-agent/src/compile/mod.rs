@@ -19,7 +19,7 @@ mod addresses;
 mod keys;
 mod ports;
 
-pub use addresses::{Members, address_map, members};
+pub use addresses::{Members, address_map, covering, members, prefix_lengths};
 pub use keys::{AddrKey, addr_key, lens_value, policy_entries};
 use std::collections::BTreeSet;
 

@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use sg_common::{PolicyKey, PolicyVal, STATS_SLOTS};
 
 use super::{Datapath, ifname, txn::Txn};
-use crate::compile::{AddrKey, Compiled, DirPolicy, Members, addr_key, lens_value};
+use crate::compile::{AddrKey, Compiled, DirPolicy, Members, addr_key, lens_value, prefix_lengths};
 
 /// How long replaced policy entries stay after the change (see `commit`).
 pub(super) const RETIRE_GRACE: Duration = Duration::from_millis(20);
@@ -274,11 +274,7 @@ impl Datapath {
     /// Makes `LENS` list the prefix lengths of `nets`, longest first
     /// (index 0: IPv4, 1: IPv6).
     fn write_lens<'a>(&mut self, nets: impl Iterator<Item = &'a IpNet>) -> Result<()> {
-        let mut lens: [BTreeSet<u8>; 2] = Default::default();
-        for n in nets {
-            lens[usize::from(n.addr().is_ipv6())].insert(n.prefix_len());
-        }
-        for (i, family) in lens.into_iter().enumerate() {
+        for (i, family) in prefix_lengths(nets).into_iter().enumerate() {
             if self.state.lens[i] == family {
                 continue;
             }

@@ -19,7 +19,7 @@ use foldhash::{HashMap, HashSet, HashSetExt};
 use ipnet::IpNet;
 
 use super::{policy::Content, state::State};
-use crate::compile::{Atom, DirPolicy, Rule, truncate};
+use crate::compile::{Atom, DirPolicy, Rule, covering, prefix_lengths};
 
 impl State {
     /// Whether moving `moved` to their contents in `after` while the
@@ -72,22 +72,11 @@ impl State {
             None => Some(&[][..]),
             Some(id) => self.atoms_of.get(&id).map(Vec::as_slice),
         };
-        let mut lens: [BTreeSet<u8>; 2] = Default::default();
-        for n in ids.keys() {
-            lens[usize::from(n.addr().is_ipv6())].insert(n.prefix_len());
-        }
+        // A removed block's addresses fall to its longest ancestor.
+        let lens = prefix_lengths(ids.keys());
         source
             .iter()
-            .map(|(n, before)| {
-                // A removed block's addresses fall to its longest ancestor.
-                let after = ids.get(n).copied().or_else(|| {
-                    lens[usize::from(n.addr().is_ipv6())]
-                        .range(..n.prefix_len())
-                        .rev()
-                        .find_map(|len| ids.get(&truncate(n, *len)).copied())
-                });
-                Some((atoms(*before)?, atoms(after)?))
-            })
+            .map(|(n, before)| Some((atoms(*before)?, atoms(covering(ids, &lens, n))?)))
             .collect()
     }
 }

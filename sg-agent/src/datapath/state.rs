@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use sg_common::{ADDR4_ENTRIES, ADDR6_ENTRIES, POLICY_ENTRIES, PolicyKey, PolicyVal, addr_bytes};
 
 use super::Maps;
-use crate::compile::{Atom, DirPolicy, truncate};
+use crate::compile::{Atom, DirPolicy, covering};
 
 /// A policy's entries towards one identity, as written.
 pub(super) type Entries = Vec<(PolicyKey, PolicyVal)>;
@@ -170,13 +170,7 @@ impl State {
     /// The identity that judged packets from `net` before: its own entry's,
     /// or its longest ancestor's.
     pub(super) fn judged_by(&self, net: &IpNet) -> Option<u32> {
-        if let Some(id) = self.addr.get(net) {
-            return Some(*id);
-        }
-        let lens = &self.lens[usize::from(net.addr().is_ipv6())];
-        lens.range(..net.prefix_len())
-            .rev()
-            .find_map(|len| self.addr.get(&truncate(net, *len)).copied())
+        covering(&self.addr, &self.lens, net)
     }
 
     /// The entries of `(from, k)` rewritten as `(to, t)`.

@@ -118,12 +118,13 @@ impl State {
             let old = t.source.values().flatten();
             judged.extend(old.filter(|k| self.atoms_of.contains_key(k)));
         }
-        t.entries = self.new_entries(&t, &judged, &fresh)?;
+        let live_after = self.live_after(&t);
+        t.entries = self.new_entries(&t, &live_after, &judged, &fresh)?;
         if staged {
             self.temporaries(&mut t);
         } else {
             t.entries
-                .extend(self.replaced_entries(&moved, &t.new_policy, &fresh)?);
+                .extend(self.replaced_entries(&moved, &live_after, &fresh)?);
         }
         self.fits(&t.target, t.entries.len())?;
         Ok(t)
@@ -197,17 +198,9 @@ impl State {
         out
     }
 
-    /// The entries the new state needs that no packet can reach yet: new
-    /// policies', and existing policies' for new identities.
-    fn new_entries(
-        &self,
-        t: &Txn,
-        distinct: &HashSet<u32>,
-        fresh: &HashSet<u32>,
-    ) -> Result<Entries> {
-        let mut entries = Entries::new();
-        let live_after: HashMap<u32, Content> = t
-            .after
+    /// The policies in force after the change, with their contents.
+    fn live_after(&self, t: &Txn) -> HashMap<u32, Content> {
+        t.after
             .iter()
             .flat_map(|(i, dirs)| {
                 (0..2).map(move |d| {
@@ -219,7 +212,19 @@ impl State {
                     (id, dirs[d].clone())
                 })
             })
-            .collect();
+            .collect()
+    }
+
+    /// The entries the new state needs that no packet can reach yet: new
+    /// policies', and existing policies' for new identities.
+    fn new_entries(
+        &self,
+        t: &Txn,
+        live_after: &HashMap<u32, Content>,
+        distinct: &HashSet<u32>,
+        fresh: &HashSet<u32>,
+    ) -> Result<Entries> {
+        let mut entries = Entries::new();
         // For an earlier agent's policies: the identities a fresh one's
         // blocks were judged by before, gathered once.
         let mut judged_before: HashMap<u32, HashSet<Option<u32>>> = HashMap::new();
@@ -231,7 +236,7 @@ impl State {
                 }
             }
         }
-        for (&p, content) in &live_after {
+        for (&p, content) in live_after {
             match content {
                 Some(c) => {
                     // A policy in force with this content, or changed in
@@ -275,20 +280,13 @@ impl State {
     fn replaced_entries(
         &self,
         moved: &[(u32, usize)],
-        new_policy: &HashMap<(u32, usize), u32>,
+        live_after: &HashMap<u32, Content>,
         fresh: &HashSet<u32>,
     ) -> Result<Entries> {
-        let live_after: HashSet<u32> = self
-            .installed
-            .iter()
-            .flat_map(|(i, p)| (0..2).map(move |d| new_policy.get(&(*i, d)).unwrap_or(&p[d])))
-            .chain(new_policy.values())
-            .copied()
-            .collect();
         let replaced: BTreeSet<u32> = moved
             .iter()
             .filter_map(|(i, d)| self.installed.get(i).map(|p| p[*d]))
-            .filter(|p| !live_after.contains(p))
+            .filter(|p| !live_after.contains_key(p))
             .collect();
         let mut entries = Entries::new();
         for p in replaced {
