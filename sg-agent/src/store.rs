@@ -9,13 +9,13 @@
 
 use std::{
     borrow::Cow,
-    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::mpsc,
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
+use foldhash::{HashMap, HashSet};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -244,13 +244,16 @@ impl Store {
         // New rows in the state's order: rows load in the order they were
         // first written (a rule inserted among others by `apply -f` comes
         // back last).
+        // Groups equal on both sides are skipped whole: a change touches
+        // one group, and a group's rules are most of the state.
+        let same = unchanged(before, after);
         let old: HashMap<_, _> = before
-            .map(objects)
+            .map(|b| objects(b, &same))
             .transpose()?
             .unwrap_or_default()
             .into_iter()
             .collect();
-        let new = objects(after)?;
+        let new = objects(after, &same)?;
         for (key, obj) in &new {
             if old.get(key) != Some(obj) {
                 upsert(&tx, key, obj)?;
@@ -407,7 +410,7 @@ fn split_rules(tx: &rusqlite::Transaction) -> Result<()> {
     for (id, b) in groups {
         let g: RawGroup = parse(&b).with_context(|| format!("the stored group {id}"))?;
         let mut rows = Objects::new();
-        group_objects(&g, &mut rows)?;
+        group_objects(&g, &Same::default(), &mut rows)?;
         for (key, obj) in &rows {
             upsert(tx, key, obj)?;
         }
@@ -419,7 +422,7 @@ fn split_rules(tx: &rusqlite::Transaction) -> Result<()> {
 type Objects<'a> = Vec<((&'static str, String), Obj<'a>)>;
 
 /// A group's row (without its rules) and its rules' rows, into `out`.
-fn group_objects<'a>(g: &'a RawGroup, out: &mut Objects<'a>) -> Result<()> {
+fn group_objects<'a>(g: &'a RawGroup, same: &Same, out: &mut Objects<'a>) -> Result<()> {
     let id =
         g.id.as_deref()
             .ok_or_else(|| anyhow::anyhow!("a group without an id cannot be stored"))?;
@@ -429,9 +432,12 @@ fn group_objects<'a>(g: &'a RawGroup, out: &mut Objects<'a>) -> Result<()> {
     ];
     for (egress, rules) in lists {
         for r in rules {
-            let rule_id = r.peers().find_map(|p| p.rule_id.clone()).ok_or_else(|| {
+            let rule_id = rule_id(r).ok_or_else(|| {
                 anyhow::anyhow!("a rule of group {id} without an id cannot be stored")
             })?;
+            if same.rules.contains(&(id, egress, rule_id)) {
+                continue;
+            }
             let row = StoredRule {
                 group: Cow::Borrowed(id),
                 egress,
@@ -450,8 +456,59 @@ fn group_objects<'a>(g: &'a RawGroup, out: &mut Objects<'a>) -> Result<()> {
     Ok(())
 }
 
-/// Every object of `raw` by (kind, id).
-fn objects(raw: &RawConfig) -> Result<Objects<'_>> {
+/// What a change leaves as it was, so that the store neither compares nor
+/// writes it: the groups held exactly as before, and, in the groups that
+/// changed, each rule (by group, direction and id) held exactly as before.
+#[derive(Default)]
+struct Same<'a> {
+    groups: HashSet<&'a str>,
+    rules: HashSet<(&'a str, bool, &'a str)>,
+}
+
+/// A rule's id: the one its peer keeps.
+fn rule_id(r: &RawRule) -> Option<&str> {
+    r.peers().find_map(|p| p.rule_id.as_deref())
+}
+
+/// A group's rules by direction (outbound or not) and id.
+fn rules_by_id(g: &RawGroup) -> impl Iterator<Item = ((bool, &str), &RawRule)> {
+    let ingress = g.ingress.iter().map(|r| (false, r));
+    let egress = g.egress.iter().flatten().map(|r| (true, r));
+    ingress
+        .chain(egress)
+        .filter_map(|(e, r)| Some(((e, rule_id(r)?), r)))
+}
+
+fn unchanged<'a>(before: Option<&'a RawConfig>, after: &'a RawConfig) -> Same<'a> {
+    let mut same = Same::default();
+    let Some(before) = before else {
+        return same;
+    };
+    let old: HashMap<&str, &RawGroup> = before
+        .security_groups
+        .iter()
+        .filter_map(|g| Some((g.id.as_deref()?, g)))
+        .collect();
+    for g in &after.security_groups {
+        let Some((id, was)) = g.id.as_deref().and_then(|id| Some((id, *old.get(id)?))) else {
+            continue;
+        };
+        if was == g {
+            same.groups.insert(id);
+            continue;
+        }
+        let rules: HashMap<_, _> = rules_by_id(was).collect();
+        same.rules.extend(
+            rules_by_id(g)
+                .filter(|(k, r)| rules.get(k) == Some(r))
+                .map(|((e, rid), _)| (id, e, rid)),
+        );
+    }
+    same
+}
+
+/// Every object of `raw` by (kind, id), but for what `same` holds.
+fn objects<'a>(raw: &'a RawConfig, same: &Same) -> Result<Objects<'a>> {
     let mut out = Objects::new();
     let missing = |kind: &str| anyhow::anyhow!("a {kind} without an id cannot be stored");
     for v in &raw.vpcs {
@@ -470,7 +527,10 @@ fn objects(raw: &RawConfig) -> Result<Objects<'_>> {
         ));
     }
     for g in &raw.security_groups {
-        group_objects(g, &mut out)?;
+        if g.id.as_deref().is_some_and(|id| same.groups.contains(id)) {
+            continue;
+        }
+        group_objects(g, same, &mut out)?;
     }
     for i in &raw.network_interfaces {
         out.push((
@@ -603,11 +663,18 @@ mod tests {
         two.security_groups[0].ingress.remove(1);
         s.commit(Some(&three), &two, &[]).unwrap();
         assert_eq!(rows(&s, "rule"), 3);
+        // A rule changed in place is the one row written, beside the
+        // settings: the group's other rules and its own row are not.
+        let mut described = two.clone();
+        described.security_groups[0].ingress[1].ip_ranges[0].description = Some("db".into());
+        let writes = s.conn.total_changes();
+        s.commit(Some(&two), &described, &[]).unwrap();
+        assert_eq!(s.conn.total_changes() - writes, 2);
         drop(s);
         let s = Store::open(&dir).unwrap();
         assert_eq!(
             s.load().unwrap().unwrap().security_groups,
-            two.security_groups
+            described.security_groups
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -3,7 +3,7 @@
 //! form and resolved by validation itself, so that `10.0.0.1/8` means here
 //! what it means in a file.
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 
 use serde_json::{Value, json};
 

@@ -1,7 +1,7 @@
 //! Rules: protocol, ports, peers and descriptions, one rule per peer; AWS's
 //! default egress; references to groups and prefix lists.
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -186,8 +186,8 @@ fn rules_of(
     let mut out: Vec<Rule> = Vec::new();
     // What is already there, for the duplicate checks (a group may hold
     // thousands of rules: no pairwise scans).
-    let mut seen: HashSet<(Protocol, i32, i32, Peer)> = HashSet::new();
-    let mut ids: HashSet<String> = HashSet::new();
+    let mut seen: HashSet<(Protocol, i32, i32, Peer)> = HashSet::with_capacity(raw.len());
+    let mut ids: HashSet<String> = HashSet::with_capacity(raw.len());
     let (mut n4, mut n6) = (0u32, 0u32);
     for (i, r) in raw.iter().enumerate() {
         let path = At {
