@@ -24,8 +24,7 @@ pub type Enforced = BTreeMap<String, Option<IfacePolicy>>;
 
 /// The policy `d` gives each interface it enforces (not `detached`).
 pub fn policies(d: &Desired) -> BTreeMap<String, IfacePolicy> {
-    d.interfaces
-        .iter()
+    d.local()
         .filter(|i| !i.detached)
         .map(|i| {
             let (inbound, outbound) = interface_rules(d, i);
@@ -46,7 +45,7 @@ pub fn policies(d: &Desired) -> BTreeMap<String, IfacePolicy> {
 /// implied); those it marks `detached` are no longer enforced.
 pub fn after(before: &Enforced, new: &Desired) -> Enforced {
     let mut out: Enforced = before.clone();
-    for i in new.interfaces.iter().filter(|i| i.detached) {
+    for i in new.local().filter(|i| i.detached) {
         out.remove(&i.name);
     }
     for (name, p) in policies(new) {

@@ -71,7 +71,7 @@ pub struct Plan {
 pub fn plan(d: &Desired) -> (Vec<Plan>, Vec<&Interface>) {
     let mut plans = Vec::new();
     let mut absent = Vec::new();
-    for iface in d.interfaces.iter().filter(|i| !i.detached) {
+    for iface in d.local().filter(|i| !i.detached) {
         match nix::net::if_::if_nametoindex(iface.name.as_str()) {
             Ok(ifindex) => plans.push(Plan {
                 iface: iface.clone(),
@@ -220,8 +220,7 @@ impl Agent {
     fn settle_retained(&mut self) {
         let detached: HashSet<String> = self
             .desired
-            .interfaces
-            .iter()
+            .local()
             .filter(|i| i.detached)
             .map(|i| i.name.clone())
             .collect();
@@ -384,8 +383,7 @@ impl Agent {
     fn check_interfaces(&mut self) {
         let present: HashSet<u32> = self
             .desired
-            .interfaces
-            .iter()
+            .local()
             .filter(|i| !i.detached)
             .filter_map(|i| nix::net::if_::if_nametoindex(i.name.as_str()).ok())
             .collect();
@@ -399,12 +397,7 @@ impl Agent {
     /// does not list.
     fn detach(&mut self, name: &str) -> Reply {
         let fail = |message: String| Reply { ok: false, message };
-        if self
-            .desired
-            .interfaces
-            .iter()
-            .any(|i| i.name == name && !i.detached)
-        {
+        if self.desired.local().any(|i| i.name == name && !i.detached) {
             return fail(format!(
                 "{name} is listed in {}: remove it there (or mark it `detached: true`) first, or the agent would enforce it again",
                 self.file
@@ -449,7 +442,7 @@ impl Agent {
                 let kept: Vec<&str> = self
                     .enforced
                     .keys()
-                    .filter(|n| !d.interfaces.iter().any(|i| &i.name == *n))
+                    .filter(|n| !d.local().any(|i| &i.name == *n))
                     .map(String::as_str)
                     .collect();
                 if !kept.is_empty() {

@@ -91,7 +91,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         None => Some(Watch::new(config)?),
     };
     // What an earlier agent enforced that this file does not list is kept.
-    let listed: HashSet<&str> = desired.interfaces.iter().map(|i| i.name.as_str()).collect();
+    let listed: HashSet<&str> = desired.local().map(|i| i.name.as_str()).collect();
     let mut retained = HashMap::new();
     let mut enforced: Enforced = widen::policies(&desired)
         .into_iter()
@@ -99,10 +99,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .collect();
     for ifindex in dp.maps.iface_cfgs().into_keys() {
         if let Some(name) = ifname(ifindex) {
-            let detached = desired
-                .interfaces
-                .iter()
-                .any(|i| i.name == name && i.detached);
+            let detached = desired.local().any(|i| i.name == name && i.detached);
             if !listed.contains(name.as_str()) || detached {
                 if !detached {
                     enforced.insert(name.clone(), None);

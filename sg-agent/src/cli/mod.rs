@@ -29,6 +29,10 @@ pub struct Cli {
     /// [default: /sys/fs/bpf/sg/v<layout>/net-<netns inode>].
     #[arg(long, global = true)]
     pin_dir: Option<PathBuf>,
+    /// This host's id: the agent enforces the interfaces whose `host` is
+    /// this, or that name no host [default: the hostname].
+    #[arg(long, global = true, value_name = "ID")]
+    host_id: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -218,6 +222,9 @@ pub fn main() -> std::process::ExitCode {
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
+    if let Some(id) = &cli.host_id {
+        model::host::set(id).map_err(anyhow::Error::msg)?;
+    }
     let explicit_pin_dir = cli.pin_dir.is_some();
     let pin_dir = match cli.pin_dir {
         Some(d) => d,

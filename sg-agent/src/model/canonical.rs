@@ -114,6 +114,7 @@ pub fn rule(r: &Rule) -> RawRule {
 pub fn interface(i: &Interface) -> RawIface {
     RawIface {
         interface: i.name.clone(),
+        host: i.host.clone(),
         id: Some(i.id.clone()),
         vpc: Some(i.vpc.clone()),
         private_ipv4: i.ipv4.iter().map(|a| a.to_string()).collect(),

@@ -420,6 +420,11 @@ pub struct RawTimeouts {
 pub struct RawIface {
     /// Linux interface name.
     pub interface: String,
+    /// The host whose agent enforces it (its `--host-id`); absent, every
+    /// agent that reads this state and has the interface. A fleet names it
+    /// (docs/fleet.md): the other hosts count its addresses as members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// The ENI id; generated from the interface name when absent.
     #[serde(default, alias = "NetworkInterfaceId")]
     pub id: Option<String>,

@@ -4,6 +4,7 @@
 //! file per phase.
 
 pub mod canonical;
+pub mod host;
 pub mod input;
 mod issues;
 mod types;

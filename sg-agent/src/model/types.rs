@@ -201,6 +201,8 @@ pub struct Group {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
     pub name: String,
+    /// The host that enforces it; `None`: any host that has it.
+    pub host: Option<String>,
     pub id: String,
     pub vpc: String,
     pub ipv4: Vec<Ipv4Addr>,

@@ -34,13 +34,31 @@ pub fn resolve(
             );
             continue;
         }
-        if ifaces.iter().any(|x| x.name == r.interface) {
+        if ifaces
+            .iter()
+            .any(|x| x.name == r.interface && x.host == r.host)
+        {
+            let on = r.host.as_ref().map(|h| format!(" on host {h:?}"));
             v.err(
                 0,
                 &path,
                 &obj,
                 INVALID,
-                format!("interface {:?} is listed twice", r.interface),
+                format!(
+                    "interface {:?}{} is listed twice",
+                    r.interface,
+                    on.unwrap_or_default()
+                ),
+            );
+            continue;
+        }
+        if r.host.as_ref().is_some_and(|h| !valid_host(h)) {
+            v.err(
+                0,
+                &format!("{path}.host"),
+                &obj,
+                INVALID,
+                "a host id is 1-253 characters of a-z A-Z 0-9 . _ -",
             );
             continue;
         }
@@ -48,7 +66,14 @@ pub fn resolve(
             continue;
         };
         let vpc = vpcs.list.iter().find(|x| x.id == vpc_id).expect("resolved");
-        let Some(id) = object_id(v, &r.id, "eni", &[&r.interface], 0, &path, &obj) else {
+        // The same Linux name on two hosts is two interfaces.
+        let seed: Vec<&str> = r
+            .host
+            .iter()
+            .map(String::as_str)
+            .chain([r.interface.as_str()])
+            .collect();
+        let Some(id) = object_id(v, &r.id, "eni", &seed, 0, &path, &obj) else {
             continue;
         };
         // Without IPv4 blocks (a VPC known only by id) any IPv4 address goes.
@@ -122,6 +147,7 @@ pub fn resolve(
         let timeouts = timeouts(v, &r.conntrack, &format!("{path}.conntrack"), &obj);
         ifaces.push(Interface {
             name: r.interface.clone(),
+            host: r.host.clone(),
             id,
             vpc: vpc_id,
             ipv4,
@@ -138,6 +164,14 @@ pub fn resolve(
     }
 
     ifaces
+}
+
+/// A host id as `--host-id` takes it: a hostname's characters.
+pub fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// An interface's private addresses of one family, each inside the VPC.

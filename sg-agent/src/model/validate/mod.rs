@@ -15,6 +15,7 @@ mod tests;
 mod vpcs;
 
 pub use ids::{make_id, sha256_hex, valid_id};
+pub use interfaces::valid_host;
 pub use rules::peer_text;
 
 use super::{Collector, Desired, Issue, Issues, Locate, input::RawConfig};

@@ -363,6 +363,28 @@ fn interfaces_and_timeouts() {
         "InvalidParameterValue",
         "1-15",
     );
+    one(
+        &format!(
+            "{VPC}network_interfaces: [{{interface: e0, host: a}}, {{interface: e0, host: a}}]\n"
+        ),
+        "InvalidParameterValue",
+        "e0\" on host \"a\" is listed twice",
+    );
+    one(
+        &format!("{VPC}network_interfaces: [{{interface: e0, host: \"a b\"}}]\n"),
+        "InvalidParameterValue",
+        "host id",
+    );
+}
+
+#[test]
+fn one_linux_name_on_two_hosts_is_two_interfaces() {
+    let d = ok(&format!(
+        "{VPC}network_interfaces: [{{interface: e0, host: a}}, {{interface: e0, host: b}}, {{interface: e0}}]\n"
+    ));
+    let ids: std::collections::BTreeSet<&str> =
+        d.interfaces.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "distinct ids: {ids:?}");
 }
 
 #[test]
