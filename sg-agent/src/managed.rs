@@ -19,7 +19,7 @@ use crate::{
     },
     model::{Desired, canonical::canonical, input::RawConfig, validate},
     source,
-    store::{Event, Store},
+    store::{Event, StateAt, Store},
 };
 
 /// Where a call's answer goes.
@@ -43,15 +43,12 @@ impl Managed {
     /// Opens the state in `dir`. A database without state is seeded from
     /// `seed` when that file exists, and otherwise starts as EC2 does: a
     /// default VPC with its default group.
-    pub fn open(dir: &Path, seed: &Path) -> Result<(Managed, Desired)> {
-        let mut store = Store::open(dir)?;
+    pub fn open(at: &StateAt, seed: &Path) -> Result<(Managed, Desired)> {
+        let mut store = Store::open(at)?;
         let (raw, desired) = match store.load()? {
             Some(raw) => {
                 let d = validate(&raw, &Stored, None).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}: the stored state is invalid:\n{e}",
-                        store.path().display()
-                    )
+                    anyhow::anyhow!("{}: the stored state is invalid:\n{e}", store.describe())
                 })?;
                 (raw, d)
             }
@@ -59,14 +56,14 @@ impl Managed {
                 let d = if seed.exists() {
                     log::info!(
                         "managed state: seeding {} from {}",
-                        store.path().display(),
+                        store.describe(),
                         seed.display()
                     );
                     source::file::load(seed, None)?
                 } else {
                     log::info!(
                         "managed state: starting {} with a default VPC",
-                        store.path().display()
+                        store.describe()
                     );
                     validate(&RawConfig::default(), &Stored, None)
                         .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -190,12 +187,61 @@ impl Managed {
         }
         if let Err(e) = self.store.commit(Some(&self.raw), &raw, events) {
             restore(enforce);
-            return Err(ApiError::internal(format!(
-                "storing the change failed; the previous state stays: {e:#}"
-            )));
+            let message = format!("storing the change failed; the previous state stays: {e:#}");
+            // A fleet's store that is away, or that another writer changed
+            // first: 503, which AWS's clients retry (docs/fleet.md).
+            return Err(match self.store {
+                Store::Etcd(_) => ApiError::new(503, "Unavailable", message),
+                Store::Sqlite(_) => ApiError::internal(message),
+            });
         }
         self.raw = raw;
         Ok(())
+    }
+
+    /// A channel told of every change of the stored state that another
+    /// writer may have made (a fleet's store); `None` when this agent is the
+    /// state's only writer.
+    pub fn watch(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
+        let Store::Etcd(e) = &self.store else {
+            return None;
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        e.watch(tx);
+        Some(rx)
+    }
+
+    /// Takes the stored state if it differs from the one in force (another
+    /// API server's change): validated as at start, then enforced. A state
+    /// that cannot be read or is invalid changes nothing here.
+    pub fn refresh(
+        &mut self,
+        before: &Desired,
+        enforce: &mut dyn FnMut(Desired) -> Result<(), String>,
+    ) -> Result<Option<String>, String> {
+        let raw = match self.store.load() {
+            Ok(Some(raw)) => raw,
+            Ok(None) => {
+                return Err(format!(
+                    "{}: the state is gone; the state in force stays",
+                    self.store.describe()
+                ));
+            }
+            Err(e) => return Err(format!("{e:#}")),
+        };
+        if raw == self.raw {
+            return Ok(None);
+        }
+        let after = validate(&raw, &Stored, None).map_err(|e| {
+            format!(
+                "{}: the stored state is invalid, the state in force stays:\n{e}",
+                self.store.describe()
+            )
+        })?;
+        let changed = changes(before, &after);
+        enforce(after)?;
+        self.raw = raw;
+        Ok(Some(summary(&changed)))
     }
 
     /// `sg-agent apply -f FILE`: the file's state replaces the managed

@@ -55,6 +55,9 @@ fn client_env(c: &mut Command, key: Key) {
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_PAGER", "")
+        // The first answer, as the server gave it: no client-side retries
+        // (a 503 from a fleet whose store is down would be retried).
+        .env("AWS_MAX_ATTEMPTS", "1")
         .env_remove("AWS_SESSION_TOKEN");
 }
 

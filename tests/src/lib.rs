@@ -5,12 +5,14 @@
 
 mod agent;
 mod api;
+mod fleet;
 mod netns;
 mod terraform;
 mod traffic;
 
 pub use agent::*;
 pub use api::*;
+pub use fleet::*;
 pub use netns::*;
 pub use terraform::*;
 pub use traffic::*;

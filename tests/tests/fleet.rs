@@ -56,3 +56,159 @@ fn a_member_on_another_host_is_allowed_and_only_this_hosts_interfaces_are_enforc
     assert_eq!(tcp_probe(&pair.client, db, T).unwrap(), Seen::Dropped);
     assert_eq!(tcp_probe(&pair.client, other, T).unwrap(), Seen::Dropped);
 }
+
+/// Two hosts, one state in a 3-member etcd cluster: the db on host "db-host"
+/// (the server) admits the web group; the client is host "web-host", whose
+/// eth0 starts in the default group.
+const SEED: &str = r#"
+security_groups:
+  - name: web
+    description: web tier
+  - name: db
+    description: db tier
+    ingress:
+      - {ip_protocol: tcp, from_port: 5432, to_port: 5432, user_id_group_pairs: [web]}
+network_interfaces:
+  - {interface: eth0, host: db-host, private_ipv4: [10.77.0.2], groups: [db]}
+  - {interface: eth0, host: web-host, private_ipv4: [10.77.0.1]}
+"#;
+
+/// How long a change may take to reach another host.
+const PROPAGATION: Duration = Duration::from_secs(5);
+
+fn fleet_agent(ns: &Netns, host: &str, url: &str, creds: &TempDir) -> Agent {
+    let c = write_credentials(&creds.0).unwrap().display().to_string();
+    Agent::start_with(
+        ns,
+        SEED,
+        &[
+            "--host-id",
+            host,
+            "--state",
+            url,
+            "--api",
+            "127.0.0.1:8733",
+            "--api-credentials",
+            &c,
+        ],
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_change_through_one_hosts_api_reaches_the_other_host_and_survives_etcd_failures() {
+    if !kernel_available(
+        "a_change_through_one_hosts_api_reaches_the_other_host_and_survives_etcd_failures",
+    ) {
+        return;
+    }
+    let mut fleet = Fleet::new("flt").unwrap();
+    let url = fleet.etcd.url();
+    let creds = TempDir::new().unwrap();
+    let (web, dbh) = (&fleet.hosts.client, &fleet.hosts.server);
+    let db = tcp_echo_server(dbh, addr(SERVER_V4, 5432)).unwrap();
+    let a = fleet_agent(dbh, "db-host", &url, &creds);
+    let _b = fleet_agent(web, "web-host", &url, &creds);
+    let pass = |want: Seen| wait_until(PROPAGATION, || tcp_probe(web, db, T).unwrap() == want);
+    assert_eq!(
+        tcp_probe(web, db, T).unwrap(),
+        Seen::Dropped,
+        "web-host is not in web yet"
+    );
+
+    // web-host's own API puts its interface in web: db-host admits it.
+    let enis = aws(web, ADMIN, &["describe-network-interfaces"]).ok();
+    let eni = enis["NetworkInterfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["PrivateIpAddress"] == CLIENT_V4)
+        .unwrap_or_else(|| panic!("web-host's eth0 in {enis}"))["NetworkInterfaceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let web_id = group_id(web, "web");
+    aws(
+        web,
+        ADMIN,
+        &[
+            "modify-network-interface-attribute",
+            "--network-interface-id",
+            &eni,
+            "--groups",
+            &web_id,
+        ],
+    )
+    .ok();
+    assert!(
+        pass(Seen::Pass),
+        "the member added on web-host is allowed on db-host"
+    );
+    // Both hosts' APIs answer from the one state.
+    assert_eq!(group_id(dbh, "web"), web_id);
+
+    // One member down: the cluster serves, a change still goes through.
+    fleet.etcd.kill_member(0);
+    let db_id = group_id(dbh, "db");
+    let revoke = [
+        "revoke-security-group-ingress",
+        "--group-id",
+        &db_id,
+        "--ip-permissions",
+        &format!(
+            "IpProtocol=tcp,FromPort=5432,ToPort=5432,UserIdGroupPairs=[{{GroupId={web_id}}}]"
+        ),
+    ];
+    aws(web, ADMIN, &revoke).ok();
+    assert!(
+        pass(Seen::Dropped),
+        "the revoke made on web-host reached db-host"
+    );
+    let allow = [
+        "authorize-security-group-ingress",
+        "--group-id",
+        &db_id,
+        "--protocol",
+        "tcp",
+        "--port",
+        "5432",
+        "--source-group",
+        &web_id,
+    ];
+    aws(web, ADMIN, &allow).ok();
+    assert!(pass(Seen::Pass), "with a member down:\n{}", a.log());
+
+    // Every member down: enforcement stays as it was, changes are refused.
+    fleet.etcd.kill_member(1);
+    fleet.etcd.kill_member(2);
+    assert_eq!(aws(web, ADMIN, &revoke).code(), "Unavailable");
+    assert_eq!(
+        tcp_probe(web, db, T).unwrap(),
+        Seen::Pass,
+        "the state in force stays"
+    );
+    assert_eq!(
+        group_id(dbh, "db"),
+        db_id,
+        "reads answer from the state in force"
+    );
+
+    // etcd back: the agents catch up without a restart, and a change made
+    // then reaches the other host.
+    for i in 0..3 {
+        fleet.etcd.start_member(i).unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(20), || fleet.etcd.healthy()));
+    assert!(
+        wait_until(Duration::from_secs(20), || matches!(
+            aws(web, ADMIN, &revoke),
+            Answer::Ok(_)
+        )),
+        "changes are taken again once etcd is back"
+    );
+    assert!(
+        pass(Seen::Dropped),
+        "the change made after the outage reached db-host:\n{}",
+        a.log()
+    );
+}

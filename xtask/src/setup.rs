@@ -33,6 +33,11 @@ const PACKAGES: &[&str] = &[
     "python3-boto3",
     // The TLS test makes its certificate.
     "openssl",
+    // The fleet's store: etcd, started by the tests and the demo; protoc
+    // builds the etcd-client crate's gRPC code.
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

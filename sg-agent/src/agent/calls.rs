@@ -79,6 +79,18 @@ impl Agent {
         }
     }
 
+    /// Another writer changed the stored state (a fleet): take it.
+    pub(super) fn take_stored(&mut self) {
+        let r = self.change_managed("the store's change", false, |m, before, enforce| {
+            m.refresh(before, enforce)
+        });
+        match r {
+            Some(Ok(Some(what))) => log::info!("took the store's change: {what}"),
+            Some(Ok(None)) | None => {}
+            Some(Err(e)) => log::error!("{e}"),
+        }
+    }
+
     /// `sg-agent apply -f FILE` in managed mode.
     pub(super) fn apply_file(&mut self, path: &Path) -> Reply {
         let r = self.change_managed("sg-agent apply -f", true, |m, before, enforce| {

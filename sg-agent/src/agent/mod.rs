@@ -38,7 +38,7 @@ pub struct RunOptions {
     /// The state lives in the state database and changes through the API;
     /// `config` only seeds an empty database.
     pub managed: bool,
-    pub state_dir: PathBuf,
+    pub state: crate::store::StateAt,
     pub api: Option<ApiOptions>,
 }
 

@@ -31,8 +31,8 @@ const API_BATCH: usize = 64;
 pub async fn run(opts: RunOptions) -> Result<()> {
     let (config, pin_dir) = (opts.config.as_path(), opts.pin_dir.as_path());
     let (desired, managed, file) = if opts.managed {
-        let (m, d) = Managed::open(&opts.state_dir, config)?;
-        let file = format!("the managed state {}", m.store.path().display());
+        let (m, d) = Managed::open(&opts.state, config)?;
+        let file = format!("the managed state {}", m.store.describe());
         (d, Some(m), file)
     } else {
         // Started where an earlier agent's pins enforce (a crash, a restart
@@ -53,7 +53,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     // that cannot be written (a full disk) does not stop enforcement.
     let audit = match &managed {
         Some(_) => None,
-        None => match Store::open(&opts.state_dir) {
+        None => match Store::open(&opts.state) {
             Ok(s) => Some(s),
             Err(e) => {
                 log::error!("the audit trail is unavailable, reloads will not be recorded: {e:#}");
@@ -86,9 +86,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let dp = Datapath::load(desired.conntrack.max_flows, pin_dir)?;
     log::debug!("datapath loaded at {}", pin_dir.display());
     let mut calls = control::serve(pin_dir)?;
-    let mut watch = match managed {
-        Some(_) => None,
-        None => Some(Watch::new(config)?),
+    let (mut watch, mut store_changes) = match &managed {
+        Some(m) => (None, m.watch()),
+        None => (Some(Watch::new(config)?), None),
     };
     // What an earlier agent enforced that this file does not list is kept.
     let listed: HashSet<&str> = desired.local().map(|i| i.name.as_str()).collect();
@@ -133,7 +133,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     agent.publish();
     let (api_tx, mut api_calls) = mpsc::channel::<api::Call>(64);
     if let Some(a) = opts.api {
-        api::serve(a, snapshot, api_tx, Store::open(&opts.state_dir)?).await?;
+        api::serve(a, snapshot, api_tx, Store::open(&opts.state)?).await?;
     }
     log::info!(
         "sg-agent running with {} interface(s)",
@@ -180,6 +180,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 let r = agent.handle(req).await;
                 let _ = reply.send(r);
             }
+            Some(()) = async {
+                match &mut store_changes {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => agent.take_stored(),
             Some(call) = api_calls.recv() => {
                 // The calls waiting are made together, as one commit.
                 let mut batch = vec![call];

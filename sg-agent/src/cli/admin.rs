@@ -199,7 +199,7 @@ pub fn lookup_events(state_dir: &Path, f: &crate::store::EventFilter) -> Result<
             state_dir.display()
         );
     }
-    let store = crate::store::Store::open(state_dir)?;
+    let store = crate::store::Store::open(&crate::store::StateAt::Dir(state_dir.into()))?;
     for e in store.events(f)? {
         println!("{}", serde_json::to_string(&e)?);
     }

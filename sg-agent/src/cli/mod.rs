@@ -37,6 +37,43 @@ pub struct Cli {
     command: Command,
 }
 
+/// How to reach etcd (with `--state etcd://…`).
+#[derive(clap::Args)]
+struct EtcdArgs {
+    /// etcd authentication: this user, its password in SG_ETCD_PASSWORD.
+    #[arg(long, value_name = "USER")]
+    etcd_user: Option<String>,
+    /// TLS: the CA certificate (PEM) that signs the etcd servers.
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// TLS: this client's certificate (PEM), for a cluster that asks for one.
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// The private key of --etcd-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    fn at(self, url: &str) -> Result<crate::store::EtcdAt> {
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        let mut at = crate::store::EtcdAt::parse(url)?;
+        if let Some(user) = self.etcd_user {
+            let password = std::env::var("SG_ETCD_PASSWORD")
+                .context("--etcd-user: the password goes in SG_ETCD_PASSWORD")?;
+            at.user = Some((user, password));
+        }
+        at.ca = self.etcd_ca.as_ref().map(read).transpose()?;
+        at.identity = match (&self.etcd_cert, &self.etcd_key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        Ok(at)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Enforce the configuration, following its changes, until SIGINT or
@@ -56,6 +93,13 @@ enum Command {
         /// The state database and audit trail.
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// The managed state in etcd instead, shared by a fleet
+        /// (`etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`, docs/fleet.md);
+        /// implies --managed.
+        #[arg(long, value_name = "URL")]
+        state: Option<String>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
         /// Serve the EC2 API on this address (port 8733 is sg's); beyond
         /// loopback only with TLS.
         #[arg(long, value_name = "ADDR:PORT")]
@@ -236,6 +280,8 @@ fn dispatch(cli: Cli) -> Result<()> {
             keep_on_exit,
             managed,
             state_dir,
+            state,
+            etcd,
             api,
             api_credentials,
             audit_reads,
@@ -251,12 +297,16 @@ fn dispatch(cli: Cli) -> Result<()> {
                 )?),
                 None => None,
             };
+            let state = match state {
+                Some(url) => crate::store::StateAt::Etcd(etcd.at(&url)?),
+                None => crate::store::StateAt::Dir(state_dir),
+            };
             let opts = agent::RunOptions {
                 config,
                 pin_dir,
                 keep_on_exit,
-                managed,
-                state_dir,
+                managed: managed || matches!(state, crate::store::StateAt::Etcd(_)),
+                state,
                 api,
             };
             // Two workers: the API answers reads while the loop enforces.

@@ -8,18 +8,19 @@
 //! schema refuses updates and deletes of events.
 
 use std::{
-    borrow::Cow,
     path::{Path, PathBuf},
     sync::mpsc,
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
-use foldhash::{HashMap, HashSet};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::model::input::{RawConfig, RawGroup, RawIface, RawPrefixList, RawRule, RawVpc};
+use super::{
+    Event, EventFilter,
+    rows::{self, Write},
+};
+use crate::model::input::{RawConfig, RawGroup};
 
 /// A step of the schema: SQL, then what SQL alone cannot do.
 struct Migration {
@@ -66,19 +67,7 @@ CREATE TRIGGER events_no_delete BEFORE DELETE ON events
 
 pub const DB_FILE: &str = "sg.db";
 
-/// One audit record, with the columns `lookup-events` filters on.
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub time: String,
-    pub name: String,
-    pub access_key: Option<String>,
-    /// Ids of the resources the call named or created.
-    pub resources: Vec<String>,
-    /// The CloudTrail-shaped record (docs/api.md, "Audit trail").
-    pub record: serde_json::Value,
-}
-
-pub struct Store {
+pub struct Sqlite {
     conn: Connection,
     path: PathBuf,
     /// Dropped with the store, which stops the checkpointer.
@@ -107,18 +96,9 @@ fn checkpointer(path: PathBuf, stop: mpsc::Receiver<()>) {
     }
 }
 
-/// The kinds of object, each with its list in the input form.
-const KINDS: [&str; 5] = [
-    "vpc",
-    "prefix_list",
-    "security_group",
-    "rule",
-    "network_interface",
-];
-
-impl Store {
+impl Sqlite {
     /// Opens (creating, and migrating) the database in `dir`.
-    pub fn open(dir: &Path) -> Result<Store> {
+    pub fn open(dir: &Path) -> Result<Sqlite> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the state directory {}", dir.display()))?;
         let path = dir.join(DB_FILE);
@@ -136,7 +116,7 @@ impl Store {
             .name("sg-checkpoint".into())
             .spawn(move || checkpointer(at, rx))
             .context("starting the WAL checkpointer")?;
-        let mut store = Store {
+        let mut store = Sqlite {
             conn,
             path,
             _checkpoints: tx,
@@ -185,47 +165,17 @@ impl Store {
         else {
             return Ok(None);
         };
-        let mut raw: RawConfig = serde_json::from_str(&settings).context("the stored settings")?;
-        let mut rules: Vec<StoredRule> = Vec::new();
+        let mut rows = Vec::new();
         let mut stmt = self
             .conn
             .prepare("SELECT id, body FROM objects WHERE kind = ?1 ORDER BY rowid")?;
-        for kind in KINDS {
-            let rows = stmt.query_map([kind], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })?;
-            for row in rows {
+        for kind in rows::KINDS {
+            for row in stmt.query_map([kind], |r| Ok((r.get(0)?, r.get(1)?)))? {
                 let (id, body) = row?;
-                let bad = || format!("the stored {kind} {id}");
-                match kind {
-                    "vpc" => raw.vpcs.push(parse(&body).with_context(bad)?),
-                    "prefix_list" => raw.prefix_lists.push(parse(&body).with_context(bad)?),
-                    "security_group" => raw.security_groups.push(parse(&body).with_context(bad)?),
-                    "rule" => rules.push(parse(&body).with_context(bad)?),
-                    _ => raw.network_interfaces.push(parse(&body).with_context(bad)?),
-                }
+                rows.push((kind.to_string(), id, body));
             }
         }
-        // Each rule to its group, in the order the rows were written.
-        let at: HashMap<String, usize> = raw
-            .security_groups
-            .iter()
-            .enumerate()
-            .filter_map(|(i, g)| Some((g.id.clone()?, i)))
-            .collect();
-        for r in rules {
-            let Some(&i) = at.get(r.group.as_ref()) else {
-                bail!("a stored rule of group {}, which is not stored", r.group);
-            };
-            let g = &mut raw.security_groups[i];
-            let list = if r.egress {
-                g.egress.get_or_insert_with(Vec::new)
-            } else {
-                &mut g.ingress
-            };
-            list.push(r.rule.into_owned());
-        }
-        Ok(Some(raw))
+        rows::assemble(&settings, rows).map(Some)
     }
 
     /// Writes the change from `before` to `after` (both canonical) and its
@@ -239,43 +189,24 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // Objects are compared as values: only what changed is serialised
-        // and written (a rule added to a group of 1,000 is one row).
         // New rows in the state's order: rows load in the order they were
         // first written (a rule inserted among others by `apply -f` comes
         // back last).
-        // Groups equal on both sides are skipped whole: a change touches
-        // one group, and a group's rules are most of the state.
-        let same = unchanged(before, after);
-        let old: HashMap<_, _> = before
-            .map(|b| objects(b, &same))
-            .transpose()?
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let new = objects(after, &same)?;
-        for (key, obj) in &new {
-            if old.get(key) != Some(obj) {
-                upsert(&tx, key, obj)?;
+        for w in rows::writes(before, after)? {
+            match w {
+                Write::Put { kind, id, body } => upsert(&tx, kind, &id, &body)?,
+                Write::Delete { kind, id } => {
+                    tx.execute(
+                        "DELETE FROM objects WHERE kind = ?1 AND id = ?2",
+                        params![kind, id],
+                    )?;
+                }
             }
         }
-        let new: HashSet<_> = new.into_iter().map(|(k, _)| k).collect();
-        for key in old.keys().filter(|k| !new.contains(*k)) {
-            tx.execute(
-                "DELETE FROM objects WHERE kind = ?1 AND id = ?2",
-                params![key.0, key.1],
-            )?;
-        }
-        let settings = serde_json::to_string(&RawConfig {
-            account_id: after.account_id.clone(),
-            conntrack: after.conntrack,
-            quotas: after.quotas,
-            ..Default::default()
-        })?;
         tx.execute(
             "INSERT INTO settings (key, value) VALUES ('state', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [settings],
+            [rows::settings(after)?],
         )?;
         insert_events(&tx, events)?;
         tx.commit().context("committing the change")?;
@@ -323,18 +254,6 @@ impl Store {
     }
 }
 
-/// What `sg-agent lookup-events` filters on.
-#[derive(Debug, Clone, Default)]
-pub struct EventFilter {
-    pub name: Option<String>,
-    pub access_key: Option<String>,
-    pub resource: Option<String>,
-    /// RFC 3339 times, compared as text (every record's time is UTC, `Z`).
-    pub start: Option<String>,
-    pub end: Option<String>,
-    pub max: usize,
-}
-
 fn insert_events(tx: &rusqlite::Transaction, events: &[Event]) -> Result<()> {
     for e in events {
         tx.execute(
@@ -351,52 +270,13 @@ fn insert_events(tx: &rusqlite::Transaction, events: &[Event]) -> Result<()> {
     Ok(())
 }
 
-fn parse<T: DeserializeOwned>(body: &str) -> Result<T> {
-    Ok(serde_json::from_str(body)?)
-}
-
-fn body<T: Serialize>(x: &T) -> Result<String> {
-    Ok(serde_json::to_string(x)?)
-}
-
-/// One stored object, borrowed from the state (a group's own row, without
-/// its rules, made from it).
-#[derive(PartialEq)]
-enum Obj<'a> {
-    Vpc(&'a RawVpc),
-    PrefixList(&'a RawPrefixList),
-    Group(RawGroup),
-    Rule(StoredRule<'a>),
-    Interface(&'a RawIface),
-}
-
-/// A group's rule, as its row holds it (one permission with one peer, whose
-/// id is the row's).
-#[derive(PartialEq, Serialize, Deserialize)]
-struct StoredRule<'a> {
-    group: Cow<'a, str>,
-    egress: bool,
-    rule: Cow<'a, RawRule>,
-}
-
-impl Obj<'_> {
-    fn body(&self) -> Result<String> {
-        match self {
-            Obj::Vpc(x) => body(x),
-            Obj::PrefixList(x) => body(x),
-            Obj::Group(x) => body(x),
-            Obj::Rule(x) => body(x),
-            Obj::Interface(x) => body(x),
-        }
-    }
-}
-
-/// Writes `obj` as the row `key`, keeping the row's place if it exists.
-fn upsert(tx: &rusqlite::Transaction, key: &(&str, String), obj: &Obj) -> Result<()> {
+/// Writes `body` as the row (`kind`, `id`), keeping the row's place if it
+/// exists.
+fn upsert(tx: &rusqlite::Transaction, kind: &str, id: &str, body: &str) -> Result<()> {
     tx.execute(
         "INSERT INTO objects (kind, id, body) VALUES (?1, ?2, ?3)
          ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
-        params![key.0, key.1, obj.body()?],
+        params![kind, id, body],
     )?;
     Ok(())
 }
@@ -408,151 +288,26 @@ fn split_rules(tx: &rusqlite::Transaction) -> Result<()> {
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     for (id, b) in groups {
-        let g: RawGroup = parse(&b).with_context(|| format!("the stored group {id}"))?;
-        let mut rows = Objects::new();
-        group_objects(&g, &Same::default(), &mut rows)?;
-        for (key, obj) in &rows {
-            upsert(tx, key, obj)?;
-        }
-    }
-    Ok(())
-}
-
-/// Rows by (kind, id), in the state's order.
-type Objects<'a> = Vec<((&'static str, String), Obj<'a>)>;
-
-/// A group's row (without its rules) and its rules' rows, into `out`.
-fn group_objects<'a>(g: &'a RawGroup, same: &Same, out: &mut Objects<'a>) -> Result<()> {
-    let id =
-        g.id.as_deref()
-            .ok_or_else(|| anyhow::anyhow!("a group without an id cannot be stored"))?;
-    let lists = [
-        (false, &g.ingress[..]),
-        (true, g.egress.as_deref().unwrap_or(&[])),
-    ];
-    for (egress, rules) in lists {
-        for r in rules {
-            let rule_id = rule_id(r).ok_or_else(|| {
-                anyhow::anyhow!("a rule of group {id} without an id cannot be stored")
-            })?;
-            if same.rules.contains(&(id, egress, rule_id)) {
-                continue;
+        let g: RawGroup = rows::parse(&b).with_context(|| format!("the stored group {id}"))?;
+        for w in rows::group_rows(&g)? {
+            if let Write::Put { kind, id, body } = w {
+                upsert(tx, kind, &id, &body)?;
             }
-            let row = StoredRule {
-                group: Cow::Borrowed(id),
-                egress,
-                rule: Cow::Borrowed(r),
-            };
-            // Keyed by group and direction too: a file may give one id to
-            // an inbound and an outbound rule.
-            let dir = if egress { "egress" } else { "ingress" };
-            out.push((("rule", format!("{id}/{dir}/{rule_id}")), Obj::Rule(row)));
         }
     }
-    out.push((
-        ("security_group", id.to_string()),
-        Obj::Group(g.without_rules()),
-    ));
     Ok(())
-}
-
-/// What a change leaves as it was, so that the store neither compares nor
-/// writes it: the groups held exactly as before, and, in the groups that
-/// changed, each rule (by group, direction and id) held exactly as before.
-#[derive(Default)]
-struct Same<'a> {
-    groups: HashSet<&'a str>,
-    rules: HashSet<(&'a str, bool, &'a str)>,
-}
-
-/// A rule's id: the one its peer keeps.
-fn rule_id(r: &RawRule) -> Option<&str> {
-    r.peers().find_map(|p| p.rule_id.as_deref())
-}
-
-/// A group's rules by direction (outbound or not) and id.
-fn rules_by_id(g: &RawGroup) -> impl Iterator<Item = ((bool, &str), &RawRule)> {
-    let ingress = g.ingress.iter().map(|r| (false, r));
-    let egress = g.egress.iter().flatten().map(|r| (true, r));
-    ingress
-        .chain(egress)
-        .filter_map(|(e, r)| Some(((e, rule_id(r)?), r)))
-}
-
-fn unchanged<'a>(before: Option<&'a RawConfig>, after: &'a RawConfig) -> Same<'a> {
-    let mut same = Same::default();
-    let Some(before) = before else {
-        return same;
-    };
-    let old: HashMap<&str, &RawGroup> = before
-        .security_groups
-        .iter()
-        .filter_map(|g| Some((g.id.as_deref()?, g)))
-        .collect();
-    for g in &after.security_groups {
-        let Some((id, was)) = g.id.as_deref().and_then(|id| Some((id, *old.get(id)?))) else {
-            continue;
-        };
-        if was == g {
-            same.groups.insert(id);
-            continue;
-        }
-        let rules: HashMap<_, _> = rules_by_id(was).collect();
-        same.rules.extend(
-            rules_by_id(g)
-                .filter(|(k, r)| rules.get(k) == Some(r))
-                .map(|((e, rid), _)| (id, e, rid)),
-        );
-    }
-    same
-}
-
-/// Every object of `raw` by (kind, id), but for what `same` holds.
-fn objects<'a>(raw: &'a RawConfig, same: &Same) -> Result<Objects<'a>> {
-    let mut out = Objects::new();
-    let missing = |kind: &str| anyhow::anyhow!("a {kind} without an id cannot be stored");
-    for v in &raw.vpcs {
-        out.push((
-            ("vpc", v.id.clone().ok_or_else(|| missing("VPC"))?),
-            Obj::Vpc(v),
-        ));
-    }
-    for p in &raw.prefix_lists {
-        out.push((
-            (
-                "prefix_list",
-                p.id.clone().ok_or_else(|| missing("prefix list"))?,
-            ),
-            Obj::PrefixList(p),
-        ));
-    }
-    for g in &raw.security_groups {
-        if g.id.as_deref().is_some_and(|id| same.groups.contains(id)) {
-            continue;
-        }
-        group_objects(g, same, &mut out)?;
-    }
-    for i in &raw.network_interfaces {
-        out.push((
-            (
-                "network_interface",
-                i.id.clone().ok_or_else(|| missing("interface"))?,
-            ),
-            Obj::Interface(i),
-        ));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::input::RawRule;
 
     #[test]
     fn commits_whole_changes_and_keeps_the_trail_append_only() {
         let dir = std::env::temp_dir().join(format!("sg-store-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut s = Store::open(&dir).unwrap();
+        let mut s = Sqlite::open(&dir).unwrap();
         assert!(s.load().unwrap().is_none());
         let raw = RawConfig {
             account_id: Some("123456789012".into()),
@@ -572,7 +327,7 @@ mod tests {
         };
         s.commit(None, &raw, std::slice::from_ref(&ev)).unwrap();
         drop(s);
-        let mut s = Store::open(&dir).unwrap();
+        let mut s = Sqlite::open(&dir).unwrap();
         let back = s.load().unwrap().unwrap();
         assert_eq!(back.vpcs.len(), 1);
         assert_eq!(back.account_id.as_deref(), Some("123456789012"));
@@ -625,7 +380,7 @@ mod tests {
         }
     }
 
-    fn rows(s: &Store, kind: &str) -> usize {
+    fn rows(s: &Sqlite, kind: &str) -> usize {
         s.conn
             .query_row(
                 "SELECT count(*) FROM objects WHERE kind = ?1",
@@ -639,7 +394,7 @@ mod tests {
     fn a_groups_rules_are_rows_of_their_own_in_order() {
         let dir = std::env::temp_dir().join(format!("sg-store-rules-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut s = Store::open(&dir).unwrap();
+        let mut s = Sqlite::open(&dir).unwrap();
         let ids = [
             "sgr-00000000000000a03",
             "sgr-00000000000000a01",
@@ -671,7 +426,7 @@ mod tests {
         s.commit(Some(&two), &described, &[]).unwrap();
         assert_eq!(s.conn.total_changes() - writes, 2);
         drop(s);
-        let s = Store::open(&dir).unwrap();
+        let s = Sqlite::open(&dir).unwrap();
         assert_eq!(
             s.load().unwrap().unwrap().security_groups,
             described.security_groups
@@ -701,7 +456,7 @@ mod tests {
             )
             .unwrap();
         }
-        let s = Store::open(&dir).unwrap();
+        let s = Sqlite::open(&dir).unwrap();
         assert_eq!(rows(&s, "rule"), 2);
         let back = s.load().unwrap().unwrap();
         assert_eq!(back.security_groups, state.security_groups);

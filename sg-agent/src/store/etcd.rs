@@ -1,0 +1,411 @@
+//! The managed state in etcd, for a fleet (docs/fleet.md): the objects of
+//! [`super::rows`] under `{prefix}/v1/objects/{kind}/{id}`, the settings at
+//! `{prefix}/v1/settings`, and the audit trail under
+//! `{prefix}/v1/events/{time}/{eventID}`. Every commit is one etcd
+//! transaction guarded by `{prefix}/v1/generation`, which each commit
+//! rewrites: a writer whose view is older than the last commit (another API
+//! server won the race) changes nothing and is told so ([`Conflict`]).
+//!
+//! etcd's client is asynchronous; the store keeps a runtime of its own and
+//! waits on it, so that the agent uses both backends alike.
+
+use std::{
+    future::Future,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
+use foldhash::{HashMap, HashMapExt};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{
+    Event, EventFilter,
+    rows::{self, Write},
+};
+use crate::model::input::RawConfig;
+
+/// Where the state lives in etcd, and how to reach it.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdAt {
+    pub endpoints: Vec<String>,
+    /// Keys live under `{prefix}/v1/`.
+    pub prefix: String,
+    /// etcd authentication: user and password.
+    pub user: Option<(String, String)>,
+    /// TLS: the CA that signs the servers, and this client's certificate
+    /// and key (PEM), if the cluster asks for one.
+    pub ca: Option<String>,
+    pub identity: Option<(String, String)>,
+}
+
+impl EtcdAt {
+    /// `etcd://h1:2379,h2:2379[/prefix]`.
+    pub fn parse(url: &str) -> Result<EtcdAt> {
+        let Some(rest) = url.strip_prefix("etcd://") else {
+            bail!("--state {url:?}: expected etcd://HOST:PORT[,HOST:PORT...][/PREFIX]");
+        };
+        let (hosts, prefix) = match rest.split_once('/') {
+            Some((h, p)) => (h, format!("/{}", p.trim_matches('/'))),
+            None => (rest, "/sg".to_string()),
+        };
+        let endpoints: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| h.to_string())
+            .collect();
+        if endpoints.is_empty() || endpoints.iter().any(|h| !h.contains(':')) {
+            bail!("--state {url:?}: each etcd endpoint is HOST:PORT");
+        }
+        Ok(EtcdAt {
+            endpoints,
+            prefix,
+            ..Default::default()
+        })
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}/v1/{rest}", self.prefix)
+    }
+}
+
+/// A commit refused because the state changed since this writer last saw
+/// it: nothing of it was written.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the state in etcd changed since this agent read it (another writer's change came first); nothing was written"
+)]
+pub struct Conflict;
+
+/// An audit record as etcd holds it.
+#[derive(Serialize, Deserialize)]
+struct StoredEvent {
+    time: String,
+    name: String,
+    access_key: Option<String>,
+    resources: Vec<String>,
+    record: serde_json::Value,
+}
+
+pub struct Etcd {
+    at: EtcdAt,
+    /// One client per member: requests go to one member, and to the next
+    /// when it cannot be reached (etcd's own client pins one endpoint too).
+    clients: Vec<Client>,
+    pinned: AtomicUsize,
+    rt: tokio::runtime::Runtime,
+    /// The generation key's revision in the state last read or written:
+    /// what a commit requires it still to be.
+    base: i64,
+    /// Each object's place among those its commit created (`[seq, body]`
+    /// is what a value holds): objects load by the revision that created
+    /// them, then by this, so that a state comes back in its own order.
+    seqs: HashMap<String, u64>,
+}
+
+/// How long a call to etcd may take before the store reports it down.
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Etcd {
+    pub fn open(at: &EtcdAt) -> Result<Etcd> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sg-etcd")
+            .enable_all()
+            .build()?;
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(TIMEOUT)
+            .with_timeout(TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), TIMEOUT);
+        if let Some((u, p)) = &at.user {
+            opts = opts.with_user(u, p);
+        }
+        if at.ca.is_some() || at.identity.is_some() {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &at.ca {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &at.identity {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            opts = opts.with_tls(tls);
+        }
+        // Connections are made at the first request: a member that is down
+        // now is tried when the others fail.
+        let clients = at
+            .endpoints
+            .iter()
+            .map(|e| block(&rt, Client::connect([e], Some(opts.clone()))))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("connecting to etcd at {}", at.endpoints.join(",")))?;
+        Ok(Etcd {
+            at: at.clone(),
+            clients,
+            pinned: AtomicUsize::new(0),
+            rt,
+            base: 0,
+            seqs: HashMap::new(),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!("etcd://{}{}", self.at.endpoints.join(","), self.at.prefix)
+    }
+
+    /// The state, or `None` when none was ever committed; read at one
+    /// revision, which later commits are guarded against.
+    pub fn load(&mut self) -> Result<Option<RawConfig>> {
+        let (generation, objects, settings) = (
+            self.at.key("generation"),
+            self.at.key("objects/"),
+            self.at.key("settings"),
+        );
+        let txn = Txn::new().and_then([
+            TxnOp::get(generation, None),
+            TxnOp::get(objects.clone(), Some(GetOptions::new().with_prefix())),
+            TxnOp::get(settings, None),
+        ]);
+        let resp = self.txn(&txn).context("reading the state from etcd")?;
+        let gets: Vec<_> = resp
+            .op_responses()
+            .into_iter()
+            .filter_map(|r| match r {
+                TxnOpResponse::Get(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        let [generation, objects_resp, settings] = gets.as_slice() else {
+            bail!("etcd answered a read of three ranges with {}", gets.len());
+        };
+        self.base = generation.kvs().first().map_or(0, |kv| kv.mod_revision());
+        let Some(settings) = settings.kvs().first() else {
+            return Ok(None);
+        };
+        // In the order objects were first written, as the SQLite store
+        // keeps them.
+        let mut kvs = Vec::with_capacity(objects_resp.kvs().len());
+        self.seqs.clear();
+        for kv in objects_resp.kvs() {
+            let key = kv.key_str()?;
+            let Some((kind, id)) = key
+                .strip_prefix(objects.as_str())
+                .and_then(|k| k.split_once('/'))
+            else {
+                bail!("an etcd key {key:?} that is not an object's");
+            };
+            let (seq, body): (u64, &RawValue) = serde_json::from_str(kv.value_str()?)
+                .with_context(|| format!("the stored object {key}"))?;
+            self.seqs.insert(key.to_string(), seq);
+            kvs.push((
+                (kv.create_revision(), seq),
+                (kind.to_string(), id.to_string(), body.get().to_string()),
+            ));
+        }
+        kvs.sort_by_key(|(at, _)| *at);
+        rows::assemble(settings.value_str()?, kvs.into_iter().map(|(_, row)| row)).map(Some)
+    }
+
+    /// Writes the change from `before` to `after` and its audit records in
+    /// one transaction, if no other commit came since this store's last
+    /// read or write; otherwise [`Conflict`].
+    pub fn commit(
+        &mut self,
+        before: Option<&RawConfig>,
+        after: &RawConfig,
+        events: &[Event],
+    ) -> Result<()> {
+        let mut ops = Vec::new();
+        let mut seqs = Vec::new();
+        for (i, w) in rows::writes(before, after)?.into_iter().enumerate() {
+            ops.push(match w {
+                Write::Put { kind, id, body } => {
+                    let key = self.at.key(&format!("objects/{kind}/{id}"));
+                    // An object rewritten keeps its place.
+                    let seq = self.seqs.get(&key).copied().unwrap_or(i as u64);
+                    seqs.push((key.clone(), Some(seq)));
+                    TxnOp::put(key, format!("[{seq},{body}]"), None)
+                }
+                Write::Delete { kind, id } => {
+                    let key = self.at.key(&format!("objects/{kind}/{id}"));
+                    seqs.push((key.clone(), None));
+                    TxnOp::delete(key, None)
+                }
+            });
+        }
+        ops.push(TxnOp::put(
+            self.at.key("settings"),
+            rows::settings(after)?,
+            None,
+        ));
+        ops.push(TxnOp::put(self.at.key("generation"), "", None));
+        for e in events {
+            ops.push(self.event_op(e)?);
+        }
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                self.at.key("generation"),
+                CompareOp::Equal,
+                self.base,
+            )])
+            .and_then(ops);
+        let resp = self.txn(&txn).context("committing to etcd")?;
+        if !resp.succeeded() {
+            return Err(Conflict.into());
+        }
+        self.base = resp.header().map_or(self.base, |h| h.revision());
+        for (key, seq) in seqs {
+            match seq {
+                Some(s) => self.seqs.insert(key, s),
+                None => self.seqs.remove(&key),
+            };
+        }
+        Ok(())
+    }
+
+    fn event_op(&self, e: &Event) -> Result<TxnOp> {
+        let id = e.record["eventID"].as_str().unwrap_or_default();
+        let body = serde_json::to_string(&StoredEvent {
+            time: e.time.clone(),
+            name: e.name.clone(),
+            access_key: e.access_key.clone(),
+            resources: e.resources.clone(),
+            record: e.record.clone(),
+        })?;
+        Ok(TxnOp::put(
+            self.at.key(&format!("events/{}/{id}", e.time)),
+            body,
+            None,
+        ))
+    }
+
+    /// Records events that change nothing (refused calls, reads).
+    pub fn append(&mut self, events: &[Event]) -> Result<()> {
+        let ops = events
+            .iter()
+            .map(|e| self.event_op(e))
+            .collect::<Result<Vec<_>>>()?;
+        self.txn(&Txn::new().and_then(ops))
+            .context("writing the audit trail to etcd")?;
+        Ok(())
+    }
+
+    /// The records matching `f`, oldest first.
+    pub fn events(&self, f: &EventFilter) -> Result<Vec<serde_json::Value>> {
+        let prefix = self.at.key("events/");
+        let resp = self
+            .txn(&Txn::new().and_then([TxnOp::get(prefix, Some(GetOptions::new().with_prefix()))]))
+            .context("reading the audit trail from etcd")?;
+        let mut out = Vec::new();
+        let gets = resp.op_responses();
+        let kvs = gets.iter().flat_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs(),
+            _ => &[],
+        });
+        for kv in kvs {
+            let e: StoredEvent = serde_json::from_str(kv.value_str()?)?;
+            if f.matches(&e.time, &e.name, e.access_key.as_deref(), &e.resources) {
+                out.push(e.record);
+            }
+        }
+        let skip = out.len().saturating_sub(f.max);
+        Ok(out.split_off(skip))
+    }
+
+    /// Tells `changed` of every change of the state after this store's last
+    /// read, from a watch that resumes where it stopped when etcd goes away
+    /// and comes back; after a compaction it asks for a re-read.
+    pub fn watch(&self, changed: tokio::sync::mpsc::Sender<()>) {
+        let (clients, prefix) = (self.clients.clone(), self.at.key(""));
+        let mut pinned = self.pinned.load(Ordering::Relaxed);
+        let mut next = self.base + 1;
+        self.rt.spawn(async move {
+            // Quick at first (another member is likely up), then slower.
+            let mut pause = Duration::from_millis(100);
+            loop {
+                let opts = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(next);
+                let mut client = clients[pinned % clients.len()].clone();
+                match client.watch(prefix.clone(), Some(opts)).await {
+                    Ok(mut stream) => loop {
+                        match stream.message().await {
+                            Ok(Some(resp)) => {
+                                if resp.compact_revision() > 0 {
+                                    // Events lost to compaction: re-read
+                                    // everything, from now on.
+                                    next = resp.compact_revision();
+                                    log::warn!("etcd compacted past this agent's watch; re-reading the state");
+                                } else if let Some(h) = resp.header() {
+                                    next = next.max(h.revision() + 1);
+                                }
+                                pause = Duration::from_millis(100);
+                                if resp.events().is_empty() && resp.compact_revision() == 0 {
+                                    continue;
+                                }
+                                if changed.send(()).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                log::warn!("watching etcd: {e}; resuming");
+                                break;
+                            }
+                        }
+                    },
+                    Err(e) => log::warn!("watching etcd: {e}; retrying"),
+                }
+                // The member went away, or never answered: the next one.
+                pinned += 1;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        });
+    }
+}
+
+impl Etcd {
+    /// Runs `txn` on the pinned member, and on the next while the one asked
+    /// could not be reached (a request that never arrived changed nothing),
+    /// up to twice round the members.
+    fn txn(&self, txn: &Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+        let n = self.clients.len();
+        let mut tries = 2 * n;
+        loop {
+            let at = self.pinned.load(Ordering::Relaxed) % n;
+            let mut kv = self.clients[at].kv_client();
+            let txn = txn.clone();
+            match block(&self.rt, async move { kv.txn(txn).await }) {
+                Err(e) if tries > 1 && unreachable(&e) => {
+                    tries -= 1;
+                    log::debug!("etcd {}: {e}; trying another member", self.at.endpoints[at]);
+                    self.pinned.store(at + 1, Ordering::Relaxed);
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+/// The request did not reach a member: the connection was refused or is
+/// gone.
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
+        _ => false,
+    }
+}
+
+/// Waits for `f` on `rt`, from inside another runtime's worker or not.
+fn block<F: Future>(rt: &tokio::runtime::Runtime, f: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => tokio::task::block_in_place(|| rt.block_on(f)),
+        Err(_) => rt.block_on(f),
+    }
+}
