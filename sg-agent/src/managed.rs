@@ -45,13 +45,14 @@ impl Managed {
     /// default VPC with its default group.
     pub fn open(at: &StateAt, seed: &Path) -> Result<(Managed, Desired)> {
         let mut store = Store::open(at)?;
+        let valid = |store: &Store, raw: RawConfig| {
+            let d = validate(&raw, &Stored, None).map_err(|e| {
+                anyhow::anyhow!("{}: the stored state is invalid:\n{e}", store.describe())
+            })?;
+            anyhow::Ok((raw, d))
+        };
         let (raw, desired) = match store.load()? {
-            Some(raw) => {
-                let d = validate(&raw, &Stored, None).map_err(|e| {
-                    anyhow::anyhow!("{}: the stored state is invalid:\n{e}", store.describe())
-                })?;
-                (raw, d)
-            }
+            Some(raw) => valid(&store, raw)?,
             None => {
                 let d = if seed.exists() {
                     log::info!(
@@ -74,10 +75,20 @@ impl Managed {
                     "seeded the managed state",
                     Value::Null,
                 );
-                store
-                    .commit(None, &raw, &[ev])
-                    .context("storing the first state")?;
-                (raw, d)
+                match store.commit(None, &raw, &[ev]) {
+                    Ok(()) => (raw, d),
+                    // Another host's agent seeded the fleet's store first:
+                    // its state is the one.
+                    Err(e) if e.is::<crate::store::Conflict>() => {
+                        log::info!(
+                            "{}: another agent seeded the state first; taking it",
+                            store.describe()
+                        );
+                        let raw = store.load()?.context("the state seeded by another agent")?;
+                        valid(&store, raw)?
+                    }
+                    Err(e) => return Err(e.context("storing the first state")),
+                }
             }
         };
         Ok((Managed { store, raw }, desired))

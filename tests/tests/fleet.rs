@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
 use sg_tests::*;
 
 const T: Duration = Duration::from_secs(2);
@@ -61,6 +62,7 @@ fn a_member_on_another_host_is_allowed_and_only_this_hosts_interfaces_are_enforc
 /// (the server) admits the web group; the client is host "web-host", whose
 /// eth0 starts in the default group.
 const SEED: &str = r#"
+quotas: {rules_per_group: 200, groups_per_interface: 5}
 security_groups:
   - name: web
     description: web tier
@@ -211,4 +213,136 @@ fn a_change_through_one_hosts_api_reaches_the_other_host_and_survives_etcd_failu
         "the change made after the outage reached db-host:\n{}",
         a.log()
     );
+}
+
+/// Each host's API, from eight boto3 threads at once, authorizes its own
+/// ports in one group; prints `{port: code}`.
+fn burst(ns: &Netns, group: &str, ports: std::ops::Range<u16>) -> std::thread::JoinHandle<Value> {
+    let script = format!(
+        r#"
+import concurrent.futures
+c = ec2()
+def one(p):
+    return p, code(lambda: c.authorize_security_group_ingress(GroupId={group:?}, IpPermissions=[{{'IpProtocol': 'tcp', 'FromPort': p, 'ToPort': p, 'IpRanges': [{{'CidrIp': '10.0.0.0/8'}}]}}]))
+with concurrent.futures.ThreadPoolExecutor(8) as x:
+    print(json.dumps(dict(x.map(one, range({}, {})))))
+"#,
+        ports.start, ports.end
+    );
+    let cmd = boto3_command(ns, ADMIN, &script);
+    std::thread::spawn(move || {
+        let mut cmd = cmd;
+        let out = cmd.output().expect("python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    })
+}
+
+/// The tcp ports the group's rules name, as `ns`'s API describes them.
+fn ports(ns: &Netns, group: &str) -> std::collections::BTreeSet<u64> {
+    let v = aws(
+        ns,
+        ADMIN,
+        &["describe-security-groups", "--group-ids", group],
+    )
+    .ok();
+    v["SecurityGroups"][0]["IpPermissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["FromPort"].as_u64())
+        .collect()
+}
+
+#[test]
+fn two_api_servers_racing_on_one_group_apply_or_fail_cleanly_and_lose_nothing() {
+    if !kernel_available(
+        "two_api_servers_racing_on_one_group_apply_or_fail_cleanly_and_lose_nothing",
+    ) {
+        return;
+    }
+    let fleet = Fleet::new("race").unwrap();
+    let url = fleet.etcd.url();
+    let creds = TempDir::new().unwrap();
+    let (web, dbh) = (&fleet.hosts.client, &fleet.hosts.server);
+    let _a = fleet_agent(dbh, "db-host", &url, &creds);
+    let _b = fleet_agent(web, "web-host", &url, &creds);
+    let group = group_id(web, "web");
+    let (x, y) = (
+        burst(web, &group, 3000..3040),
+        burst(dbh, &group, 4000..4040),
+    );
+    let mut ok = std::collections::BTreeSet::new();
+    let mut refused = 0;
+    for answers in [x.join().unwrap(), y.join().unwrap()] {
+        for (port, code) in answers.as_object().unwrap() {
+            match code.as_str().unwrap() {
+                "OK" => {
+                    ok.insert(port.parse::<u64>().unwrap());
+                }
+                "Unavailable" => refused += 1,
+                other => panic!("port {port}: {other}, neither applied nor refused cleanly"),
+            }
+        }
+    }
+    assert!(
+        ok.iter().any(|p| *p < 4000) && ok.iter().any(|p| *p >= 4000),
+        "both API servers made changes: {ok:?}"
+    );
+    eprintln!("{} acknowledged, {refused} refused (races lost)", ok.len());
+    // Every acknowledged rule is there, on both hosts, and nothing else.
+    assert!(
+        wait_until(PROPAGATION, || ports(web, &group) == ok
+            && ports(dbh, &group) == ok),
+        "{} acknowledged, {refused} refused; web-host sees {:?}, db-host {:?}",
+        ok.len(),
+        ports(web, &group),
+        ports(dbh, &group)
+    );
+}
+
+#[test]
+fn an_agent_killed_during_a_burst_of_changes_converges_to_the_store_on_restart() {
+    if !kernel_available(
+        "an_agent_killed_during_a_burst_of_changes_converges_to_the_store_on_restart",
+    ) {
+        return;
+    }
+    let fleet = Fleet::new("kill").unwrap();
+    let url = fleet.etcd.url();
+    let creds = TempDir::new().unwrap();
+    let (web, dbh) = (&fleet.hosts.client, &fleet.hosts.server);
+    let last = tcp_echo_server(dbh, addr(SERVER_V4, 5149)).unwrap();
+    let denied = tcp_echo_server(dbh, addr(SERVER_V4, 8080)).unwrap();
+    let mut a = fleet_agent(dbh, "db-host", &url, &creds);
+    let _b = fleet_agent(web, "web-host", &url, &creds);
+    let db = group_id(web, "db");
+    assert_eq!(tcp_probe(web, last, T).unwrap(), Seen::Dropped);
+    // Changes to db-host's group through web-host's API, while db-host's
+    // agent is killed and started again.
+    let changes = burst(web, &db, 5000..5150);
+    std::thread::sleep(Duration::from_millis(200));
+    a.stop_with(nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert_eq!(
+        tcp_probe(web, denied, T).unwrap(),
+        Seen::Dropped,
+        "the pinned datapath holds while no agent runs"
+    );
+    let _a = fleet_agent(dbh, "db-host", &url, &creds);
+    let answers = changes.join().unwrap();
+    assert!(
+        answers.as_object().unwrap().values().all(|c| c == "OK"),
+        "{answers}"
+    );
+    // The restarted agent enforces the store's state: the last rule too.
+    assert!(
+        wait_until(PROPAGATION, || tcp_probe(web, last, T).unwrap()
+            == Seen::Pass),
+        "db-host enforces the burst's last change after its restart"
+    );
+    assert_eq!(ports(dbh, &db), ports(web, &db));
 }
