@@ -222,6 +222,16 @@ impl Managed {
         Some(rx)
     }
 
+    /// In a fleet's store, starts this host's heartbeat; the live hosts'.
+    pub fn heartbeat(&self) -> Option<crate::store::etcd::Heartbeats> {
+        let Store::Etcd(e) = &self.store else {
+            return None;
+        };
+        let beats = crate::store::etcd::Heartbeats::default();
+        e.heartbeat(crate::model::host::this().to_string(), beats.clone());
+        Some(beats)
+    }
+
     /// Takes the stored state if it differs from the one in force (another
     /// API server's change): validated as at start, then enforced. A state
     /// that cannot be read or is invalid changes nothing here.

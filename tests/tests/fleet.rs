@@ -270,7 +270,34 @@ fn two_api_servers_racing_on_one_group_apply_or_fail_cleanly_and_lose_nothing() 
     let creds = TempDir::new().unwrap();
     let (web, dbh) = (&fleet.hosts.client, &fleet.hosts.server);
     let _a = fleet_agent(dbh, "db-host", &url, &creds);
-    let _b = fleet_agent(web, "web-host", &url, &creds);
+    let mut b = fleet_agent(web, "web-host", &url, &creds);
+    // Each host's interface is shown with its host and its heartbeat.
+    let beat = |host: &str| {
+        let v = aws(dbh, ADMIN, &["describe-network-interfaces"]).ok();
+        let i = v["NetworkInterfaces"].as_array().unwrap().iter().find(|i| {
+            i["TagSet"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["Key"] == "sg:host" && t["Value"] == host)
+        });
+        let i = i
+            .unwrap_or_else(|| panic!("{host}'s interface in {v}"))
+            .clone();
+        let tag = i["TagSet"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["Key"] == "sg:heartbeat")
+            .map(|t| t["Value"].clone());
+        (i["Status"].as_str().unwrap().to_string(), tag)
+    };
+    assert!(
+        wait_until(PROPAGATION, || beat("web-host").0 == "in-use"
+            && beat("web-host").1.is_some()),
+        "web-host beats: {:?}",
+        beat("web-host")
+    );
     let group = group_id(web, "web");
     let (x, y) = (
         burst(web, &group, 3000..3040),
@@ -302,6 +329,19 @@ fn two_api_servers_racing_on_one_group_apply_or_fail_cleanly_and_lose_nothing() 
         ok.len(),
         ports(web, &group),
         ports(dbh, &group)
+    );
+    // web-host goes away: its interface stays (as on AWS), no longer in use,
+    // with its last heartbeat.
+    b.stop_with(nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || beat("web-host").0
+            == "available"),
+        "web-host's lease expires: {:?}",
+        beat("web-host")
+    );
+    assert!(
+        beat("web-host").1.is_some(),
+        "its last heartbeat is still shown"
     );
 }
 

@@ -30,6 +30,7 @@ impl Agent {
             source: self.file.clone(),
             enforced,
             group_xml: Default::default(),
+            heartbeats: self.heartbeats.clone(),
         }));
     }
 

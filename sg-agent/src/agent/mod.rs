@@ -143,6 +143,8 @@ struct Agent {
     publish: watch::Sender<Arc<Snapshot>>,
     /// Listed interfaces that are not here (reported when they go missing).
     absent: HashSet<String>,
+    /// A fleet's live hosts, kept by the store's heartbeat (docs/fleet.md).
+    heartbeats: Option<crate::store::etcd::Heartbeats>,
     /// An API change is being made: reads keep seeing the committed state.
     holding: bool,
 }

@@ -108,6 +108,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
         }
     }
+    let heartbeats = managed.as_ref().and_then(Managed::heartbeat);
     let (publish, snapshot) = watch::channel(Arc::new(Snapshot::default()));
     let mut agent = Agent {
         dp,
@@ -123,6 +124,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         audit,
         publish,
         absent: absent.iter().map(|a| a.name.clone()).collect(),
+        heartbeats,
         holding: false,
     };
     agent.apply(plans)?;

@@ -46,6 +46,30 @@ pub struct Snapshot {
     /// region, made at the first read of this state: clients poll, and a
     /// state changes far less often than it is read.
     pub group_xml: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<str>>>,
+    /// A fleet's live hosts and their last heartbeats (docs/fleet.md).
+    pub heartbeats: Option<crate::store::etcd::Heartbeats>,
+}
+
+impl Snapshot {
+    /// Whether an interface is enforced (`in-use`) or not (`available`),
+    /// and its host's last heartbeat: an interface of this host is in use
+    /// while this agent enforces it, another host's while its host's lease
+    /// lives.
+    pub fn status(&self, i: &crate::model::Interface) -> (&'static str, Option<String>) {
+        let beat = i.host.as_ref().and_then(|h| {
+            let beats = self.heartbeats.as_ref()?.read().ok()?;
+            beats.get(h).cloned()
+        });
+        let used = if i.here() {
+            self.enforced.contains(&i.name)
+        } else {
+            beat.as_ref().is_some_and(|(_, alive)| *alive)
+        };
+        (
+            if used { "in-use" } else { "available" },
+            beat.map(|(t, _)| t),
+        )
+    }
 }
 
 /// A change of the managed state, being made: the input form to change,

@@ -265,16 +265,31 @@ pub fn prefix_list(p: &PrefixList, s: &Scope) -> Value {
 /// docs/api.md, "Interfaces").
 pub const IFACE_TAG: &str = "sg:interface";
 
-pub fn network_interface(i: &Interface, d: &Desired, enforced: bool, s: &Scope) -> Value {
+/// The host that enforces an interface, and its last heartbeat, as tags.
+pub const HOST_TAG: &str = "sg:host";
+pub const HEARTBEAT_TAG: &str = "sg:heartbeat";
+
+pub fn network_interface(
+    i: &Interface,
+    d: &Desired,
+    (status, beat): (&str, Option<String>),
+    s: &Scope,
+) -> Value {
     let mut t = i.tags.clone();
     t.insert(IFACE_TAG.into(), i.name.clone());
+    if let Some(h) = &i.host {
+        t.insert(HOST_TAG.into(), h.clone());
+    }
+    if let Some(b) = beat {
+        t.insert(HEARTBEAT_TAG.into(), b);
+    }
     json!({
         "NetworkInterfaceId": i.id,
         "VpcId": i.vpc,
         "OwnerId": s.account,
         "Description": format!("Linux interface {}", i.name),
         "InterfaceType": "interface",
-        "Status": if enforced { "in-use" } else { "available" },
+        "Status": status,
         "RequesterManaged": false,
         "SourceDestCheck": true,
         "PrivateIpAddress": i.ipv4.first().map(|a| a.to_string()),

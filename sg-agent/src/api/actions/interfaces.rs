@@ -86,17 +86,13 @@ pub fn describe(s: &Snapshot, p: &Value, scope: &Scope) -> ApiResult<Value> {
         .find(|f| f.name.as_deref() == Some("status"));
     if let Some(f) = status {
         kept.retain(|i| {
-            let st = if s.enforced.contains(&i.0.name) {
-                "in-use"
-            } else {
-                "available"
-            };
+            let st = s.status(i.0).0;
             f.values.iter().any(|v| v == st)
         });
     }
     let (page, next) = filters::page(kept, p, (5, 1000))?;
     Ok(json!({
-        "NetworkInterfaces": page.iter().map(|i| views::network_interface(i.0, d, s.enforced.contains(&i.0.name), scope)).collect::<Vec<_>>(),
+        "NetworkInterfaces": page.iter().map(|i| views::network_interface(i.0, d, s.status(i.0), scope)).collect::<Vec<_>>(),
         "NextToken": next,
     }))
 }
