@@ -146,6 +146,16 @@ fn a_change_through_one_hosts_api_reaches_the_other_host_and_survives_etcd_failu
         pass(Seen::Pass),
         "the member added on web-host is allowed on db-host"
     );
+    // The fleet's audit trail is in etcd, readable from any host.
+    let trail = sh(dbh.command(agent_bin()).args([
+        "lookup-events",
+        "--state",
+        &url,
+        "--event-name",
+        "ModifyNetworkInterfaceAttribute",
+    ]))
+    .unwrap();
+    assert!(trail.contains(&eni), "the change is in the trail: {trail}");
     // Both hosts' APIs answer from the one state.
     assert_eq!(group_id(dbh, "web"), web_id);
 

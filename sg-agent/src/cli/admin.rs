@@ -192,14 +192,16 @@ pub fn cleanup_all() -> Result<()> {
 }
 
 /// `sg-agent lookup-events`: the matching records, one JSON line each.
-pub fn lookup_events(state_dir: &Path, f: &crate::store::EventFilter) -> Result<()> {
-    if !state_dir.join(crate::store::DB_FILE).exists() {
+pub fn lookup_events(at: &crate::store::StateAt, f: &crate::store::EventFilter) -> Result<()> {
+    if let crate::store::StateAt::Dir(dir) = at
+        && !dir.join(crate::store::DB_FILE).exists()
+    {
         bail!(
             "{}: no audit trail here (is this the agent's --state-dir?)",
-            state_dir.display()
+            dir.display()
         );
     }
-    let store = crate::store::Store::open(&crate::store::StateAt::Dir(state_dir.into()))?;
+    let store = crate::store::Store::open(at)?;
     for e in store.events(f)? {
         println!("{}", serde_json::to_string(&e)?);
     }

@@ -137,6 +137,11 @@ enum Command {
     LookupEvents {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// A fleet's trail, in etcd (`etcd://HOST:PORT,...[/PREFIX]`).
+        #[arg(long, value_name = "URL")]
+        state: Option<String>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
         /// Only this action (`AuthorizeSecurityGroupIngress`, `ApplyConfiguration`...).
         #[arg(long)]
         event_name: Option<String>,
@@ -320,6 +325,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Apply { file } => admin::apply(&pin_dir, file),
         Command::LookupEvents {
             state_dir,
+            state,
+            etcd,
             event_name,
             access_key,
             resource,
@@ -327,7 +334,10 @@ fn dispatch(cli: Cli) -> Result<()> {
             end_time,
             max_results,
         } => admin::lookup_events(
-            &state_dir,
+            &match state {
+                Some(url) => crate::store::StateAt::Etcd(etcd.at(&url)?),
+                None => crate::store::StateAt::Dir(state_dir),
+            },
             &crate::store::EventFilter {
                 name: event_name,
                 access_key,
