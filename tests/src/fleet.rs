@@ -3,13 +3,14 @@
 //! namespace, and hosts that reach it over a veth each.
 
 use std::{
+    path::PathBuf,
     process::{Child, Stdio},
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Netns, Pair, TempDir, veth, wait_until};
+use crate::{Agent, Netns, Pair, TempDir, veth, wait_until, write_credentials};
 
 /// The members' client addresses (on the etcd namespace's loopback).
 const MEMBERS: [&str; 3] = ["10.98.0.11", "10.98.0.12", "10.98.0.13"];
@@ -151,6 +152,9 @@ impl Drop for EtcdCluster {
 pub struct Fleet {
     pub etcd: EtcdCluster,
     pub hosts: Pair,
+    /// The API's test credentials, for every host's agent.
+    creds: PathBuf,
+    _dir: TempDir,
 }
 
 impl Fleet {
@@ -159,7 +163,34 @@ impl Fleet {
         let hosts = Pair::new(tag)?;
         etcd.link(&hosts.client, 1)?;
         etcd.link(&hosts.server, 2)?;
-        Ok(Fleet { etcd, hosts })
+        let dir = TempDir::new()?;
+        Ok(Fleet {
+            etcd,
+            hosts,
+            creds: write_credentials(&dir.0)?,
+            _dir: dir,
+        })
+    }
+
+    /// Starts host `host`'s agent in `ns`: its state in the cluster (seeded
+    /// from `seed` if the cluster holds none), serving the API on
+    /// [`crate::ENDPOINT`].
+    pub fn agent(&self, ns: &Netns, host: &str, seed: &str) -> Result<Agent> {
+        let (url, creds) = (self.etcd.url(), self.creds.display().to_string());
+        Agent::start_with(
+            ns,
+            seed,
+            &[
+                "--host-id",
+                host,
+                "--state",
+                &url,
+                "--api",
+                "127.0.0.1:8733",
+                "--api-credentials",
+                &creds,
+            ],
+        )
     }
 }
 

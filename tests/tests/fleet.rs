@@ -78,25 +78,6 @@ network_interfaces:
 /// How long a change may take to reach another host.
 const PROPAGATION: Duration = Duration::from_secs(5);
 
-fn fleet_agent(ns: &Netns, host: &str, url: &str, creds: &TempDir) -> Agent {
-    let c = write_credentials(&creds.0).unwrap().display().to_string();
-    Agent::start_with(
-        ns,
-        SEED,
-        &[
-            "--host-id",
-            host,
-            "--state",
-            url,
-            "--api",
-            "127.0.0.1:8733",
-            "--api-credentials",
-            &c,
-        ],
-    )
-    .unwrap()
-}
-
 #[test]
 fn a_change_through_one_hosts_api_reaches_the_other_host_and_survives_etcd_failures() {
     if !kernel_available(
@@ -105,12 +86,10 @@ fn a_change_through_one_hosts_api_reaches_the_other_host_and_survives_etcd_failu
         return;
     }
     let mut fleet = Fleet::new("flt").unwrap();
-    let url = fleet.etcd.url();
-    let creds = TempDir::new().unwrap();
     let (web, dbh) = (&fleet.hosts.client, &fleet.hosts.server);
     let db = tcp_echo_server(dbh, addr(SERVER_V4, 5432)).unwrap();
-    let a = fleet_agent(dbh, "db-host", &url, &creds);
-    let _b = fleet_agent(web, "web-host", &url, &creds);
+    let a = fleet.agent(dbh, "db-host", SEED).unwrap();
+    let _b = fleet.agent(web, "web-host", SEED).unwrap();
     let pass = |want: Seen| wait_until(PROPAGATION, || tcp_probe(web, db, T).unwrap() == want);
     assert_eq!(
         tcp_probe(web, db, T).unwrap(),
@@ -150,7 +129,7 @@ fn a_change_through_one_hosts_api_reaches_the_other_host_and_survives_etcd_failu
     let trail = sh(dbh.command(agent_bin()).args([
         "lookup-events",
         "--state",
-        &url,
+        &fleet.etcd.url(),
         "--event-name",
         "ModifyNetworkInterfaceAttribute",
     ]))
@@ -276,11 +255,9 @@ fn two_api_servers_racing_on_one_group_apply_or_fail_cleanly_and_lose_nothing() 
         return;
     }
     let fleet = Fleet::new("race").unwrap();
-    let url = fleet.etcd.url();
-    let creds = TempDir::new().unwrap();
     let (web, dbh) = (&fleet.hosts.client, &fleet.hosts.server);
-    let _a = fleet_agent(dbh, "db-host", &url, &creds);
-    let mut b = fleet_agent(web, "web-host", &url, &creds);
+    let _a = fleet.agent(dbh, "db-host", SEED).unwrap();
+    let mut b = fleet.agent(web, "web-host", SEED).unwrap();
     // Each host's interface is shown with its host and its heartbeat.
     let beat = |host: &str| {
         let v = aws(dbh, ADMIN, &["describe-network-interfaces"]).ok();
@@ -363,13 +340,11 @@ fn an_agent_killed_during_a_burst_of_changes_converges_to_the_store_on_restart()
         return;
     }
     let fleet = Fleet::new("kill").unwrap();
-    let url = fleet.etcd.url();
-    let creds = TempDir::new().unwrap();
     let (web, dbh) = (&fleet.hosts.client, &fleet.hosts.server);
     let last = tcp_echo_server(dbh, addr(SERVER_V4, 5149)).unwrap();
     let denied = tcp_echo_server(dbh, addr(SERVER_V4, 8080)).unwrap();
-    let mut a = fleet_agent(dbh, "db-host", &url, &creds);
-    let _b = fleet_agent(web, "web-host", &url, &creds);
+    let mut a = fleet.agent(dbh, "db-host", SEED).unwrap();
+    let _b = fleet.agent(web, "web-host", SEED).unwrap();
     let db = group_id(web, "db");
     assert_eq!(tcp_probe(web, last, T).unwrap(), Seen::Dropped);
     // Changes to db-host's group through web-host's API, while db-host's
@@ -382,7 +357,7 @@ fn an_agent_killed_during_a_burst_of_changes_converges_to_the_store_on_restart()
         Seen::Dropped,
         "the pinned datapath holds while no agent runs"
     );
-    let _a = fleet_agent(dbh, "db-host", &url, &creds);
+    let _a = fleet.agent(dbh, "db-host", SEED).unwrap();
     let answers = changes.join().unwrap();
     assert!(
         answers.as_object().unwrap().values().all(|c| c == "OK"),

@@ -37,6 +37,30 @@ pub struct Cli {
     command: Command,
 }
 
+/// Where the state and audit trail are: the state directory's database,
+/// or a fleet's etcd.
+#[derive(clap::Args)]
+struct StateArgs {
+    /// The state database and audit trail.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// The state in etcd instead, shared by a fleet
+    /// (`etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`, docs/fleet.md).
+    #[arg(long, value_name = "URL")]
+    state: Option<String>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+}
+
+impl StateArgs {
+    fn at(self) -> Result<crate::store::StateAt> {
+        Ok(match self.state {
+            Some(url) => crate::store::StateAt::Etcd(self.etcd.at(&url)?),
+            None => crate::store::StateAt::Dir(self.state_dir),
+        })
+    }
+}
+
 /// How to reach etcd (with `--state etcd://…`).
 #[derive(clap::Args)]
 struct EtcdArgs {
@@ -86,20 +110,13 @@ enum Command {
         /// as under a service manager). `sg-agent cleanup` stops enforcing.
         #[arg(long)]
         keep_on_exit: bool,
-        /// Managed mode: the state lives in the state database and changes
-        /// through the EC2 API; --config only seeds an empty database.
+        /// Managed mode: the state lives in the state database (or etcd,
+        /// with --state, which implies this) and changes through the EC2
+        /// API; --config only seeds an empty state.
         #[arg(long)]
         managed: bool,
-        /// The state database and audit trail.
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
-        /// The managed state in etcd instead, shared by a fleet
-        /// (`etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`, docs/fleet.md);
-        /// implies --managed.
-        #[arg(long, value_name = "URL")]
-        state: Option<String>,
         #[command(flatten)]
-        etcd: EtcdArgs,
+        state: StateArgs,
         /// Serve the EC2 API on this address (port 8733 is sg's); beyond
         /// loopback only with TLS.
         #[arg(long, value_name = "ADDR:PORT")]
@@ -135,13 +152,8 @@ enum Command {
     /// The audit trail, newest last, filtered as `aws cloudtrail
     /// lookup-events` filters (one JSON record per line).
     LookupEvents {
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
-        /// A fleet's trail, in etcd (`etcd://HOST:PORT,...[/PREFIX]`).
-        #[arg(long, value_name = "URL")]
-        state: Option<String>,
         #[command(flatten)]
-        etcd: EtcdArgs,
+        state: StateArgs,
         /// Only this action (`AuthorizeSecurityGroupIngress`, `ApplyConfiguration`...).
         #[arg(long)]
         event_name: Option<String>,
@@ -284,9 +296,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             config,
             keep_on_exit,
             managed,
-            state_dir,
             state,
-            etcd,
             api,
             api_credentials,
             audit_reads,
@@ -302,10 +312,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 )?),
                 None => None,
             };
-            let state = match state {
-                Some(url) => crate::store::StateAt::Etcd(etcd.at(&url)?),
-                None => crate::store::StateAt::Dir(state_dir),
-            };
+            let state = state.at()?;
             let opts = agent::RunOptions {
                 config,
                 pin_dir,
@@ -324,9 +331,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Check { config } => admin::check(&config, &pin_dir),
         Command::Apply { file } => admin::apply(&pin_dir, file),
         Command::LookupEvents {
-            state_dir,
             state,
-            etcd,
             event_name,
             access_key,
             resource,
@@ -334,10 +339,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             end_time,
             max_results,
         } => admin::lookup_events(
-            &match state {
-                Some(url) => crate::store::StateAt::Etcd(etcd.at(&url)?),
-                None => crate::store::StateAt::Dir(state_dir),
-            },
+            &state.at()?,
             &crate::store::EventFilter {
                 name: event_name,
                 access_key,

@@ -21,7 +21,6 @@ use etcd_client::{
     TxnOpResponse, WatchOptions,
 };
 use foldhash::{HashMap, HashMapExt};
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{
@@ -81,16 +80,6 @@ impl EtcdAt {
     "the state in etcd changed since this agent read it (another writer's change came first); nothing was written"
 )]
 pub struct Conflict;
-
-/// An audit record as etcd holds it.
-#[derive(Serialize, Deserialize)]
-struct StoredEvent {
-    time: String,
-    name: String,
-    access_key: Option<String>,
-    resources: Vec<String>,
-    record: serde_json::Value,
-}
 
 pub struct Etcd {
     at: EtcdAt,
@@ -269,13 +258,7 @@ impl Etcd {
 
     fn event_op(&self, e: &Event) -> Result<TxnOp> {
         let id = e.record["eventID"].as_str().unwrap_or_default();
-        let body = serde_json::to_string(&StoredEvent {
-            time: e.time.clone(),
-            name: e.name.clone(),
-            access_key: e.access_key.clone(),
-            resources: e.resources.clone(),
-            record: e.record.clone(),
-        })?;
+        let body = serde_json::to_string(e)?;
         Ok(TxnOp::put(
             self.at.key(&format!("events/{}/{id}", e.time)),
             body,
@@ -307,7 +290,7 @@ impl Etcd {
             _ => &[],
         });
         for kv in kvs {
-            let e: StoredEvent = serde_json::from_str(kv.value_str()?)?;
+            let e: Event = serde_json::from_str(kv.value_str()?)?;
             if f.matches(&e.time, &e.name, e.access_key.as_deref(), &e.resources) {
                 out.push(e.record);
             }

@@ -17,8 +17,9 @@ pub use sqlite::DB_FILE;
 
 use crate::model::input::RawConfig;
 
-/// One audit record, with the columns `lookup-events` filters on.
-#[derive(Debug, Clone)]
+/// One audit record, with the columns `lookup-events` filters on (etcd
+/// holds it as this, in JSON).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     pub time: String,
     pub name: String,
