@@ -222,13 +222,15 @@ impl Managed {
         Some(rx)
     }
 
-    /// In a fleet's store, starts this host's heartbeat; the live hosts'.
-    pub fn heartbeat(&self) -> Option<crate::store::etcd::Heartbeats> {
+    /// In a fleet's store, follows the hosts' heartbeats, and when `beat`
+    /// (an agent, not an API server) starts this host's.
+    pub fn heartbeat(&self, beat: bool) -> Option<crate::store::etcd::Heartbeats> {
         let Store::Etcd(e) = &self.store else {
             return None;
         };
         let beats = crate::store::etcd::Heartbeats::default();
-        e.heartbeat(crate::model::host::this().to_string(), beats.clone());
+        let host = beat.then(|| crate::model::host::this().to_string());
+        e.heartbeat(host, beats.clone());
         Some(beats)
     }
 

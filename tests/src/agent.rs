@@ -98,6 +98,19 @@ impl Agent {
 
     /// As [`Agent::start_with`], with the configuration at `dir/sg.yaml`.
     pub fn start_in(ns: &Netns, dir: TempDir, config: &str, extra: &[&str]) -> Result<Agent> {
+        Self::spawn(ns, dir, "run", config, extra, &[])
+    }
+
+    /// Starts `sg-agent COMMAND --config dir/sg.yaml EXTRA...` with `env`,
+    /// and waits until it says it runs.
+    pub fn spawn(
+        ns: &Netns,
+        dir: TempDir,
+        command: &str,
+        config: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
         let path = dir.0.join("sg.yaml");
         std::fs::write(&path, config)?;
         // A state directory of the test's own, unless it gives one.
@@ -107,9 +120,10 @@ impl Agent {
         };
         let mut child = ns
             .command(agent_bin())
-            .args(["--log-level", "debug", "run", "--config"])
+            .args(["--log-level", "debug", command, "--config"])
             .arg(&path)
             .args(extra)
+            .envs(env.iter().copied())
             .args((!extra.contains(&"--state-dir")).then_some("--state-dir"))
             .args((!extra.contains(&"--state-dir")).then_some(&state))
             .stdout(Stdio::piped())

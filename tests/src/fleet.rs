@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Agent, Netns, Pair, TempDir, veth, wait_until, write_credentials};
+use crate::{Agent, Netns, Pair, TempDir, sh, veth, wait_until, write_credentials};
 
 /// The members' client addresses (on the etcd namespace's loopback).
 const MEMBERS: [&str; 3] = ["10.98.0.11", "10.98.0.12", "10.98.0.13"];
@@ -20,6 +20,8 @@ pub struct EtcdCluster {
     pub ns: Netns,
     members: Vec<Option<Child>>,
     data: TempDir,
+    /// `root:PASSWORD` once authentication is on.
+    auth: Option<String>,
 }
 
 impl EtcdCluster {
@@ -36,6 +38,7 @@ impl EtcdCluster {
             ns,
             members: vec![None, None, None],
             data: TempDir::new()?,
+            auth: None,
         };
         for i in 0..MEMBERS.len() {
             c.start_member(i)?;
@@ -96,15 +99,12 @@ impl EtcdCluster {
     /// Every running member answers its health check.
     pub fn healthy(&self) -> bool {
         self.members.iter().enumerate().all(|(i, m)| {
-            m.is_none()
-                || self
-                    .ns
-                    .command("etcdctl")
-                    .env("ETCDCTL_API", "3")
-                    .args(["--endpoints", &format!("http://{}:2379", MEMBERS[i])])
-                    .args(["endpoint", "health"])
-                    .output()
-                    .is_ok_and(|o| o.status.success())
+            let mut cmd = self.ns.command("etcdctl");
+            cmd.env("ETCDCTL_API", "3")
+                .args(["--endpoints", &format!("http://{}:2379", MEMBERS[i])])
+                .args(self.auth.iter().flat_map(|a| ["--user", a.as_str()]))
+                .args(["endpoint", "health"]);
+            m.is_none() || cmd.output().is_ok_and(|o| o.status.success())
         })
     }
 
@@ -144,6 +144,176 @@ impl Drop for EtcdCluster {
         for i in 0..self.members.len() {
             self.kill_member(i);
         }
+    }
+}
+
+/// The password of etcd user `user` once [`EtcdCluster::enable_auth`] ran.
+pub fn etcd_password(user: &str) -> String {
+    format!("pw-{user}")
+}
+
+/// The key prefix of sg's state in the cluster (`--state URL` has none).
+const PREFIX: &str = "/sg/v1/";
+
+impl EtcdCluster {
+    /// Turns on etcd authentication with the roles docs/fleet.md gives:
+    /// `root`; `sg-api`, which reads and writes the state; and for each of
+    /// `hosts` a user of its name that reads the state and writes only its
+    /// own heartbeat. Every user's password is [`etcd_password`].
+    pub fn enable_auth(&mut self, hosts: &[&str]) -> Result<()> {
+        let ctl = |args: &[&str]| etcdctl(self, args);
+        let user = |name: &str, role: &str| -> Result<()> {
+            ctl(&["user", "add", &format!("{name}:{}", etcd_password(name))])?;
+            ctl(&["role", "add", role])?;
+            ctl(&["user", "grant-role", name, role])?;
+            Ok(())
+        };
+        user("root", "root")?;
+        user("sg-api", "sg-api")?;
+        ctl(&[
+            "role",
+            "grant-permission",
+            "sg-api",
+            "--prefix=true",
+            "readwrite",
+            PREFIX,
+        ])?;
+        for h in hosts {
+            let role = format!("sg-host-{h}");
+            user(h, &role)?;
+            ctl(&[
+                "role",
+                "grant-permission",
+                &role,
+                "--prefix=true",
+                "read",
+                PREFIX,
+            ])?;
+            for k in ["hosts", "beats"] {
+                ctl(&[
+                    "role",
+                    "grant-permission",
+                    &role,
+                    "readwrite",
+                    &format!("{PREFIX}{k}/{h}"),
+                ])?;
+            }
+        }
+        ctl(&["auth", "enable"])?;
+        self.auth = Some(format!("root:{}", etcd_password("root")));
+        Ok(())
+    }
+}
+
+/// Three hosts, each a namespace with a workload namespace behind a veth
+/// (`w0` on the host, 10.80.`k`.1; `eth0` in the workload, 10.80.`k`.2,
+/// `k` = 1, 2, 3), linked to the etcd cluster's namespace, which routes
+/// between them.
+pub struct Datacenter {
+    pub etcd: EtcdCluster,
+    pub hosts: Vec<Netns>,
+    pub workloads: Vec<Netns>,
+    creds: PathBuf,
+    _dir: TempDir,
+}
+
+/// The hosts' ids.
+pub const HOSTS: [&str; 3] = ["host-a", "host-b", "host-c"];
+
+impl Datacenter {
+    pub fn new(tag: &str) -> Result<Datacenter> {
+        let etcd = EtcdCluster::start(&format!("{tag}e"))?;
+        let forward = |ns: &Netns| {
+            sh(ns
+                .command("sysctl")
+                .args(["-q", "-w", "net.ipv4.ip_forward=1"]))
+        };
+        forward(&etcd.ns)?;
+        let (mut hosts, mut workloads) = (Vec::new(), Vec::new());
+        for k in 1..=HOSTS.len() as u8 {
+            let host = Netns::new(&format!("{tag}h{k}"))?;
+            let work = Netns::new(&format!("{tag}w{k}"))?;
+            etcd.link(&host, k)?;
+            host.ip(&[
+                "route",
+                "add",
+                "10.80.0.0/16",
+                "via",
+                &format!("10.98.{k}.2"),
+            ])?;
+            etcd.ns.ip(&[
+                "route",
+                "add",
+                &format!("10.80.{k}.0/24"),
+                "via",
+                &format!("10.98.{k}.1"),
+            ])?;
+            veth(
+                &work,
+                "eth0",
+                &format!("10.80.{k}.2/24"),
+                &host,
+                "w0",
+                &format!("10.80.{k}.1/24"),
+            )?;
+            work.ip(&["route", "add", "default", "via", &format!("10.80.{k}.1")])?;
+            forward(&host)?;
+            hosts.push(host);
+            workloads.push(work);
+        }
+        let dir = TempDir::new()?;
+        Ok(Datacenter {
+            etcd,
+            hosts,
+            workloads,
+            creds: write_credentials(&dir.0)?,
+            _dir: dir,
+        })
+    }
+
+    /// Workload `i`'s address (host `HOSTS[i]`).
+    pub fn workload_v4(i: usize) -> String {
+        format!("10.80.{}.2", i + 1)
+    }
+
+    /// Starts host `i`'s agent, as etcd user `HOSTS[i]` (once
+    /// [`EtcdCluster::enable_auth`] ran).
+    pub fn agent(&self, i: usize, seed: &str) -> Result<Agent> {
+        let (url, host) = (self.etcd.url(), HOSTS[i]);
+        let pw = etcd_password(host);
+        Agent::spawn(
+            &self.hosts[i],
+            TempDir::new()?,
+            "run",
+            seed,
+            &["--host-id", host, "--state", &url, "--etcd-user", host],
+            &[("SG_ETCD_PASSWORD", &pw)],
+        )
+    }
+
+    /// Starts `sg-agent api` on host `i`, on [`crate::ENDPOINT`], as etcd
+    /// user `user`.
+    pub fn api(&self, i: usize, user: &str, seed: &str) -> Result<Agent> {
+        let (url, creds, pw) = (
+            self.etcd.url(),
+            self.creds.display().to_string(),
+            etcd_password(user),
+        );
+        Agent::spawn(
+            &self.hosts[i],
+            TempDir::new()?,
+            "api",
+            seed,
+            &[
+                "--state",
+                &url,
+                "--etcd-user",
+                user,
+                "--api-credentials",
+                &creds,
+            ],
+            &[("SG_ETCD_PASSWORD", &pw)],
+        )
     }
 }
 
@@ -203,12 +373,20 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
 }
 
 /// Runs `etcdctl` against the cluster, from its namespace.
+/// As root once authentication is on.
 pub fn etcdctl(c: &EtcdCluster, args: &[&str]) -> Result<String> {
+    etcdctl_as(c, c.auth.as_deref(), args)
+}
+
+/// Runs `etcdctl` as `user` (`NAME:PASSWORD`; none: without
+/// authentication).
+pub fn etcdctl_as(c: &EtcdCluster, user: Option<&str>, args: &[&str]) -> Result<String> {
     let endpoints: Vec<String> = MEMBERS.iter().map(|a| format!("http://{a}:2379")).collect();
-    crate::sh(
-        c.ns.command("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &endpoints.join(",")])
-            .args(args),
-    )
+    let mut cmd = c.ns.command("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .args(["--endpoints", &endpoints.join(",")]);
+    if let Some(u) = user {
+        cmd.args(["--user", u]);
+    }
+    crate::sh(cmd.args(args))
 }

@@ -34,10 +34,12 @@ const PACKAGES: &[&str] = &[
     // The TLS test makes its certificate.
     "openssl",
     // The fleet's store: etcd, started by the tests and the demo; protoc
-    // builds the etcd-client crate's gRPC code.
+    // builds the etcd-client crate's gRPC code, which imports protobuf's
+    // well-known types (only recommended by protobuf-compiler).
     "etcd-server",
     "etcd-client",
     "protobuf-compiler",
+    "libprotobuf-dev",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

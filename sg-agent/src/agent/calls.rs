@@ -66,6 +66,12 @@ impl Agent {
             }
             return;
         }
+        if self.managed.is_none() {
+            for call in calls {
+                let _ = call.reply.send(Err(unreachable(&self.file)));
+            }
+            return;
+        }
         let names: Vec<&str> = calls.iter().map(|c| c.action.as_str()).collect();
         let what = format!("API {}", names.join(", "));
         let answers = self
@@ -92,6 +98,15 @@ impl Agent {
         }
     }
 
+    /// The store answered at last (the agent started while it was away):
+    /// its state replaces what the pins held.
+    pub(super) fn reconnected(&mut self, m: Managed, d: Desired) {
+        log::info!("{} answers: taking its state", self.file);
+        self.heartbeats = m.heartbeat(true);
+        self.managed = Some(m);
+        self.adopt(d, "the store's state", true);
+    }
+
     /// `sg-agent apply -f FILE` in managed mode.
     pub(super) fn apply_file(&mut self, path: &Path) -> Reply {
         let r = self.change_managed("sg-agent apply -f", true, |m, before, enforce| {
@@ -100,6 +115,10 @@ impl Agent {
         match r {
             Some(Ok(message)) => Reply { ok: true, message },
             Some(Err(message)) => Reply { ok: false, message },
+            None if self.is_managed => Reply {
+                ok: false,
+                message: unreachable(&self.file).message,
+            },
             None => Reply {
                 ok: false,
                 message: format!(
@@ -109,4 +128,14 @@ impl Agent {
             },
         }
     }
+}
+
+/// The answer to a change while the store has not been reached since the
+/// agent started: 503, which AWS's clients retry (docs/fleet.md).
+fn unreachable(source: &str) -> api::error::ApiError {
+    api::error::ApiError::new(
+        503,
+        "Unavailable",
+        format!("{source} has not answered since this agent started; nothing was changed"),
+    )
 }

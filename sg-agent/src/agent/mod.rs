@@ -43,8 +43,10 @@ pub struct RunOptions {
 }
 
 mod calls;
+mod follow;
 mod run;
 
+pub use follow::{Follow, follow};
 pub use run::run;
 
 /// How often idle flows are swept from the tracking table.

@@ -10,17 +10,21 @@ use std::{
 use anyhow::{Context, Result, bail};
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
 };
 
-use super::{Agent, IFACES_EVERY, RETIRE_EVERY, RunOptions, SWEEP_EVERY, load, plan};
+use super::{
+    Agent, IFACES_EVERY, RETIRE_EVERY, RunOptions, SWEEP_EVERY, follow::open_when_reachable, load,
+    plan,
+};
 use crate::{
     api::{self, Snapshot},
     control,
     datapath::{Datapath, ifname},
     managed::Managed,
+    model::Desired,
     reload::Trigger,
-    store::Store,
+    store::{StateAt, Store},
     watch::{Change, Watch},
     widen::{self, Enforced},
 };
@@ -28,16 +32,49 @@ use crate::{
 /// Most API changes made in one commit.
 const API_BATCH: usize = 64;
 
+/// `first` and the calls waiting behind it, made together as one commit.
+pub(super) fn batch(first: api::Call, rx: &mut mpsc::Receiver<api::Call>) -> Vec<api::Call> {
+    let mut batch = vec![first];
+    while batch.len() < API_BATCH {
+        match rx.try_recv() {
+            Ok(c) => batch.push(c),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 pub async fn run(opts: RunOptions) -> Result<()> {
     let (config, pin_dir) = (opts.config.as_path(), opts.pin_dir.as_path());
+    let pinned = pin_dir.join(sg_common::names::IFACES).exists();
+    // A fleet's agent restarted while etcd is away: it keeps what its pins
+    // enforce and takes the state when etcd answers (docs/fleet.md).
+    let mut reopen = None;
     let (desired, managed, file) = if opts.managed {
-        let (m, d) = Managed::open(&opts.state, config)?;
-        let file = format!("the managed state {}", m.store.describe());
-        (d, Some(m), file)
+        match Managed::open(&opts.state, config) {
+            Ok((m, d)) => {
+                let file = format!("the managed state {}", m.store.describe());
+                (d, Some(m), file)
+            }
+            Err(e) if pinned && let StateAt::Etcd(etcd) = &opts.state => {
+                log::error!(
+                    "{e:#}: enforcing what the pins hold until the store answers, then its state"
+                );
+                let (tx, rx) = oneshot::channel();
+                let (at, seed) = (opts.state.clone(), config.to_path_buf());
+                tokio::spawn(async move {
+                    let _ = tx.send(open_when_reachable(&at, &seed).await);
+                });
+                reopen = Some(rx);
+                let file = format!("the managed state {}", etcd.describe());
+                (Desired::default(), None, file)
+            }
+            Err(e) => return Err(e),
+        }
     } else {
         // Started where an earlier agent's pins enforce (a crash, a restart
         // by the service manager), the file is not the operator's say-so.
-        let trigger = if pin_dir.join(sg_common::names::IFACES).exists() {
+        let trigger = if pinned {
             Trigger::Restart
         } else {
             Trigger::Apply
@@ -108,7 +145,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
         }
     }
-    let heartbeats = managed.as_ref().and_then(Managed::heartbeat);
+    let heartbeats = managed.as_ref().and_then(|m| m.heartbeat(true));
     let (publish, snapshot) = watch::channel(Arc::new(Snapshot::default()));
     let mut agent = Agent {
         dp,
@@ -119,7 +156,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         applied: HashMap::new(),
         retained,
         last_problem: None,
-        is_managed: managed.is_some(),
+        is_managed: opts.managed,
         managed,
         audit,
         publish,
@@ -188,17 +225,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     None => std::future::pending().await,
                 }
             } => agent.take_stored(),
-            Some(call) = api_calls.recv() => {
-                // The calls waiting are made together, as one commit.
-                let mut batch = vec![call];
-                while batch.len() < API_BATCH {
-                    match api_calls.try_recv() {
-                        Ok(c) => batch.push(c),
-                        Err(_) => break,
-                    }
+            Ok((m, d)) = async {
+                match &mut reopen {
+                    Some(rx) => rx.await,
+                    None => std::future::pending().await,
                 }
-                agent.api(batch);
+            } => {
+                reopen = None;
+                store_changes = m.watch();
+                agent.reconnected(m, d);
             }
+            Some(call) = api_calls.recv() => agent.api(batch(call, &mut api_calls)),
             _ = ifaces.tick() => agent.check_interfaces(),
             _ = retire.tick(), if agent.dp.retiring() => { agent.dp.retire_expired(); }
             _ = sweep.tick() => match agent.dp.maps.sweep() {

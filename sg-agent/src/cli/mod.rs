@@ -61,6 +61,34 @@ impl StateArgs {
     }
 }
 
+/// How the EC2 API is served (with `--api`).
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Serve the API over HTTPS with this certificate chain (PEM).
+    #[arg(long, requires = "api_tls_key")]
+    api_tls_cert: Option<PathBuf>,
+    /// The private key of --api-tls-cert (PEM).
+    #[arg(long, requires = "api_tls_cert")]
+    api_tls_key: Option<PathBuf>,
+    /// The API's access keys and what each may do.
+    #[arg(long, default_value = DEFAULT_CREDENTIALS)]
+    api_credentials: PathBuf,
+    /// Record reads (Describe*, Get*) in the audit trail too.
+    #[arg(long)]
+    audit_reads: bool,
+}
+
+impl ApiArgs {
+    fn options(self, listen: std::net::SocketAddr) -> Result<crate::api::ApiOptions> {
+        crate::api::ApiOptions::new(
+            listen,
+            crate::api::access::Credentials::load(&self.api_credentials)?,
+            self.audit_reads,
+            self.api_tls_cert.zip(self.api_tls_key),
+        )
+    }
+}
+
 /// How to reach etcd (with `--state etcd://…`).
 #[derive(clap::Args)]
 struct EtcdArgs {
@@ -117,22 +145,30 @@ enum Command {
         managed: bool,
         #[command(flatten)]
         state: StateArgs,
+        /// Follow the state and compute what this host would enforce, but
+        /// load no program and touch no interface (needs --state etcd://…;
+        /// docs/fleet.md, "Watch-only agents").
+        #[arg(long, requires = "state")]
+        watch_only: bool,
         /// Serve the EC2 API on this address (port 8733 is sg's); beyond
         /// loopback only with TLS.
         #[arg(long, value_name = "ADDR:PORT")]
         api: Option<std::net::SocketAddr>,
-        /// Serve the API over HTTPS with this certificate chain (PEM).
-        #[arg(long, requires = "api_tls_key")]
-        api_tls_cert: Option<PathBuf>,
-        /// The private key of --api-tls-cert (PEM).
-        #[arg(long, requires = "api_tls_cert")]
-        api_tls_key: Option<PathBuf>,
-        /// The API's access keys and what each may do.
-        #[arg(long, default_value = DEFAULT_CREDENTIALS)]
-        api_credentials: PathBuf,
-        /// Record reads (Describe*, Get*) in the audit trail too.
-        #[arg(long)]
-        audit_reads: bool,
+        #[command(flatten)]
+        api_opts: ApiArgs,
+    },
+    /// Serve the EC2 API on a fleet's state in etcd, enforcing nothing here
+    /// (docs/fleet.md); --config seeds an empty state.
+    Api {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Where to listen; beyond loopback only with TLS.
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8733")]
+        api: std::net::SocketAddr,
+        #[command(flatten)]
+        api_opts: ApiArgs,
     },
     /// Validate a configuration without touching the kernel: list every
     /// error (exit 1) or summarise it (exit 0); with an agent running here,
@@ -261,7 +297,7 @@ fn print(v: &serde_json::Value, output: Output, table: impl FnOnce() -> String) 
 /// The binary's entry point.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run { .. }) {
+    if !matches!(cli.command, Command::Run { .. } | Command::Api { .. }) {
         // Output into a closed pipe (`sg-agent stats | head`) ends the
         // command quietly, as it does `ls`. The agent itself keeps Rust's
         // default (ignored), so a closed log pipe cannot kill it.
@@ -297,22 +333,20 @@ fn dispatch(cli: Cli) -> Result<()> {
             keep_on_exit,
             managed,
             state,
+            watch_only,
             api,
-            api_credentials,
-            audit_reads,
-            api_tls_cert,
-            api_tls_key,
+            api_opts,
         } => {
-            let api = match api {
-                Some(listen) => Some(crate::api::ApiOptions::new(
-                    listen,
-                    crate::api::access::Credentials::load(&api_credentials)?,
-                    audit_reads,
-                    api_tls_cert.zip(api_tls_key),
-                )?),
-                None => None,
-            };
+            let api = api.map(|listen| api_opts.options(listen)).transpose()?;
             let state = state.at()?;
+            if watch_only {
+                return runtime()?.block_on(agent::follow(
+                    &state,
+                    &config,
+                    agent::Follow::WatchOnly,
+                    api,
+                ));
+            }
             let opts = agent::RunOptions {
                 config,
                 pin_dir,
@@ -321,12 +355,27 @@ fn dispatch(cli: Cli) -> Result<()> {
                 state,
                 api,
             };
-            // Two workers: the API answers reads while the loop enforces.
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?
-                .block_on(agent::run(opts))
+            runtime()?.block_on(agent::run(opts))
+        }
+        Command::Api {
+            config,
+            state,
+            api,
+            api_opts,
+        } => {
+            let state = state.at()?;
+            if !matches!(state, crate::store::StateAt::Etcd(_)) {
+                anyhow::bail!(
+                    "sg-agent api serves a fleet's state: give --state etcd://… (on one host, `sg-agent run --managed --api` serves the state it enforces)"
+                );
+            }
+            let api = api_opts.options(api)?;
+            runtime()?.block_on(agent::follow(
+                &state,
+                &config,
+                agent::Follow::Api,
+                Some(api),
+            ))
         }
         Command::Check { config } => admin::check(&config, &pin_dir),
         Command::Apply { file } => admin::apply(&pin_dir, file),
@@ -403,6 +452,15 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Man { dir } => man(dir.as_deref()),
     }
+}
+
+/// The daemons' runtime. Two workers: the API answers reads while the
+/// loop enforces.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 /// Manual pages in section 8 (system administration): `sg-agent(8)` and

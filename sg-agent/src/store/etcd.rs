@@ -71,6 +71,10 @@ impl EtcdAt {
     fn key(&self, rest: &str) -> String {
         format!("{}/v1/{rest}", self.prefix)
     }
+
+    pub fn describe(&self) -> String {
+        format!("etcd://{}{}", self.endpoints.join(","), self.prefix)
+    }
 }
 
 /// A commit refused because the state changed since this writer last saw
@@ -87,7 +91,7 @@ pub struct Etcd {
     /// when it cannot be reached (etcd's own client pins one endpoint too).
     clients: Vec<Client>,
     pinned: AtomicUsize,
-    rt: tokio::runtime::Runtime,
+    rt: Runtime,
     /// The generation key's revision in the state last read or written:
     /// what a commit requires it still to be.
     base: i64,
@@ -102,17 +106,21 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Etcd {
     pub fn open(at: &EtcdAt) -> Result<Etcd> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("sg-etcd")
-            .enable_all()
-            .build()?;
+        let rt = Runtime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("sg-etcd")
+                .enable_all()
+                .build()?,
+        ));
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(TIMEOUT)
             .with_timeout(TIMEOUT)
             .with_keep_alive(Duration::from_secs(5), TIMEOUT);
         if let Some((u, p)) = &at.user {
-            opts = opts.with_user(u, p);
+            // etcd's tokens expire, and die with a restarted member: a
+            // client whose token is refused signs in again.
+            opts = opts.with_user(u, p).with_auto_token_refresh(true);
         }
         if at.ca.is_some() || at.identity.is_some() {
             let mut tls = TlsOptions::new();
@@ -143,7 +151,7 @@ impl Etcd {
     }
 
     pub fn describe(&self) -> String {
-        format!("etcd://{}{}", self.at.endpoints.join(","), self.at.prefix)
+        self.at.describe()
     }
 
     /// The state, or `None` when none was ever committed; read at one
@@ -363,17 +371,19 @@ pub type Heartbeats =
     std::sync::Arc<std::sync::RwLock<std::collections::BTreeMap<String, (String, bool)>>>;
 
 impl Etcd {
-    /// Writes `host`'s heartbeat: `{prefix}/v1/hosts/{host}` under a lease
-    /// that expires `BEAT_TTL` s after the last beat (a host that vanishes
-    /// drops out by itself), and its time at `{prefix}/v1/beats/{host}`,
-    /// which stays; keeps `seen` filled with every host's; until the store
-    /// goes.
-    pub fn heartbeat(&self, host: String, seen: Heartbeats) {
+    /// Writes `host`'s heartbeat, when given: `{prefix}/v1/hosts/{host}`
+    /// under a lease that expires `BEAT_TTL` s after the last beat (a host
+    /// that vanishes drops out by itself), and its time at
+    /// `{prefix}/v1/beats/{host}`, which stays; keeps `seen` filled with
+    /// every host's; until the store goes.
+    pub fn heartbeat(&self, host: Option<String>, seen: Heartbeats) {
         let clients = self.clients.clone();
-        let (live, last) = (
-            self.at.key(&format!("hosts/{host}")),
-            self.at.key(&format!("beats/{host}")),
-        );
+        let keys = host.map(|h| {
+            (
+                self.at.key(&format!("hosts/{h}")),
+                self.at.key(&format!("beats/{h}")),
+            )
+        });
         let (lives, lasts) = (self.at.key("hosts/"), self.at.key("beats/"));
         self.rt.spawn(async move {
             let mut lease: Option<(
@@ -387,20 +397,22 @@ impl Etcd {
                 tick.tick().await;
                 let mut c = clients[pinned % clients.len()].clone();
                 let beat = async {
-                    if lease.is_none() {
-                        let id = c.lease_grant(BEAT_TTL, None).await?.id();
-                        let (k, s) = c.lease_keep_alive(id).await?;
-                        lease = Some((id, k, s));
+                    if let Some((live, last)) = &keys {
+                        if lease.is_none() {
+                            let id = c.lease_grant(BEAT_TTL, None).await?.id();
+                            let (k, s) = c.lease_keep_alive(id).await?;
+                            lease = Some((id, k, s));
+                        }
+                        let (id, keeper, stream) = lease.as_mut().expect("granted");
+                        keeper.keep_alive().await?;
+                        stream.message().await?;
+                        let now = time::OffsetDateTime::now_utc()
+                            .format(&time::format_description::well_known::Rfc3339)
+                            .unwrap_or_default();
+                        let opts = etcd_client::PutOptions::new().with_lease(*id);
+                        c.put(live.clone(), now.clone(), Some(opts)).await?;
+                        c.put(last.clone(), now, None).await?;
                     }
-                    let (id, keeper, stream) = lease.as_mut().expect("granted");
-                    keeper.keep_alive().await?;
-                    stream.message().await?;
-                    let now = time::OffsetDateTime::now_utc()
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .unwrap_or_default();
-                    let opts = etcd_client::PutOptions::new().with_lease(*id);
-                    c.put(live.clone(), now.clone(), Some(opts)).await?;
-                    c.put(last.clone(), now, None).await?;
                     let prefix = Some(GetOptions::new().with_prefix());
                     let alive = c.get(lives.clone(), prefix.clone()).await?;
                     let alive: Vec<&str> = alive
@@ -461,6 +473,27 @@ fn unreachable(e: &etcd_client::Error) -> bool {
         etcd_client::Error::TransportError(_) => true,
         etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
         _ => false,
+    }
+}
+
+/// The store's own runtime. It may be dropped inside the agent's (a store
+/// that could not be opened, a follower's end), where a runtime's usual
+/// drop, which waits for its threads, is not allowed: its tasks are left to
+/// end with the process instead.
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for Runtime {
+    type Target = tokio::runtime::Runtime;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("the runtime lives until dropped")
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
