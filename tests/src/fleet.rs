@@ -78,8 +78,10 @@ impl EtcdCluster {
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "sg-test"])
             // A change of a whole state (a seed, `apply -f`) is one
-            // transaction: room for it (docs/fleet.md).
-            .args(["--max-txn-ops", "20000"])
+            // transaction: room for it (docs/fleet.md), up to the bench's
+            // 10,000 interfaces.
+            .args(["--max-txn-ops", "100000"])
+            .args(["--max-request-bytes", "33554432"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

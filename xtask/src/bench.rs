@@ -231,10 +231,15 @@ pub fn run(release: &Path, quick: bool) -> Result<()> {
     });
     eprintln!("bench: the EC2 API (sg-api-bench)");
     let api = crate::bench_api::run(&release.join("sg-api-bench"), quick)?;
-    let all = json!({"meta": meta, "end_to_end": e2e, "datapath": micro, "api": api});
+    eprintln!("bench: the fleet (etcd, agents)");
+    let fleet = crate::bench_fleet::run(quick)?;
+    let all =
+        json!({"meta": meta, "end_to_end": e2e, "datapath": micro, "api": api, "fleet": fleet});
     let json_path = out_dir.join("bench.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&all)?)?;
-    let md = markdown(&all, &s.rule_counts) + &crate::bench_api::markdown(&all["api"]);
+    let md = markdown(&all, &s.rule_counts)
+        + &crate::bench_api::markdown(&all["api"])
+        + &crate::bench_fleet::markdown(&all["fleet"]);
     let md_path = out_dir.join("bench.md");
     std::fs::write(&md_path, &md)?;
     let png_path = out_dir.join("bench.png");

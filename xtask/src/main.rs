@@ -4,6 +4,7 @@
 mod api_model;
 mod bench;
 mod bench_api;
+mod bench_fleet;
 mod bench_report;
 mod bench_traffic;
 mod demo;
@@ -41,6 +42,9 @@ enum Task {
         /// Only the EC2 API's part (target/bench/api.json).
         #[arg(long)]
         api: bool,
+        /// Only the fleet's part (target/bench/fleet.json).
+        #[arg(long, conflicts_with = "api")]
+        fleet: bool,
     },
     /// Extract the API's shapes from botocore's service model into
     /// sg-agent/src/api/model.json (a developer task; the file is checked in).
@@ -77,7 +81,7 @@ fn run(cli: Cli) -> Result<()> {
             let bin = build(false)?;
             demo::run(&bin)
         }
-        Task::Bench { quick, api } => {
+        Task::Bench { quick, api, fleet } => {
             setup::run()?;
             let status = cargo()
                 .args([
@@ -99,6 +103,9 @@ fn run(cli: Cli) -> Result<()> {
             unsafe { std::env::set_var("SG_AGENT_BIN", target_dir().join("release/sg-agent")) };
             if api {
                 return bench_api::only(&target_dir().join("release"), quick);
+            }
+            if fleet {
+                return bench_fleet::only(quick);
             }
             bench::run(&target_dir().join("release"), quick)
         }

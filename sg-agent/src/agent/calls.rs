@@ -87,9 +87,9 @@ impl Agent {
     }
 
     /// Another writer changed the stored state (a fleet): take it.
-    pub(super) fn take_stored(&mut self) {
+    pub(super) fn take_stored(&mut self, seen: crate::store::Watched) {
         let r = self.change_managed("the store's change", false, |m, before, enforce| {
-            m.refresh(before, enforce)
+            m.refresh(seen, before, enforce)
         });
         match r {
             Some(Ok(Some(what))) => log::info!("took the store's change: {what}"),

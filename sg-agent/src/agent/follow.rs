@@ -86,13 +86,15 @@ fn compute(role: Follow, d: &Desired) -> (usize, usize) {
 impl Follower {
     /// Takes `d` as the state this follower follows.
     fn take(&mut self, d: Desired, what: &str) {
+        let t = std::time::Instant::now();
         let (ifaces, blocks) = compute(self.role, &d);
         self.desired = Arc::new(d);
         self.publish();
         match self.role {
             Follow::Api => log::info!("{what}: serving it"),
             Follow::WatchOnly => log::info!(
-                "{what}: computed {ifaces} interface(s), {blocks} address block(s) (watch-only: nothing loaded)"
+                "{what}: computed {ifaces} interface(s), {blocks} address block(s) in {:.1} ms (watch-only: nothing loaded)",
+                t.elapsed().as_secs_f64() * 1e3
             ),
         }
     }
@@ -108,10 +110,12 @@ impl Follower {
         }));
     }
 
-    fn refresh(&mut self) {
+    fn refresh(&mut self, seen: crate::store::Watched) {
+        let reread = matches!(seen, crate::store::Watched::Reread);
+        let t = std::time::Instant::now();
         let before = self.desired.clone();
         let mut taken = None;
-        let r = self.managed.refresh(&before, &mut |d| {
+        let r = self.managed.refresh(seen, &before, &mut |d| {
             taken = Some(d);
             Ok(())
         });
@@ -119,6 +123,12 @@ impl Follower {
             (Ok(Some(what)), Some(d)) => self.take(d, &format!("took the store's change: {what}")),
             (Ok(_), _) => {}
             (Err(e), _) => log::error!("{e}"),
+        }
+        if reread {
+            log::info!(
+                "re-read the whole state in {:.0} ms",
+                t.elapsed().as_secs_f64() * 1e3
+            );
         }
     }
 
@@ -181,7 +191,7 @@ pub async fn follow(
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            Some(()) = changes.recv() => f.refresh(),
+            Some(seen) = changes.recv() => f.refresh(seen),
             Some(call) = api_calls.recv() => f.api(super::run::batch(call, &mut api_calls)),
         }
     }

@@ -219,12 +219,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 let r = agent.handle(req).await;
                 let _ = reply.send(r);
             }
-            Some(()) = async {
+            Some(seen) = async {
                 match &mut store_changes {
                     Some(rx) => rx.recv().await,
                     None => std::future::pending().await,
                 }
-            } => agent.take_stored(),
+            } => agent.take_stored(seen),
             Ok((m, d)) = async {
                 match &mut reopen {
                     Some(rx) => rx.await,

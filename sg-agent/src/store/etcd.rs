@@ -17,8 +17,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, Txn,
+    TxnOp, TxnOpResponse, WatchOptions,
 };
 use foldhash::{HashMap, HashMapExt};
 use serde_json::value::RawValue;
@@ -95,11 +95,40 @@ pub struct Etcd {
     /// The generation key's revision in the state last read or written:
     /// what a commit requires it still to be.
     base: i64,
-    /// Each object's place among those its commit created (`[seq, body]`
-    /// is what a value holds): objects load by the revision that created
-    /// them, then by this, so that a state comes back in its own order.
-    seqs: HashMap<String, u64>,
+    /// The state at `base`, as stored: each object by key, and the
+    /// settings. A watch's changes are applied to it, so that a follower
+    /// does not read the whole state at every change.
+    objects: HashMap<String, Object>,
+    settings: Option<String>,
 }
+
+/// A stored object: its place (the revision that created it, then its
+/// place among those its commit created: `[seq, body]` is what a value
+/// holds), so that a state comes back in its own order; its kind, id and
+/// body.
+struct Object {
+    at: (i64, u64),
+    kind: String,
+    id: String,
+    body: String,
+}
+
+/// What a watch tells the store's follower.
+#[derive(Debug)]
+pub enum Watched {
+    /// One commit's changes to objects and settings, in order: each key
+    /// with its new value and creation revision, or `None` when deleted.
+    Commit {
+        revision: i64,
+        changes: Vec<(String, Option<(String, i64)>)>,
+    },
+    /// Changes were lost (etcd compacted past the watch): read it all.
+    Reread,
+}
+
+/// The largest answer taken from etcd (a whole state's read): gRPC's
+/// default of 4 MiB is a few thousand interfaces.
+const MAX_MESSAGE: usize = 1 << 30;
 
 /// How long a call to etcd may take before the store reports it down.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -146,7 +175,8 @@ impl Etcd {
             pinned: AtomicUsize::new(0),
             rt,
             base: 0,
-            seqs: HashMap::new(),
+            objects: HashMap::new(),
+            settings: None,
         })
     }
 
@@ -180,31 +210,89 @@ impl Etcd {
             bail!("etcd answered a read of three ranges with {}", gets.len());
         };
         self.base = generation.kvs().first().map_or(0, |kv| kv.mod_revision());
-        let Some(settings) = settings.kvs().first() else {
+        self.objects.clear();
+        self.settings = match settings.kvs().first() {
+            Some(kv) => Some(kv.value_str()?.to_string()),
+            None => None,
+        };
+        for kv in objects_resp.kvs() {
+            self.put(kv.key_str()?, kv.value_str()?, kv.create_revision())?;
+        }
+        self.assemble()
+    }
+
+    /// Whether a state was ever committed, as this store last saw it.
+    pub fn has_state(&self) -> bool {
+        self.settings.is_some()
+    }
+
+    /// Takes a stored value of `key` (created at `created`) into the state.
+    fn put(&mut self, key: &str, value: &str, created: i64) -> Result<()> {
+        if key == self.at.key("settings") {
+            self.settings = Some(value.to_string());
+            return Ok(());
+        }
+        let objects = self.at.key("objects/");
+        let Some((kind, id)) = key
+            .strip_prefix(objects.as_str())
+            .and_then(|k| k.split_once('/'))
+        else {
+            bail!("an etcd key {key:?} that is not an object's");
+        };
+        let (seq, body): (u64, &RawValue) =
+            serde_json::from_str(value).with_context(|| format!("the stored object {key}"))?;
+        let object = Object {
+            at: (created, seq),
+            kind: kind.to_string(),
+            id: id.to_string(),
+            body: body.get().to_string(),
+        };
+        self.objects.insert(key.to_string(), object);
+        Ok(())
+    }
+
+    /// The state held, in the order objects were first written (as the
+    /// SQLite store keeps them).
+    fn assemble(&self) -> Result<Option<RawConfig>> {
+        let Some(settings) = &self.settings else {
             return Ok(None);
         };
-        // In the order objects were first written, as the SQLite store
-        // keeps them.
-        let mut kvs = Vec::with_capacity(objects_resp.kvs().len());
-        self.seqs.clear();
-        for kv in objects_resp.kvs() {
-            let key = kv.key_str()?;
-            let Some((kind, id)) = key
-                .strip_prefix(objects.as_str())
-                .and_then(|k| k.split_once('/'))
-            else {
-                bail!("an etcd key {key:?} that is not an object's");
-            };
-            let (seq, body): (u64, &RawValue) = serde_json::from_str(kv.value_str()?)
-                .with_context(|| format!("the stored object {key}"))?;
-            self.seqs.insert(key.to_string(), seq);
-            kvs.push((
-                (kv.create_revision(), seq),
-                (kind.to_string(), id.to_string(), body.get().to_string()),
-            ));
+        let mut objects: Vec<&Object> = self.objects.values().collect();
+        objects.sort_by_key(|o| o.at);
+        let rows = objects
+            .into_iter()
+            .map(|o| (o.kind.clone(), o.id.clone(), o.body.clone()));
+        rows::assemble(settings, rows).map(Some)
+    }
+
+    /// Applies what a watch saw; the state after it, or `None` when it
+    /// holds nothing new for this store (its own commit).
+    pub fn follow(&mut self, w: Watched) -> Result<Option<RawConfig>> {
+        match w {
+            Watched::Reread => self.load(),
+            Watched::Commit { revision, .. } if revision <= self.base => Ok(None),
+            Watched::Commit { revision, changes } => {
+                self.apply(revision, changes)?;
+                self.assemble()
+            }
         }
-        kvs.sort_by_key(|(at, _)| *at);
-        rows::assemble(settings.value_str()?, kvs.into_iter().map(|(_, row)| row)).map(Some)
+    }
+
+    fn apply(
+        &mut self,
+        revision: i64,
+        changes: Vec<(String, Option<(String, i64)>)>,
+    ) -> Result<()> {
+        for (key, value) in changes {
+            match value {
+                Some((v, created)) => self.put(&key, &v, created)?,
+                None => {
+                    self.objects.remove(&key);
+                }
+            }
+        }
+        self.base = revision;
+        Ok(())
     }
 
     /// Writes the change from `before` to `after` and its audit records in
@@ -217,28 +305,28 @@ impl Etcd {
         events: &[Event],
     ) -> Result<()> {
         let mut ops = Vec::new();
-        let mut seqs = Vec::new();
+        // What the state held becomes, once committed.
+        let mut written = Vec::new();
         for (i, w) in rows::writes(before, after)?.into_iter().enumerate() {
             ops.push(match w {
                 Write::Put { kind, id, body } => {
                     let key = self.at.key(&format!("objects/{kind}/{id}"));
                     // An object rewritten keeps its place.
-                    let seq = self.seqs.get(&key).copied().unwrap_or(i as u64);
-                    seqs.push((key.clone(), Some(seq)));
-                    TxnOp::put(key, format!("[{seq},{body}]"), None)
+                    let (created, seq) = self.objects.get(&key).map_or((0, i as u64), |o| o.at);
+                    let value = format!("[{seq},{body}]");
+                    written.push((key.clone(), Some((value.clone(), created))));
+                    TxnOp::put(key, value, None)
                 }
                 Write::Delete { kind, id } => {
                     let key = self.at.key(&format!("objects/{kind}/{id}"));
-                    seqs.push((key.clone(), None));
+                    written.push((key.clone(), None));
                     TxnOp::delete(key, None)
                 }
             });
         }
-        ops.push(TxnOp::put(
-            self.at.key("settings"),
-            rows::settings(after)?,
-            None,
-        ));
+        let settings = rows::settings(after)?;
+        written.push((self.at.key("settings"), Some((settings.clone(), 0))));
+        ops.push(TxnOp::put(self.at.key("settings"), settings, None));
         ops.push(TxnOp::put(self.at.key("generation"), "", None));
         for e in events {
             ops.push(self.event_op(e)?);
@@ -254,14 +342,16 @@ impl Etcd {
         if !resp.succeeded() {
             return Err(Conflict.into());
         }
-        self.base = resp.header().map_or(self.base, |h| h.revision());
-        for (key, seq) in seqs {
-            match seq {
-                Some(s) => self.seqs.insert(key, s),
-                None => self.seqs.remove(&key),
-            };
+        let revision = resp.header().map_or(self.base, |h| h.revision());
+        // New objects were created by this revision.
+        for (_, value) in &mut written {
+            if let Some((_, created)) = value
+                && *created == 0
+            {
+                *created = revision;
+            }
         }
-        Ok(())
+        self.apply(revision, written)
     }
 
     fn event_op(&self, e: &Event) -> Result<TxnOp> {
@@ -307,39 +397,69 @@ impl Etcd {
         Ok(out.split_off(skip))
     }
 
-    /// Tells `changed` of every change of the state after this store's last
-    /// read, from a watch that resumes where it stopped when etcd goes away
+    /// Tells `changed` of every commit after this store's last read or
+    /// write, from a watch that resumes where it stopped when etcd goes away
     /// and comes back; after a compaction it asks for a re-read.
-    pub fn watch(&self, changed: tokio::sync::mpsc::Sender<()>) {
-        // Every commit rewrites the generation key: watching it alone sees
-        // every change of the state, and no heartbeat.
-        let (clients, key) = (self.clients.clone(), self.at.key("generation"));
+    pub fn watch(&self, changed: tokio::sync::mpsc::Sender<Watched>) {
+        // Objects and settings, and nothing else (heartbeats, the trail):
+        // every commit writes the settings after its objects, so a
+        // commit's changes are complete at its settings.
+        let clients = self.clients.clone();
+        let (from, settings) = (self.at.key("objects/"), self.at.key("settings"));
+        let to = format!("{settings}\0");
         let mut pinned = self.pinned.load(Ordering::Relaxed);
         let mut next = self.base + 1;
         self.rt.spawn(async move {
             // Quick at first (another member is likely up), then slower.
             let mut pause = Duration::from_millis(100);
+            let mut changes = Vec::new();
             loop {
-                let opts = WatchOptions::new().with_start_revision(next);
-                let mut client = clients[pinned % clients.len()].clone();
-                match client.watch(key.clone(), Some(opts)).await {
+                let opts = WatchOptions::new()
+                    .with_start_revision(next)
+                    .with_range(to.clone());
+                let mut client = clients[pinned % clients.len()]
+                    .watch_client()
+                    .max_decoding_message_size(MAX_MESSAGE);
+                // A commit seen in part is seen again from its start.
+                changes.clear();
+                match client.watch(from.clone(), Some(opts)).await {
                     Ok(mut stream) => loop {
                         match stream.message().await {
-                            Ok(Some(resp)) => {
-                                if resp.compact_revision() > 0 {
-                                    // Events lost to compaction: re-read
-                                    // everything, from now on.
-                                    next = resp.compact_revision();
-                                    log::warn!("etcd compacted past this agent's watch; re-reading the state");
-                                } else if let Some(h) = resp.header() {
-                                    next = next.max(h.revision() + 1);
-                                }
-                                pause = Duration::from_millis(100);
-                                if resp.events().is_empty() && resp.compact_revision() == 0 {
-                                    continue;
-                                }
-                                if changed.send(()).await.is_err() {
+                            Ok(Some(resp)) if resp.compact_revision() > 0 => {
+                                // Changes lost to compaction: re-read it
+                                // all, and watch on from then.
+                                log::warn!(
+                                    "etcd compacted past this agent's watch; re-reading the state"
+                                );
+                                next = resp.compact_revision();
+                                changes.clear();
+                                if changed.send(Watched::Reread).await.is_err() {
                                     return;
+                                }
+                            }
+                            Ok(Some(resp)) => {
+                                pause = Duration::from_millis(100);
+                                for ev in resp.events() {
+                                    let Some(kv) = ev.kv() else { continue };
+                                    let key = kv.key_str().unwrap_or_default().to_string();
+                                    let value = match ev.event_type() {
+                                        EventType::Put => Some((
+                                            kv.value_str().unwrap_or_default().to_string(),
+                                            kv.create_revision(),
+                                        )),
+                                        EventType::Delete => None,
+                                    };
+                                    let end = key == settings;
+                                    changes.push((key, value));
+                                    if end {
+                                        let revision = kv.mod_revision();
+                                        next = revision + 1;
+                                        let changes = std::mem::take(&mut changes);
+                                        let w = Watched::Commit { revision, changes };
+                                        if changed.send(w).await.is_err() {
+                                            return;
+                                        }
+                                    }
                                 }
                             }
                             Ok(None) => break,
@@ -452,7 +572,9 @@ impl Etcd {
         let mut tries = 2 * n;
         loop {
             let at = self.pinned.load(Ordering::Relaxed) % n;
-            let mut kv = self.clients[at].kv_client();
+            let mut kv = self.clients[at]
+                .kv_client()
+                .max_decoding_message_size(MAX_MESSAGE);
             let txn = txn.clone();
             match block(&self.rt, async move { kv.txn(txn).await }) {
                 Err(e) if tries > 1 && unreachable(&e) => {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-pub use etcd::{Conflict, EtcdAt};
+pub use etcd::{Conflict, EtcdAt, Watched};
 pub use sqlite::DB_FILE;
 
 use crate::model::input::RawConfig;

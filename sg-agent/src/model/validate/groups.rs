@@ -1,7 +1,7 @@
 //! Security groups: their identity first (name, description, VPC, id), so
 //! that rules can refer to any of them; then every VPC's default group.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{
     ids::{make_id, object_id, valid_text},
@@ -28,6 +28,9 @@ pub fn identities<'r>(
         .chain(raw.aws_security_groups.iter())
         .collect();
     let mut groups: Vec<Group> = Vec::new();
+    // Where each (VPC, name) and id is in `groups`: thousands of groups.
+    let mut names: HashMap<(String, String), usize> = HashMap::new();
+    let mut ids: HashMap<String, usize> = HashMap::new();
     let mut group_src: Vec<Option<&RawGroup>> = Vec::new();
     for g in &sources {
         let (doc, path) = (g.origin.doc, g.origin.path.as_str());
@@ -76,10 +79,8 @@ pub fn identities<'r>(
         let Some(id) = object_id(v, &g.id, "sg", &[&vpc, &name], doc, path, &obj) else {
             continue;
         };
-        if let Some(other) = groups
-            .iter()
-            .find(|x| (x.vpc == vpc && x.name == name) || x.id == id)
-        {
+        let taken = [names.get(&(vpc.clone(), name.clone())), ids.get(&id)];
+        if let Some(other) = taken.into_iter().flatten().min().map(|&i| &groups[i]) {
             v.err(
                 doc,
                 path,
@@ -95,6 +96,11 @@ pub fn identities<'r>(
         if !ok {
             continue;
         }
+        // The first of each wins, as a scan would find it.
+        names
+            .entry((vpc.clone(), name.clone()))
+            .or_insert(groups.len());
+        ids.entry(id.clone()).or_insert(groups.len());
         groups.push(Group {
             id,
             name: name.clone(),

@@ -2,6 +2,7 @@
 //! to five groups of that VPC, idle timeouts within AWS's ranges.
 
 use std::{
+    collections::{HashMap, HashSet},
     fmt,
     net::{Ipv4Addr, Ipv6Addr},
 };
@@ -19,7 +20,25 @@ pub fn resolve(
     groups: &[Group],
 ) -> Vec<Interface> {
     let q = raw.quotas;
-    // Interfaces.
+    // Groups by VPC and id, by VPC and name, and each VPC's default: a
+    // fleet's state has thousands of interfaces and groups.
+    let (mut by_id, mut by_name, mut default) = (HashMap::new(), HashMap::new(), HashMap::new());
+    for (i, g) in groups.iter().enumerate().rev() {
+        by_id.insert((g.vpc.as_str(), g.id.as_str()), i);
+        by_name.insert((g.vpc.as_str(), g.name.as_str()), i);
+        if g.is_default {
+            default.insert(g.vpc.as_str(), i);
+        }
+    }
+    // The first group of `vpc` whose id or name `name` is.
+    let find = |vpc: &str, name: &str| {
+        let hits = [
+            by_id.get(&(vpc, name)),
+            by_name.get(&(vpc, name.trim_end())),
+        ];
+        hits.into_iter().flatten().min().map(|&i| &groups[i])
+    };
+    let mut listed: HashSet<(&str, Option<&str>)> = HashSet::new();
     let mut ifaces: Vec<Interface> = Vec::new();
     for (i, r) in raw.network_interfaces.iter().enumerate() {
         let path = format!("network_interfaces[{i}]");
@@ -34,10 +53,7 @@ pub fn resolve(
             );
             continue;
         }
-        if ifaces
-            .iter()
-            .any(|x| x.name == r.interface && x.host == r.host)
-        {
+        if listed.contains(&(r.interface.as_str(), r.host.as_deref())) {
             let on = r.host.as_ref().map(|h| format!(" on host {h:?}"));
             v.err(
                 0,
@@ -95,23 +111,13 @@ pub fn resolve(
         );
         let mut gids = Vec::new();
         match &r.groups {
-            None => gids.push(
-                groups
-                    .iter()
-                    .find(|g| g.vpc == vpc_id && g.is_default)
-                    .expect("default group")
-                    .id
-                    .clone(),
-            ),
+            None => gids.push(groups[default[vpc_id.as_str()]].id.clone()),
             Some(list) => {
                 if list.is_empty() {
                     v.err(0, &format!("{path}.groups"), &obj, INVALID, "an interface needs at least one group (omit `groups` for the VPC's default group)");
                 }
                 for (j, name) in list.iter().enumerate() {
-                    match groups
-                        .iter()
-                        .find(|g| g.vpc == vpc_id && (g.id == *name || g.name == name.trim_end()))
-                    {
+                    match find(&vpc_id, name) {
                         Some(g) if gids.contains(&g.id) => v.err(
                             0,
                             &format!("{path}.groups[{j}]"),
@@ -145,6 +151,7 @@ pub fn resolve(
             );
         }
         let timeouts = timeouts(v, &r.conntrack, &format!("{path}.conntrack"), &obj);
+        listed.insert((r.interface.as_str(), r.host.as_deref()));
         ifaces.push(Interface {
             name: r.interface.clone(),
             host: r.host.clone(),

@@ -1,7 +1,7 @@
 //! Rules: protocol, ports, peers and descriptions, one rule per peer; AWS's
 //! default egress; references to groups and prefix lists.
 
-use foldhash::{HashSet, HashSetExt};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -33,6 +33,13 @@ pub fn resolve(
         .iter()
         .map(|g| (g.id.clone(), g.name.clone(), g.vpc.clone()))
         .collect();
+    // (VPC, id or name) → the first such group: thousands of groups, each
+    // rule's references looked up.
+    let mut by_key = HashMap::new();
+    for (i, (id, name, vpc)) in snapshot.iter().enumerate().rev() {
+        by_key.insert((vpc.as_str(), id.as_str()), i);
+        by_key.insert((vpc.as_str(), name.as_str()), i);
+    }
     for gi in 0..groups.len() {
         let Some(src) = group_src[gi] else { continue };
         let (doc, gpath) = (src.origin.doc, src.origin.path.clone());
@@ -47,6 +54,7 @@ pub fn resolve(
             vpc: &vpc,
             vpcs: &vpcs.list,
             groups: &snapshot,
+            by_key: &by_key,
             pls,
             previous: &previous_groups,
         };
@@ -105,8 +113,17 @@ struct RuleCtx<'a> {
     vpcs: &'a [Vpc],
     /// (id, name, vpc) of every group.
     groups: &'a [(String, String, String)],
+    /// Where in `groups` a (VPC, id or name) is first.
+    by_key: &'a HashMap<(&'a str, &'a str), usize>,
     pls: &'a [PrefixList],
     previous: &'a HashSet<&'a str>,
+}
+
+impl RuleCtx<'_> {
+    /// The first group of `vpc` whose id or name is `value`.
+    fn group(&self, vpc: &str, value: &str) -> Option<&(String, String, String)> {
+        self.by_key.get(&(vpc, value)).map(|&i| &self.groups[i])
+    }
 }
 
 pub fn rule(
@@ -368,11 +385,7 @@ fn group_peer(
         .as_ref()
         .filter(|x| **x != ctx.vpc.id && **x != ctx.vpc.name);
     match other_vpc {
-        None => match ctx
-            .groups
-            .iter()
-            .find(|(id, name, vpc)| *vpc == ctx.vpc.id && (*id == p.value || *name == p.value))
-        {
+        None => match ctx.group(&ctx.vpc.id, &p.value) {
             Some((id, ..)) => Some(Peer::Group {
                 id: id.clone(),
                 vpc: ctx.vpc.id.clone(),
@@ -404,10 +417,7 @@ fn group_peer(
                 .find(|x| x.id == *vpc || x.name == *vpc)
                 .map_or(vpc.clone(), |x| x.id.clone());
             let peered = ctx.vpc.peers.contains(&vpc_id);
-            let found = ctx
-                .groups
-                .iter()
-                .find(|(id, name, gv)| *gv == vpc_id && (*id == p.value || *name == p.value));
+            let found = ctx.group(&vpc_id, &p.value);
             let id = found.map_or(p.value.clone(), |(id, ..)| id.clone());
             let stale = !peered || found.is_none();
             if stale {
