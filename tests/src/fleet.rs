@@ -22,10 +22,23 @@ pub struct EtcdCluster {
     data: TempDir,
     /// `root:PASSWORD` once authentication is on.
     auth: Option<String>,
+    /// Client TLS: the directory of [`EtcdCluster::start_tls`]'s
+    /// certificates.
+    tls: Option<PathBuf>,
 }
 
 impl EtcdCluster {
     pub fn start(tag: &str) -> Result<EtcdCluster> {
+        Self::start_with(tag, None)
+    }
+
+    /// As [`EtcdCluster::start`], its clients served over TLS and required
+    /// to present a certificate of the CA in `certs` ([`make_certs`]).
+    pub fn start_tls(tag: &str, certs: &std::path::Path) -> Result<EtcdCluster> {
+        Self::start_with(tag, Some(certs.to_path_buf()))
+    }
+
+    fn start_with(tag: &str, tls: Option<PathBuf>) -> Result<EtcdCluster> {
         if which("etcd").is_none() {
             bail!("etcd is not installed: `cargo xtask setup` installs Debian's etcd-server");
         }
@@ -39,6 +52,7 @@ impl EtcdCluster {
             members: vec![None, None, None],
             data: TempDir::new()?,
             auth: None,
+            tls,
         };
         for i in 0..MEMBERS.len() {
             c.start_member(i)?;
@@ -64,14 +78,23 @@ impl EtcdCluster {
             .collect();
         let a = MEMBERS[i];
         let log = std::fs::File::create(self.data.0.join(format!("m{i}.log")))?;
-        let child = self
-            .ns
-            .command("etcd")
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut cmd = self.ns.command("etcd");
+        if let Some(dir) = &self.tls {
+            cmd.arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(dir.join("ca.pem"))
+                .arg("--cert-file")
+                .arg(dir.join("server.pem"))
+                .arg("--key-file")
+                .arg(dir.join("server-key.pem"));
+        }
+        let child = cmd
             .args(["--name", &format!("m{i}")])
             .arg("--data-dir")
             .arg(self.data.0.join(format!("m{i}")))
-            .args(["--listen-client-urls", &format!("http://{a}:2379")])
-            .args(["--advertise-client-urls", &format!("http://{a}:2379")])
+            .args(["--listen-client-urls", &format!("{scheme}://{a}:2379")])
+            .args(["--advertise-client-urls", &format!("{scheme}://{a}:2379")])
             .args(["--listen-peer-urls", &format!("http://{a}:2380")])
             .args(["--initial-advertise-peer-urls", &format!("http://{a}:2380")])
             .args(["--initial-cluster", &cluster.join(",")])
@@ -101,13 +124,33 @@ impl EtcdCluster {
     /// Every running member answers its health check.
     pub fn healthy(&self) -> bool {
         self.members.iter().enumerate().all(|(i, m)| {
-            let mut cmd = self.ns.command("etcdctl");
-            cmd.env("ETCDCTL_API", "3")
-                .args(["--endpoints", &format!("http://{}:2379", MEMBERS[i])])
-                .args(self.auth.iter().flat_map(|a| ["--user", a.as_str()]))
+            let mut cmd = self.ctl(&[MEMBERS[i]]);
+            cmd.args(self.auth.iter().flat_map(|a| ["--user", a.as_str()]))
                 .args(["endpoint", "health"]);
             m.is_none() || cmd.output().is_ok_and(|o| o.status.success())
         })
+    }
+
+    /// `etcdctl` on `members`, in the cluster's namespace, with the
+    /// client certificate when the cluster asks for one.
+    fn ctl(&self, members: &[&str]) -> std::process::Command {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let endpoints: Vec<String> = members
+            .iter()
+            .map(|a| format!("{scheme}://{a}:2379"))
+            .collect();
+        let mut cmd = self.ns.command("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .args(["--endpoints", &endpoints.join(",")]);
+        if let Some(dir) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(dir.join("ca.pem"))
+                .arg("--cert")
+                .arg(dir.join("client.pem"))
+                .arg("--key")
+                .arg(dir.join("client-key.pem"));
+        }
+        cmd
     }
 
     pub fn logs(&self) -> String {
@@ -383,12 +426,79 @@ pub fn etcdctl(c: &EtcdCluster, args: &[&str]) -> Result<String> {
 /// Runs `etcdctl` as `user` (`NAME:PASSWORD`; none: without
 /// authentication).
 pub fn etcdctl_as(c: &EtcdCluster, user: Option<&str>, args: &[&str]) -> Result<String> {
-    let endpoints: Vec<String> = MEMBERS.iter().map(|a| format!("http://{a}:2379")).collect();
-    let mut cmd = c.ns.command("etcdctl");
-    cmd.env("ETCDCTL_API", "3")
-        .args(["--endpoints", &endpoints.join(",")]);
+    let mut cmd = c.ctl(&MEMBERS);
     if let Some(u) = user {
         cmd.args(["--user", u]);
     }
     crate::sh(cmd.args(args))
+}
+
+/// Writes into `dir` a CA (`ca.pem`), a server certificate for the members'
+/// addresses (`server.pem`, `server-key.pem`) and a client certificate
+/// (`client.pem`, `client-key.pem`) it signed, and a client certificate of
+/// another CA (`stranger.pem`, `stranger-key.pem`), with openssl.
+pub fn make_certs(dir: &std::path::Path) -> Result<()> {
+    let ssl = |args: &[&str]| {
+        sh(std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args))
+    };
+    let key = |name: &str| ssl(&["genrsa", "-out", &format!("{name}-key.pem"), "2048"]);
+    for ca in ["ca", "other-ca"] {
+        key(ca)?;
+        ssl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &format!("{ca}-key.pem"),
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={ca}"),
+            "-out",
+            &format!("{ca}.pem"),
+        ])?;
+    }
+    let sans: Vec<String> = MEMBERS.iter().map(|a| format!("IP:{a}")).collect();
+    std::fs::write(
+        dir.join("server.ext"),
+        format!("subjectAltName={}\n", sans.join(",")),
+    )?;
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
+    for (name, ca, ext) in [
+        ("server", "ca", "server.ext"),
+        ("client", "ca", "client.ext"),
+        ("stranger", "other-ca", "client.ext"),
+    ] {
+        key(name)?;
+        ssl(&[
+            "req",
+            "-new",
+            "-key",
+            &format!("{name}-key.pem"),
+            "-subj",
+            &format!("/CN={name}"),
+            "-out",
+            &format!("{name}.csr"),
+        ])?;
+        ssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}-key.pem"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            ext,
+            "-out",
+            &format!("{name}.pem"),
+        ])?;
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@
 use std::{
     net::SocketAddr,
     path::Path,
-    sync::atomic::{AtomicBool, AtomicU32, Ordering},
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
@@ -21,8 +21,6 @@ use sg_tests::{Agent, Netns, Seen, tcp_echo_server, tcp_probe, udp_echo_server, 
 const CONFIG: &str = include_str!("demo.yaml");
 const TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// The agent's pid, for the Ctrl-C handler.
-static AGENT_PID: AtomicU32 = AtomicU32::new(0);
 /// Set by the Ctrl-C handler: the main thread stops reporting, since the
 /// handler is tearing its topology down under it and will exit.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -259,30 +257,42 @@ fn label(p: &Probe) -> String {
     format!("{} -> {} {what} ({})", p.from, p.to, p.addr)
 }
 
-/// Ctrl-C: the handler removes this run's namespaces and stops the agent, since
-/// the main thread's destructors will not run.
-fn on_interrupt() {
+/// Ctrl-C: the handler stops every process in this run's namespaces (the
+/// agents, etcd, servers) and removes the namespaces, since the main
+/// thread's destructors will not run.
+pub fn on_interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);
-    let pid = AGENT_PID.load(Ordering::Relaxed);
-    if pid != 0 {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
     let me = format!("-{}-", std::process::id());
-    if let Ok(dir) = std::fs::read_dir("/run/netns") {
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("sg-demo-") && name.contains(&me) {
-                let _ = std::process::Command::new("ip")
-                    .args(["netns", "del", &name])
-                    .status();
-            }
+    let ours: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("sg-demo") && n.contains(&me))
+        .collect();
+    for name in &ours {
+        let pids = std::process::Command::new("ip")
+            .args(["netns", "pids", name])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
     }
-    eprintln!("\ndemo: interrupted; namespaces and agent removed");
+    std::thread::sleep(Duration::from_millis(500));
+    for name in &ours {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", name])
+            .status();
+    }
+    eprintln!("\ndemo: interrupted; namespaces and agents removed");
     std::process::exit(130);
 }
 
@@ -300,7 +310,6 @@ pub fn run(agent_bin: &Path) -> Result<()> {
     servers(&topo)?;
     println!("demo: starting sg-agent on the fabric with the embedded web/db configuration");
     let mut agent = Agent::start(&topo.fabric, CONFIG)?;
-    AGENT_PID.store(agent.pid(), Ordering::Relaxed);
 
     let mut rows = Vec::new();
     let mut failures = 0;
@@ -337,7 +346,6 @@ pub fn run(agent_bin: &Path) -> Result<()> {
     println!();
 
     agent.stop_with(nix::sys::signal::Signal::SIGTERM)?;
-    AGENT_PID.store(0, Ordering::Relaxed);
     for line in agent.log().lines().filter(|l| l.contains("accepted /")) {
         println!(
             "demo: counters: {}",

@@ -8,6 +8,7 @@ mod bench_fleet;
 mod bench_report;
 mod bench_traffic;
 mod demo;
+mod demo_fleet;
 mod package;
 mod setup;
 
@@ -33,7 +34,11 @@ enum Task {
         release: bool,
     },
     /// Build, then run the web/db demo between network namespaces.
-    Demo,
+    Demo {
+        /// The tiers spread over three hosts, one state in etcd.
+        #[arg(long)]
+        fleet: bool,
+    },
     /// Measure sg against no filter, nftables and iptables (not a test).
     Bench {
         /// A smaller sweep, in under five minutes.
@@ -76,9 +81,12 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             build(release).map(|_| ())
         }
-        Task::Demo => {
+        Task::Demo { fleet } => {
             setup::run()?;
             let bin = build(false)?;
+            if fleet {
+                return demo_fleet::run(&bin);
+            }
             demo::run(&bin)
         }
         Task::Bench { quick, api, fleet } => {
