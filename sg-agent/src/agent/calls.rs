@@ -66,12 +66,6 @@ impl Agent {
             }
             return;
         }
-        if self.managed.is_none() {
-            for call in calls {
-                let _ = call.reply.send(Err(unreachable(&self.file)));
-            }
-            return;
-        }
         let names: Vec<&str> = calls.iter().map(|c| c.action.as_str()).collect();
         let what = format!("API {}", names.join(", "));
         let answers = self
@@ -115,9 +109,13 @@ impl Agent {
         match r {
             Some(Ok(message)) => Reply { ok: true, message },
             Some(Err(message)) => Reply { ok: false, message },
+            // Started while the store was away, it has not answered yet.
             None if self.is_managed => Reply {
                 ok: false,
-                message: unreachable(&self.file).message,
+                message: format!(
+                    "{} has not answered since this agent started; nothing was changed",
+                    self.file
+                ),
             },
             None => Reply {
                 ok: false,
@@ -128,14 +126,4 @@ impl Agent {
             },
         }
     }
-}
-
-/// The answer to a change while the store has not been reached since the
-/// agent started: 503, which AWS's clients retry (docs/fleet.md).
-fn unreachable(source: &str) -> api::error::ApiError {
-    api::error::ApiError::new(
-        503,
-        "Unavailable",
-        format!("{source} has not answered since this agent started; nothing was changed"),
-    )
 }

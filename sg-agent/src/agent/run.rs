@@ -88,15 +88,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     // File mode records its reloads; managed mode records in its store.
     // In file mode the trail is a record, not the state: a state directory
     // that cannot be written (a full disk) does not stop enforcement.
-    let audit = match &managed {
-        Some(_) => None,
-        None => match Store::open(&opts.state) {
+    let audit = if opts.managed {
+        None
+    } else {
+        match Store::open(&opts.state) {
             Ok(s) => Some(s),
             Err(e) => {
                 log::error!("the audit trail is unavailable, reloads will not be recorded: {e:#}");
                 None
             }
-        },
+        }
     };
     for w in &desired.warnings {
         log::warn!("{w}");
@@ -123,9 +124,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let dp = Datapath::load(desired.conntrack.max_flows, pin_dir)?;
     log::debug!("datapath loaded at {}", pin_dir.display());
     let mut calls = control::serve(pin_dir)?;
-    let (mut watch, mut store_changes) = match &managed {
-        Some(m) => (None, m.watch()),
-        None => (Some(Watch::new(config)?), None),
+    // Managed, the file only seeds: it is never watched.
+    let (mut watch, mut store_changes) = if opts.managed {
+        (None, managed.as_ref().and_then(Managed::watch))
+    } else {
+        (Some(Watch::new(config)?), None)
     };
     // What an earlier agent enforced that this file does not list is kept.
     let listed: HashSet<&str> = desired.local().map(|i| i.name.as_str()).collect();
@@ -171,8 +174,19 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     agent.dp.collect_garbage();
     agent.publish();
     let (api_tx, mut api_calls) = mpsc::channel::<api::Call>(64);
-    if let Some(a) = opts.api {
-        api::serve(a, snapshot, api_tx, Store::open(&opts.state)?).await?;
+    // The API records into the store: while it has not been reached, the
+    // API waits for it too.
+    let mut api_opts = opts.api;
+    if reopen.is_none()
+        && let Some(a) = api_opts.take()
+    {
+        api::serve(
+            a,
+            snapshot.clone(),
+            api_tx.clone(),
+            Store::open(&opts.state)?,
+        )
+        .await?;
     }
     log::info!(
         "sg-agent running with {} interface(s)",
@@ -234,6 +248,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 reopen = None;
                 store_changes = m.watch();
                 agent.reconnected(m, d);
+                if let Some(a) = api_opts.take() {
+                    let served = match Store::open(&opts.state) {
+                        Ok(audit) => api::serve(a, snapshot.clone(), api_tx.clone(), audit).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = served {
+                        log::error!("the API could not be served: {e:#}");
+                    }
+                }
             }
             Some(call) = api_calls.recv() => agent.api(batch(call, &mut api_calls)),
             _ = ifaces.tick() => agent.check_interfaces(),

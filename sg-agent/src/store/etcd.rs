@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 
 use super::{
     Event, EventFilter,
-    rows::{self, Write},
+    rows::{self, Row, Write},
 };
 use crate::model::input::RawConfig;
 
@@ -104,13 +104,10 @@ pub struct Etcd {
 
 /// A stored object: its place (the revision that created it, then its
 /// place among those its commit created: `[seq, body]` is what a value
-/// holds), so that a state comes back in its own order; its kind, id and
-/// body.
+/// holds), so that a state comes back in its own order; and the object.
 struct Object {
     at: (i64, u64),
-    kind: String,
-    id: String,
-    body: String,
+    row: Row,
 }
 
 /// What a watch tells the store's follower.
@@ -243,9 +240,7 @@ impl Etcd {
             serde_json::from_str(value).with_context(|| format!("the stored object {key}"))?;
         let object = Object {
             at: (created, seq),
-            kind: kind.to_string(),
-            id: id.to_string(),
-            body: body.get().to_string(),
+            row: Row::parse(kind, id, body.get())?,
         };
         self.objects.insert(key.to_string(), object);
         Ok(())
@@ -259,10 +254,7 @@ impl Etcd {
         };
         let mut objects: Vec<&Object> = self.objects.values().collect();
         objects.sort_by_key(|o| o.at);
-        let rows = objects
-            .into_iter()
-            .map(|o| (o.kind.clone(), o.id.clone(), o.body.clone()));
-        rows::assemble(settings, rows).map(Some)
+        rows::assemble_rows(settings, objects.into_iter().map(|o| o.row.clone())).map(Some)
     }
 
     /// Applies what a watch saw; the state after it, or `None` when it

@@ -90,23 +90,71 @@ pub fn settings(after: &RawConfig) -> Result<String> {
     })
 }
 
+/// A stored object, parsed: what a fleet's agent keeps of each (etcd), so
+/// that a change costs a parse of what it wrote, not of the whole state.
+#[derive(Clone)]
+pub enum Row {
+    Vpc(RawVpc),
+    PrefixList(RawPrefixList),
+    Group(RawGroup),
+    Rule {
+        group: String,
+        egress: bool,
+        rule: RawRule,
+    },
+    Iface(RawIface),
+}
+
+impl Row {
+    /// The object of `kind` and `id` whose stored body is `body`.
+    pub fn parse(kind: &str, id: &str, body: &str) -> Result<Row> {
+        let bad = || format!("the stored {kind} {id}");
+        Ok(match kind {
+            "vpc" => Row::Vpc(parse(body).with_context(bad)?),
+            "prefix_list" => Row::PrefixList(parse(body).with_context(bad)?),
+            "security_group" => Row::Group(parse(body).with_context(bad)?),
+            "rule" => {
+                let r: StoredRule = parse(body).with_context(bad)?;
+                Row::Rule {
+                    group: r.group.into_owned(),
+                    egress: r.egress,
+                    rule: r.rule.into_owned(),
+                }
+            }
+            "network_interface" => Row::Iface(parse(body).with_context(bad)?),
+            other => bail!("a stored object of unknown kind {other:?} ({id})"),
+        })
+    }
+}
+
 /// The state from its settings and its objects, `rows` as (kind, id, body)
 /// in the order they were first written (each kind's own order is kept).
 pub fn assemble(
     settings: &str,
     rows: impl IntoIterator<Item = (String, String, String)>,
 ) -> Result<RawConfig> {
+    let rows = rows
+        .into_iter()
+        .map(|(kind, id, body)| Row::parse(&kind, &id, &body))
+        .collect::<Result<Vec<_>>>()?;
+    assemble_rows(settings, rows)
+}
+
+/// As [`assemble`], from objects already parsed.
+pub fn assemble_rows(settings: &str, rows: impl IntoIterator<Item = Row>) -> Result<RawConfig> {
     let mut raw: RawConfig = serde_json::from_str(settings).context("the stored settings")?;
-    let mut rules: Vec<StoredRule> = Vec::new();
-    for (kind, id, body) in rows {
-        let bad = || format!("the stored {kind} {id}");
-        match kind.as_str() {
-            "vpc" => raw.vpcs.push(parse(&body).with_context(bad)?),
-            "prefix_list" => raw.prefix_lists.push(parse(&body).with_context(bad)?),
-            "security_group" => raw.security_groups.push(parse(&body).with_context(bad)?),
-            "rule" => rules.push(parse(&body).with_context(bad)?),
-            "network_interface" => raw.network_interfaces.push(parse(&body).with_context(bad)?),
-            other => bail!("a stored object of unknown kind {other:?} ({id})"),
+    let mut rules = Vec::new();
+    for row in rows {
+        match row {
+            Row::Vpc(x) => raw.vpcs.push(x),
+            Row::PrefixList(x) => raw.prefix_lists.push(x),
+            Row::Group(x) => raw.security_groups.push(x),
+            Row::Rule {
+                group,
+                egress,
+                rule,
+            } => rules.push((group, egress, rule)),
+            Row::Iface(x) => raw.network_interfaces.push(x),
         }
     }
     // Each rule to its group, in the order the rules were written.
@@ -116,17 +164,17 @@ pub fn assemble(
         .enumerate()
         .filter_map(|(i, g)| Some((g.id.clone()?, i)))
         .collect();
-    for r in rules {
-        let Some(&i) = at.get(r.group.as_ref()) else {
-            bail!("a stored rule of group {}, which is not stored", r.group);
+    for (group, egress, rule) in rules {
+        let Some(&i) = at.get(&group) else {
+            bail!("a stored rule of group {group}, which is not stored");
         };
         let g = &mut raw.security_groups[i];
-        let list = if r.egress {
+        let list = if egress {
             g.egress.get_or_insert_with(Vec::new)
         } else {
             &mut g.ingress
         };
-        list.push(r.rule.into_owned());
+        list.push(rule);
     }
     Ok(raw)
 }
