@@ -187,6 +187,36 @@ pub fn group_id(ns: &Netns, name: &str) -> String {
         .to_string()
 }
 
+/// The id of the interface host `host` enforces (its `sg:host` tag), as
+/// `ns`'s API lists it.
+pub fn eni_of(ns: &Netns, host: &str) -> String {
+    let v = aws(ns, ADMIN, &["describe-network-interfaces"]).ok();
+    let i = v["NetworkInterfaces"].as_array().unwrap().iter().find(|i| {
+        i["TagSet"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["Key"] == "sg:host" && t["Value"] == host)
+    });
+    i.unwrap_or_else(|| panic!("{host}'s interface in {v}"))["NetworkInterfaceId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `aws ec2 modify-network-interface-attribute`: interface `eni` is in
+/// `groups` (ids) and no other.
+pub fn set_groups(ns: &Netns, eni: &str, groups: &[&str]) {
+    let mut args = vec![
+        "modify-network-interface-attribute",
+        "--network-interface-id",
+        eni,
+        "--groups",
+    ];
+    args.extend_from_slice(groups);
+    aws(ns, ADMIN, &args).ok();
+}
+
 /// A TCP connection attempt from the client to the server's `port`.
 pub fn probe_server(pair: &Pair, port: u16) -> Seen {
     tcp_probe(

@@ -265,6 +265,9 @@ pub struct Datacenter {
 /// The hosts' ids.
 pub const HOSTS: [&str; 3] = ["host-a", "host-b", "host-c"];
 
+/// The web and db tiers over a [`Datacenter`]'s hosts.
+pub const DATACENTER_STATE: &str = include_str!("datacenter.yaml");
+
 impl Datacenter {
     pub fn new(tag: &str) -> Result<Datacenter> {
         let etcd = EtcdCluster::start(&format!("{tag}e"))?;

@@ -11,38 +11,6 @@ const T: Duration = Duration::from_secs(2);
 /// How long a change may take to reach another host.
 const PROPAGATION: Duration = Duration::from_secs(5);
 
-/// The web member on host-a reaches the db on host-c through a group
-/// reference; host-b's workload starts in the default group.
-const SEED: &str = r#"
-security_groups:
-  - name: web
-    description: web tier
-  - name: db
-    description: db tier
-    ingress:
-      - {ip_protocol: tcp, from_port: 5432, to_port: 5432, user_id_group_pairs: [web]}
-network_interfaces:
-  - {interface: w0, host: host-a, attach: host, private_ipv4: [10.80.1.2], groups: [web]}
-  - {interface: w0, host: host-b, attach: host, private_ipv4: [10.80.2.2]}
-  - {interface: w0, host: host-c, attach: host, private_ipv4: [10.80.3.2], groups: [db]}
-"#;
-
-/// The interface id of host `host`'s workload, as the API lists it.
-fn eni_of(ns: &Netns, host: &str) -> String {
-    let v = aws(ns, ADMIN, &["describe-network-interfaces"]).ok();
-    let i = v["NetworkInterfaces"].as_array().unwrap().iter().find(|i| {
-        i["TagSet"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["Key"] == "sg:host" && t["Value"] == host)
-    });
-    i.unwrap_or_else(|| panic!("{host}'s interface in {v}"))["NetworkInterfaceId"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn three_hosts_share_one_state_with_least_privilege_and_survive_a_restart_while_etcd_is_down() {
     if !kernel_available(
@@ -56,12 +24,14 @@ fn three_hosts_share_one_state_with_least_privilege_and_survive_a_restart_while_
     let c_ip = Datacenter::workload_v4(2);
     let db = tcp_echo_server(wc, addr(&c_ip, 5432)).unwrap();
     let other = tcp_echo_server(wc, addr(&c_ip, 8080)).unwrap();
-    // The API on host-a, as the one etcd user that may write; it seeds.
-    let api = dc.api(0, "sg-api", SEED).unwrap();
+    // DATACENTER_STATE: the web member on host-a reaches the db on host-c
+    // through a group reference; host-b's workload starts in the default
+    // group. The API on host-a, as the one etcd user that may write, seeds.
+    let api = dc.api(0, "sg-api", DATACENTER_STATE).unwrap();
     let apins = &dc.hosts[0];
-    let _a = dc.agent(0, SEED).unwrap();
-    let _b = dc.agent(1, SEED).unwrap();
-    let mut c = dc.agent(2, SEED).unwrap();
+    let _a = dc.agent(0, DATACENTER_STATE).unwrap();
+    let _b = dc.agent(1, DATACENTER_STATE).unwrap();
+    let mut c = dc.agent(2, DATACENTER_STATE).unwrap();
     assert_eq!(
         tcp_probe(wa, db, T).unwrap(),
         Seen::Pass,
@@ -77,28 +47,16 @@ fn three_hosts_share_one_state_with_least_privilege_and_survive_a_restart_while_
     // host-b's workload joins web through the API: host-c admits it once
     // the call returned and the change propagated.
     let web = group_id(apins, "web");
-    let eni = eni_of(apins, "host-b");
-    aws(
-        apins,
-        ADMIN,
-        &[
-            "modify-network-interface-attribute",
-            "--network-interface-id",
-            &eni,
-            "--groups",
-            &web,
-        ],
-    )
-    .ok();
+    set_groups(apins, &eni_of(apins, "host-b"), &[&web]);
     let returned = Instant::now();
+    // `from` reaches `to` within the propagation delay.
+    let admitted = |from: &Netns, to| {
+        wait_until(PROPAGATION, || {
+            tcp_probe(from, to, Duration::from_millis(200)).unwrap() == Seen::Pass
+        })
+    };
     assert!(
-        wait_until(PROPAGATION, || tcp_probe(
-            wb,
-            db,
-            Duration::from_millis(200)
-        )
-        .unwrap()
-            == Seen::Pass),
+        admitted(wb, db),
         "the member added on host-b is allowed on host-c:\n{}",
         c.log()
     );
@@ -145,7 +103,7 @@ fn three_hosts_share_one_state_with_least_privilege_and_survive_a_restart_while_
     for i in 0..3 {
         dc.etcd.kill_member(i);
     }
-    let c = dc.agent(2, SEED).unwrap();
+    let c = dc.agent(2, DATACENTER_STATE).unwrap();
     assert!(
         c.log().contains("enforcing what the pins hold"),
         "{}",
@@ -188,13 +146,7 @@ fn three_hosts_share_one_state_with_least_privilege_and_survive_a_restart_while_
         api.log()
     );
     assert!(
-        wait_until(PROPAGATION, || tcp_probe(
-            wa,
-            other,
-            Duration::from_millis(200)
-        )
-        .unwrap()
-            == Seen::Pass),
+        admitted(wa, other),
         "host-c's agent took the state once etcd answered:\n{}",
         c.log()
     );

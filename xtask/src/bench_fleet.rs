@@ -16,14 +16,12 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use sg_tests::{
-    ADMIN, Agent, Datacenter, EtcdCluster, HOSTS, Netns, TempDir, boto3, etcdctl, wait_until,
+    ADMIN, Agent, DATACENTER_STATE, Datacenter, EtcdCluster, HOSTS, Netns, TempDir, boto3, eni_of,
+    etcdctl, group_id, wait_until,
 };
 
 /// The line an agent writes once it has taken another writer's change.
 const TOOK: &str = "took the store's change";
-
-/// Three hosts: web on host-a and host-b, db on host-c (the fleet demo's).
-const SEED: &str = include_str!("demo-fleet.yaml");
 
 /// The times (Unix seconds) of an agent's log lines containing `what`.
 pub fn times(log: &str, what: &str) -> Vec<f64> {
@@ -88,17 +86,16 @@ fn percentiles(mut v: Vec<f64>) -> Value {
 fn three_hosts(n: usize) -> Result<Value> {
     let mut dc = Datacenter::new("fb")?;
     dc.etcd.enable_auth(&HOSTS)?;
-    let api = dc.api(0, "sg-api", SEED)?;
+    let api = dc.api(0, "sg-api", DATACENTER_STATE)?;
     let agents = (0..3)
-        .map(|i| dc.agent(i, SEED))
+        .map(|i| dc.agent(i, DATACENTER_STATE))
         .collect::<Result<Vec<Agent>>>()?;
     let ns = &dc.hosts[0];
-    let ids = boto3(
-        ns,
-        ADMIN,
-        "c = ec2()\nenis = c.describe_network_interfaces()['NetworkInterfaces']\nb = [i for i in enis if {'Key': 'sg:host', 'Value': 'host-b'} in i['TagSet']][0]\ngs = {g['GroupName']: g['GroupId'] for g in c.describe_security_groups()['SecurityGroups']}\nprint(json.dumps([b['NetworkInterfaceId'], gs['web'], gs['default']]))",
-    )?;
-    let [eni, web, default] = [0, 1, 2].map(|i| ids[i].as_str().unwrap_or_default().to_string());
+    let (eni, web, default) = (
+        eni_of(ns, "host-b"),
+        group_id(ns, "web"),
+        group_id(ns, "default"),
+    );
     let calls: Vec<String> = (0..n)
         .map(|k| {
             let g = if k % 2 == 0 { &web } else { &default };
@@ -218,12 +215,7 @@ fn watching(agents: usize, n: usize) -> Result<Value> {
     let args = ["--watch-only", "--host-id", "host-099", "--state", &url];
     let resync = Agent::spawn(&far, TempDir::new()?, "run", "", &args, &[])?;
     eprintln!("bench: fleet: {} watch-only agents following", agents + 1);
-    let group = boto3(
-        &etcd.ns,
-        ADMIN,
-        "c = ec2()\nprint(json.dumps(c.describe_security_groups(Filters=[{'Name': 'group-name', 'Values': ['g5']}])['SecurityGroups'][0]['GroupId']))",
-    )?;
-    let group = group.as_str().unwrap_or_default().to_string();
+    let group = group_id(&etcd.ns, "g5");
     let calls: Vec<String> = (0..n)
         .map(|k| format!("c.authorize_security_group_ingress(GroupId={group:?}, IpPermissions=[{{'IpProtocol': 'tcp', 'FromPort': {p}, 'ToPort': {p}, 'IpRanges': [{{'CidrIp': '10.1.2.0/24'}}]}}])", p = 2000 + k))
         .collect();

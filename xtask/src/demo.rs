@@ -312,7 +312,6 @@ pub fn run(agent_bin: &Path) -> Result<()> {
     let mut agent = Agent::start(&topo.fabric, CONFIG)?;
 
     let mut rows = Vec::new();
-    let mut failures = 0;
     for p in PROBES {
         let seen = probe(&topo, p);
         if INTERRUPTED.load(Ordering::SeqCst) {
@@ -322,16 +321,31 @@ pub fn run(agent_bin: &Path) -> Result<()> {
             }
         }
         let seen = seen.with_context(|| label(p))?;
-        if seen != p.expect {
-            failures += 1;
-        }
         rows.push((label(p), p.expect, seen, p.why));
     }
+    print_table(&rows);
+
+    agent.stop_with(nix::sys::signal::Signal::SIGTERM)?;
+    for line in agent.log().lines().filter(|l| l.contains("accepted /")) {
+        println!(
+            "demo: counters: {}",
+            line.split("] ").nth(1).unwrap_or(line)
+        );
+    }
+    drop(topo);
+    verdict(&rows)
+}
+
+/// A probe's row: what, expected, observed, why.
+pub type Row<'a> = (String, Seen, Seen, &'a str);
+
+/// Prints `probe | expected | observed | why`, marking mismatches.
+pub fn print_table(rows: &[Row]) {
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(5).max(5);
     println!();
     println!("| {:<w$} | expected | observed | why", "probe");
     println!("|-{:-<w$}-|----------|----------|----", "");
-    for (name, expect, seen, why) in &rows {
+    for (name, expect, seen, why) in rows {
         let mark = if expect == seen {
             ""
         } else {
@@ -344,15 +358,11 @@ pub fn run(agent_bin: &Path) -> Result<()> {
         );
     }
     println!();
+}
 
-    agent.stop_with(nix::sys::signal::Signal::SIGTERM)?;
-    for line in agent.log().lines().filter(|l| l.contains("accepted /")) {
-        println!(
-            "demo: counters: {}",
-            line.split("] ").nth(1).unwrap_or(line)
-        );
-    }
-    drop(topo);
+/// Fails when a probe saw other than expected; says so otherwise.
+pub fn verdict(rows: &[Row]) -> Result<()> {
+    let failures = rows.iter().filter(|r| r.1 != r.2).count();
     if failures > 0 {
         bail!(
             "{failures} of {} probe(s) differ from the expectation",

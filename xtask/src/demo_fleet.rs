@@ -19,10 +19,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use sg_tests::{
-    ADMIN, Datacenter, HOSTS, Seen, addr, aws, group_id, tcp_echo_server, tcp_probe, wait_until,
+    DATACENTER_STATE, Datacenter, HOSTS, Seen, addr, eni_of, group_id, set_groups, tcp_echo_server,
+    tcp_probe, wait_until,
 };
 
-const SEED: &str = include_str!("demo-fleet.yaml");
 const TIMEOUT: Duration = Duration::from_millis(1500);
 
 pub fn run(agent_bin: &Path) -> Result<()> {
@@ -39,10 +39,10 @@ pub fn run(agent_bin: &Path) -> Result<()> {
         "demo: etcd authentication on: the API's user writes the state, each host's reads it and writes its heartbeat"
     );
     dc.etcd.enable_auth(&HOSTS)?;
-    let api = dc.api(0, "sg-api", SEED)?;
+    let api = dc.api(0, "sg-api", DATACENTER_STATE)?;
     println!("demo: sg-agent api on host-a (enforces nothing), seeded from the embedded state");
     let agents = (0..3)
-        .map(|i| dc.agent(i, SEED))
+        .map(|i| dc.agent(i, DATACENTER_STATE))
         .collect::<Result<Vec<_>>>()?;
     println!("demo: sg-agent run on host-a, host-b, host-c");
     let db_ip = Datacenter::workload_v4(2);
@@ -52,19 +52,19 @@ pub fn run(agent_bin: &Path) -> Result<()> {
 
     let mut rows = vec![
         (
-            "web-1 (host-a) -> db:5432 (host-c)",
+            "web-1 (host-a) -> db:5432 (host-c)".to_string(),
             Seen::Pass,
             probe(0, db)?,
             "db admits members of web, on any host",
         ),
         (
-            "web-2 (host-b) -> db:5432 (host-c)",
+            "web-2 (host-b) -> db:5432 (host-c)".to_string(),
             Seen::Dropped,
             probe(1, db)?,
             "host-b's workload is not in web yet",
         ),
         (
-            "web-1 (host-a) -> db:22 (host-c)",
+            "web-1 (host-a) -> db:22 (host-c)".to_string(),
             Seen::Dropped,
             probe(0, admin)?,
             "no rule admits SSH",
@@ -73,60 +73,23 @@ pub fn run(agent_bin: &Path) -> Result<()> {
 
     let ns = &dc.hosts[0];
     let web = group_id(ns, "web");
-    let enis = aws(ns, ADMIN, &["describe-network-interfaces"]).ok();
-    let eni = enis["NetworkInterfaces"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|i| i["PrivateIpAddress"] == Datacenter::workload_v4(1).as_str())
-        .and_then(|i| i["NetworkInterfaceId"].as_str())
-        .context("host-b's interface in DescribeNetworkInterfaces")?
-        .to_string();
+    let eni = eni_of(ns, "host-b");
     println!(
         "demo: aws ec2 modify-network-interface-attribute --network-interface-id {eni} --groups {web}"
     );
-    aws(
-        ns,
-        ADMIN,
-        &[
-            "modify-network-interface-attribute",
-            "--network-interface-id",
-            &eni,
-            "--groups",
-            &web,
-        ],
-    )
-    .ok();
+    set_groups(ns, &eni, &[&web]);
     let returned = Instant::now();
     let admitted = wait_until(Duration::from_secs(5), || {
         tcp_probe(&dc.workloads[1], db, Duration::from_millis(100)).is_ok_and(|s| s == Seen::Pass)
     });
     let probed = returned.elapsed();
     rows.push((
-        "web-2 (host-b) -> db:5432 (host-c)",
+        "web-2 (host-b) -> db:5432 (host-c)".to_string(),
         Seen::Pass,
         if admitted { Seen::Pass } else { Seen::Dropped },
         "host-b's workload joined web through the API",
     ));
-    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(5);
-    println!();
-    println!("| {:<w$} | expected | observed | why", "probe");
-    println!("|-{:-<w$}-|----------|----------|----", "");
-    let mut failures = 0;
-    for (name, expect, seen, why) in &rows {
-        let mark = if expect == seen {
-            ""
-        } else {
-            "   <-- MISMATCH"
-        };
-        failures += usize::from(expect != seen);
-        println!(
-            "| {name:<w$} | {:<8} | {:<8} | {why}{mark}",
-            expect.to_string(),
-            seen.to_string()
-        );
-    }
-    println!();
+    crate::demo::print_table(&rows);
     let committed = crate::bench_fleet::times(&api.log(), "API change committed");
     for (host, agent) in HOSTS.iter().zip(&agents) {
         let took = crate::bench_fleet::times(&agent.log(), "took the store's change");
@@ -144,15 +107,5 @@ pub fn run(agent_bin: &Path) -> Result<()> {
     drop(agents);
     drop(api);
     drop(dc);
-    if failures > 0 {
-        bail!(
-            "{failures} of {} probe(s) differ from the expectation",
-            rows.len()
-        );
-    }
-    println!(
-        "demo: all {} probes as expected; topology removed",
-        rows.len()
-    );
-    Ok(())
+    crate::demo::verdict(&rows)
 }
