@@ -11,7 +11,7 @@ use core::mem::{offset_of, size_of};
 /// Version of the map layout. Pins live under `/sys/fs/bpf/sg/v{LAYOUT_VERSION}`;
 /// bump it whenever a key or value below (or a map's type) changes, since aya reuses a pinned map
 /// without checking its layout.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Names of the object's maps and programs. The agent loads, opens and pins
 /// them by these; the eBPF side declares them with the same names (its
@@ -28,8 +28,13 @@ pub mod names {
     pub const CT_INSERTED: &str = "CT_INSERTED";
     pub const CT_REMOVED: &str = "CT_REMOVED";
     pub const STATS: &str = "STATS";
+    /// Flow logs (docs/observe.md): their switch and rate, the reject
+    /// token buckets, and the ring buffer of flow events.
+    pub const FLOWLOG: &str = "FLOWLOG";
+    pub const BUCKETS: &str = "BUCKETS";
+    pub const EVENTS: &str = "EVENTS";
     /// Every map, each pinned as `<pin dir>/<name>`.
-    pub const MAPS: [&str; 10] = [
+    pub const MAPS: [&str; 13] = [
         IFACES,
         ADDR4,
         ADDR6,
@@ -40,6 +45,9 @@ pub mod names {
         CT_INSERTED,
         CT_REMOVED,
         STATS,
+        FLOWLOG,
+        BUCKETS,
+        EVENTS,
     ];
     /// Load-time globals.
     pub const CT_LIMIT: &str = "CT_LIMIT";
@@ -48,6 +56,10 @@ pub mod names {
     pub const PROG_EGRESS: &str = "sg_tc_egress";
     /// The ingress decision at XDP.
     pub const PROG_XDP: &str = "sg_xdp";
+    /// The same with flow logs (docs/observe.md).
+    pub const PROG_INGRESS_LOG: &str = "sg_tc_ingress_log";
+    pub const PROG_EGRESS_LOG: &str = "sg_tc_egress_log";
+    pub const PROG_XDP_LOG: &str = "sg_xdp_log";
     /// The baseline: passes everything (benchmarks only).
     pub const PROG_PASS: &str = "sg_tc_pass";
     /// Benchmarks only: one tracking lookup (the floor), and the pipeline
@@ -331,9 +343,17 @@ pub struct CtVal {
     pub flags: u8,
     /// ICMP: the request type that opened the flow.
     pub icmp_type: u8,
-    pub _pad: [u8; 5],
+    /// TCP flags seen, OR-ed, from the originator (0) and the responder (1);
+    /// kept while flow logs are on.
+    pub tcp_flags: [u8; 2],
+    pub _pad: [u8; 3],
+    /// Packets and bytes from the originator (0) and the responder (1),
+    /// counted while flow logs are on (docs/observe.md). Plain adds, not
+    /// atomic ones: two CPUs carrying one flow at once can lose a count.
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
 }
-const _: () = assert!(size_of::<CtVal>() == 16);
+const _: () = assert!(size_of::<CtVal>() == 48);
 
 /// Refresh granularity of `CtVal::last_seen_ns`: rewriting it on every packet
 /// would bounce its cache line between CPUs for no gain in precision worth
@@ -411,8 +431,72 @@ pub struct Stats {
     pub flows_refused: u64,
     /// Rejects by reason, indexed by `Reason as usize`.
     pub drops: [u64; REASON_COUNT],
+    /// Flow events that were not written: over the reject rate, or the ring
+    /// buffer full (flow logs' `SKIPDATA`).
+    pub events_skipped: u64,
 }
-const _: () = assert!(size_of::<Stats>() == 48 + 8 * REASON_COUNT);
+const _: () = assert!(size_of::<Stats>() == 56 + 8 * REASON_COUNT);
+
+/// `FLOWLOG`'s one value: whether the datapath reports flows, and the rate
+/// at which it reports rejected packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowLogCfg {
+    /// Non-zero while an agent reads the events; rejects are reported only
+    /// then (otherwise counted as skipped).
+    pub enabled: u32,
+    pub _pad: u32,
+    /// A reject event costs this much credit, in nanoseconds (10^9 / the
+    /// rate per second per CPU).
+    pub ns_per_event: u64,
+    /// The most credit a CPU's bucket holds (the burst), in nanoseconds.
+    pub burst_ns: u64,
+}
+const _: () = assert!(size_of::<FlowLogCfg>() == 24);
+
+/// A CPU's token bucket for reject events (`BUCKETS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub credit_ns: u64,
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<Bucket>() == 16);
+
+/// `FlowEvent::kind`: a tracked flow was created by this packet.
+pub const EVENT_START: u8 = 1;
+/// A packet was rejected (within the reject rate).
+pub const EVENT_REJECT: u8 = 2;
+
+/// Ring buffer record (`EVENTS`). Addresses and ports as the packet
+/// carried them (source, destination).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub kind: u8,
+    pub family: u8,
+    pub proto: u8,
+    /// `DIR_INBOUND` / `DIR_OUTBOUND` of this packet.
+    pub dir: u8,
+    pub tcp_flags: u8,
+    /// REJECT: the `Reason`.
+    pub detail: u8,
+    /// Network order; ICMP: `[type, code]` in `dport`.
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub _pad: [u8; 2],
+    /// The frame's length.
+    pub len: u32,
+    pub _pad2: u32,
+    pub src: Addr,
+    pub dst: Addr,
+}
+const _: () = assert!(size_of::<FlowEvent>() == 64);
+
+/// Size of the `EVENTS` ring buffer (a power of two pages).
+pub const EVENTS_BYTES: u32 = 1 << 20;
 
 /// Why a packet was dropped.
 #[repr(u32)]
@@ -482,4 +566,6 @@ mod pod {
     unsafe impl aya::Pod for CtVal {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for Stats {}
+    unsafe impl aya::Pod for FlowLogCfg {}
+    unsafe impl aya::Pod for Bucket {}
 }

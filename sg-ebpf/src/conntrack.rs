@@ -9,10 +9,18 @@ use core::ffi::c_void;
 use sg_common::*;
 
 use crate::{
-    maps::{CT, CT_INSERTED, CT_LIMIT, CT_REMOVED, MAX_CPUS, NR_CPUS},
+    flowlog,
+    maps::{CT, CT_INSERTED, CT_LIMIT, CT_REMOVED, CT_SCRATCH, MAX_CPUS, NR_CPUS},
     parse::Pkt,
     verdict::Pass,
 };
+
+/// What flow logs need of a packet: whether they are on, and its length.
+#[derive(Clone, Copy)]
+pub(crate) struct Meter {
+    pub(crate) on: bool,
+    pub(crate) len: u32,
+}
 
 /// The flow clock: CLOCK_MONOTONIC at tick resolution. Timeouts are seconds
 /// and refreshes a quarter second, so a tick (at most 10 ms) is precision
@@ -67,7 +75,14 @@ pub(crate) enum CtStatus {
 
 /// Looks `key` up, and refreshes a live flow in place.
 #[inline(always)]
-pub(crate) fn lookup(key: &CtKey, cfg: &IfaceCfg, p: &Pkt, dir: u8, now: u64) -> CtStatus {
+pub(crate) fn lookup(
+    key: &CtKey,
+    cfg: &IfaceCfg,
+    p: &Pkt,
+    dir: u8,
+    now: u64,
+    m: Meter,
+) -> CtStatus {
     let Some(ct) = CT.get_ptr_mut(*key) else {
         return CtStatus::New;
     };
@@ -77,7 +92,7 @@ pub(crate) fn lookup(key: &CtKey, cfg: &IfaceCfg, p: &Pkt, dir: u8, now: u64) ->
     if now.wrapping_sub(ct.last_seen_ns) <= timeout_ns(cfg, ct.state, ct.flags)
         && icmp_fits(p, ct, dir)
     {
-        refresh(ct, p, dir, now);
+        refresh(ct, p, dir, now, m);
         CtStatus::Established
     } else {
         CtStatus::Stale
@@ -99,8 +114,11 @@ pub(crate) fn icmp_fits(p: &Pkt, ct: &CtVal, dir: u8) -> bool {
 
 /// Advances a tracked flow in place: no `bpf_map_update_elem` per packet.
 #[inline(always)]
-pub(crate) fn refresh(ct: &mut CtVal, p: &Pkt, dir: u8, now: u64) {
+pub(crate) fn refresh(ct: &mut CtVal, p: &Pkt, dir: u8, now: u64, m: Meter) {
     let from_orig = (ct.flags & CT_ORIG_OUTBOUND != 0) == (dir == DIR_OUTBOUND);
+    if m.on {
+        flowlog::count(ct, from_orig, m.len, p.tcp_flags);
+    }
     let mut flags = ct.flags;
     let mut state = ct.state;
     if !from_orig {
@@ -147,6 +165,7 @@ pub(crate) fn create(
     p: &Pkt,
     dir: u8,
     now: u64,
+    m: Meter,
 ) -> Result<Pass, Reason> {
     let state = match p.proto {
         PROTO_TCP => {
@@ -171,7 +190,10 @@ pub(crate) fn create(
     } else {
         0xff
     };
-    let val = CtVal {
+    let val = CT_SCRATCH.get_ptr_mut(0).ok_or(Reason::MapError)?;
+    // SAFETY: this CPU's scratch cell, written whole here before its use.
+    let val = unsafe { &mut *val };
+    *val = CtVal {
         last_seen_ns: now,
         state,
         flags: if dir == DIR_OUTBOUND {
@@ -180,15 +202,24 @@ pub(crate) fn create(
             0
         },
         icmp_type,
-        _pad: [0; 5],
+        ..CtVal::default()
     };
+    if m.on {
+        flowlog::count(val, true, m.len, p.tcp_flags);
+    }
     if replace {
         // An expired entry of the same tuple: reuse its slot, count unchanged.
-        return CT
-            .insert(key, val, BPF_ANY as u64)
+        CT.insert(key, &*val, BPF_ANY as u64)
             .map(|_| Pass::NewFlow)
-            .map_err(|_| Reason::MapError);
+            .map_err(|_| Reason::MapError)
+    } else {
+        insert_new(key, val)
     }
+}
+
+/// Inserts a flow the table does not hold, within the allowance.
+#[inline(always)]
+fn insert_new(key: &CtKey, val: &CtVal) -> Result<Pass, Reason> {
     if flows_in_use() >= unsafe { core::ptr::read_volatile(&CT_LIMIT) } {
         return Err(Reason::TableFull);
     }

@@ -4,7 +4,7 @@
 use core::{ffi::c_void, mem::MaybeUninit, mem::size_of};
 
 use aya_ebpf::{
-    helpers::generated::{bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
 use sg_common::Reason;
@@ -18,6 +18,9 @@ pub(crate) trait Frame {
     fn ifindex(&self) -> u32;
     /// Reads a `T` at `off` outside the linear data (paged skb, XDP frags).
     fn load_slow<T>(&self, off: usize) -> Option<T>;
+    /// Copies `len` bytes at `off` to `dst` (which may be map or ring
+    /// buffer memory: no stack on the way). False if the frame is shorter.
+    fn load_to(&self, off: usize, dst: *mut u8, len: u32) -> bool;
 }
 
 impl Frame for TcContext {
@@ -36,6 +39,18 @@ impl Frame for TcContext {
     }
     fn load_slow<T>(&self, off: usize) -> Option<T> {
         self.load::<T>(off).ok()
+    }
+    fn load_to(&self, off: usize, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: the helper writes at most `len` bytes to `dst`, which the
+        // caller provides writable.
+        unsafe {
+            bpf_skb_load_bytes(
+                self.skb.skb as *const c_void,
+                off as u32,
+                dst as *mut c_void,
+                len,
+            ) == 0
+        }
     }
 }
 
@@ -67,6 +82,10 @@ impl Frame for XdpContext {
         };
         // SAFETY: initialised when the helper succeeded.
         (r == 0).then(|| unsafe { v.assume_init() })
+    }
+    fn load_to(&self, off: usize, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: as for `TcContext`.
+        unsafe { bpf_xdp_load_bytes(self.ctx, off as u32, dst as *mut c_void, len) == 0 }
     }
 }
 

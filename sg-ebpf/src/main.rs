@@ -11,6 +11,7 @@
 
 mod conntrack;
 mod context;
+mod flowlog;
 mod fragments;
 mod maps;
 mod parse;
@@ -27,7 +28,7 @@ use aya_ebpf::{
 use network_types::eth::EthHdr;
 use sg_common::*;
 
-use conntrack::{CtStatus, now_ns};
+use conntrack::{CtStatus, Meter, now_ns};
 use context::{Frame, load};
 use maps::{FRAGS, IFACES};
 use parse::{ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, FRAG_FIRST, FRAG_LATER, FRAG_NONE, Pkt};
@@ -35,27 +36,48 @@ use verdict::{Pass, count};
 
 #[classifier]
 pub fn sg_tc_ingress(ctx: TcContext) -> i32 {
-    if run(&ctx, true) {
-        TC_ACT_OK
-    } else {
-        TC_ACT_SHOT
-    }
+    tc(run::<_, false>(&ctx, true))
 }
 
 #[classifier]
 pub fn sg_tc_egress(ctx: TcContext) -> i32 {
-    if run(&ctx, false) {
-        TC_ACT_OK
-    } else {
-        TC_ACT_SHOT
-    }
+    tc(run::<_, false>(&ctx, false))
 }
 
 /// The same decision at XDP, for an interface's ingress: drops before an skb
 /// exists, which pays on real NICs (on veth tcx is cheaper, docs/datapath.md).
 #[xdp]
 pub fn sg_xdp(ctx: XdpContext) -> u32 {
-    if run(&ctx, true) {
+    xdp(run::<_, false>(&ctx, true))
+}
+
+/// The programs with flow logs (docs/observe.md): the same decision, which
+/// also counts each tracked flow's packets and writes flow events. Separate
+/// programs rather than a run-time switch, so that the programs without
+/// flow logs pay nothing for them and the verifier walks each once.
+#[classifier]
+pub fn sg_tc_ingress_log(ctx: TcContext) -> i32 {
+    tc(run::<_, true>(&ctx, true))
+}
+
+#[classifier]
+pub fn sg_tc_egress_log(ctx: TcContext) -> i32 {
+    tc(run::<_, true>(&ctx, false))
+}
+
+#[xdp]
+pub fn sg_xdp_log(ctx: XdpContext) -> u32 {
+    xdp(run::<_, true>(&ctx, true))
+}
+
+#[inline(always)]
+fn tc(pass: bool) -> i32 {
+    if pass { TC_ACT_OK } else { TC_ACT_SHOT }
+}
+
+#[inline(always)]
+fn xdp(pass: bool) -> u32 {
+    if pass {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
@@ -71,7 +93,7 @@ pub fn sg_tc_pass(_ctx: TcContext) -> i32 {
 
 /// The verdict on the frame: pass (true) or a counted drop.
 #[inline(always)]
-fn run<C: Frame>(ctx: &C, hook_ingress: bool) -> bool {
+fn run<C: Frame, const LOG: bool>(ctx: &C, hook_ingress: bool) -> bool {
     let ifindex = ctx.ifindex();
     let len = ctx.len() as u64;
     let Some(cfg) = (unsafe { IFACES.get(ifindex) }) else {
@@ -88,13 +110,34 @@ fn run<C: Frame>(ctx: &C, hook_ingress: bool) -> bool {
     let cfg = *cfg;
     let inbound = hook_ingress != (cfg.flags & IFACE_HOST_SIDE != 0);
     let dir = if inbound { DIR_INBOUND } else { DIR_OUTBOUND };
-    let verdict = decide(ctx, ifindex, &cfg, dir);
+    let m = Meter {
+        on: LOG,
+        len: len as u32,
+    };
+    let verdict = decide(ctx, ifindex, &cfg, dir, m);
+    if LOG {
+        let (kind, detail) = match verdict {
+            Ok(Pass::NewFlow) => (EVENT_START, 0),
+            Ok(Pass::Plain) => (0, 0),
+            Err(r) => (EVENT_REJECT, r as u8),
+        };
+        if kind != 0 {
+            let n = flowlog::Note::new(kind, dir, detail, ifindex, cfg.stats_slot, len as u32);
+            flowlog::event(ctx, n.at, n.what);
+        }
+    }
     count(cfg.stats_slot, dir as u32, len, verdict);
     verdict.is_ok()
 }
 
 #[inline(always)]
-fn decide<C: Frame>(ctx: &C, ifindex: u32, cfg: &IfaceCfg, dir: u8) -> Result<Pass, Reason> {
+fn decide<C: Frame>(
+    ctx: &C,
+    ifindex: u32,
+    cfg: &IfaceCfg,
+    dir: u8,
+    m: Meter,
+) -> Result<Pass, Reason> {
     let eth: EthHdr = load(ctx, 0)?;
     let pkt = match u16::from_be(eth.ether_type) {
         ETH_P_IP => parse::parse_v4(ctx)?,
@@ -119,7 +162,7 @@ fn decide<C: Frame>(ctx: &C, ifindex: u32, cfg: &IfaceCfg, dir: u8) -> Result<Pa
     {
         return Ok(Pass::Plain);
     }
-    let verdict = decide_l4(ifindex, cfg, dir, &pkt);
+    let verdict = decide_l4(ifindex, cfg, dir, &pkt, m);
     if verdict.is_ok() && pkt.frag == FRAG_FIRST {
         let key = fragments::frag_key(ifindex, &pkt);
         let now = now_ns();
@@ -131,7 +174,7 @@ fn decide<C: Frame>(ctx: &C, ifindex: u32, cfg: &IfaceCfg, dir: u8) -> Result<Pa
 }
 
 #[inline(always)]
-fn decide_l4(ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> Result<Pass, Reason> {
+fn decide_l4(ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt, m: Meter) -> Result<Pass, Reason> {
     let inbound = dir == DIR_INBOUND;
     let (local, remote, lport, rport) = if inbound {
         (p.dst, p.src, p.dport, p.sport)
@@ -143,7 +186,7 @@ fn decide_l4(ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> Result<Pass, Rea
         ifindex, p.family, p.proto, local, remote, lport, rport, p.sport,
     );
     let now = now_ns();
-    let status = conntrack::lookup(&key, cfg, p, dir, now);
+    let status = conntrack::lookup(&key, cfg, p, dir, now, m);
     if status == CtStatus::Established {
         return Ok(Pass::Plain);
     }
@@ -182,7 +225,7 @@ fn decide_l4(ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt) -> Result<Pass, Rea
             return Ok(Pass::Plain);
         }
     }
-    conntrack::create(&key, status == CtStatus::Stale, p, dir, now)
+    conntrack::create(&key, status == CtStatus::Stale, p, dir, now, m)
 }
 
 #[cfg(target_arch = "bpf")]

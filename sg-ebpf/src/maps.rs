@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sg_common::*;
 
@@ -61,6 +61,24 @@ pub(crate) static FRAGS: LruHashMap<FragKey, u64> =
 
 #[map]
 pub(crate) static STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(STATS_SLOTS * 2, 0);
+
+/// Flow logs' switch and reject rate, written by the agent.
+#[map]
+pub(crate) static FLOWLOG: Array<FlowLogCfg> = Array::with_max_entries(1, 0);
+
+/// Each CPU's token bucket for reject events.
+#[map]
+pub(crate) static BUCKETS: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where a new flow's value is built: off the stack, which the decision
+/// and the flow-log subprogram share within the kernel's 512 bytes. Not
+/// pinned: scratch, written before each use.
+#[map]
+pub(crate) static CT_SCRATCH: PerCpuArray<CtVal> = PerCpuArray::with_max_entries(1, 0);
+
+/// Flow events for the agent's flow logs.
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// The tracking table's allowance, patched by the agent at load time.
 #[unsafe(no_mangle)]

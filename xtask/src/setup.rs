@@ -40,6 +40,10 @@ const PACKAGES: &[&str] = &[
     "etcd-client",
     "protobuf-compiler",
     "libprotobuf-dev",
+    // The metrics test checks the agent's /metrics with promtool; `sg-agent
+    // graph --format svg` renders with Graphviz's dot.
+    "prometheus",
+    "graphviz",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

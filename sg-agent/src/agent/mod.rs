@@ -40,6 +40,10 @@ pub struct RunOptions {
     pub managed: bool,
     pub state: crate::store::StateAt,
     pub api: Option<ApiOptions>,
+    /// Flow logs (docs/observe.md), checked before the start.
+    pub flow_logs: Option<crate::flowlog::Settings>,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 mod calls;
@@ -177,8 +181,13 @@ impl Agent {
                 compiled: &p.compiled,
             })
             .collect();
+        let began = std::time::Instant::now();
         let writes = self.dp.commit(&changes, &members(&self.desired))?;
         log::debug!("policy change written: {writes:?}");
+        let m = &crate::metrics::METRICS;
+        m.policy_applies.inc();
+        m.policy_apply_seconds
+            .observe(began.elapsed().as_secs_f64());
         for p in &plans {
             self.retained.remove(&p.ifindex);
             self.applied.insert(p.ifindex, p.clone());
@@ -271,6 +280,7 @@ impl Agent {
 
     /// Logs a problem with the file, once until it changes.
     fn problem(&mut self, level: log::Level, msg: String) -> Reply {
+        crate::metrics::METRICS.reload_errors.inc();
         if self.last_problem.as_ref() != Some(&msg) {
             log::log!(level, "{msg}; the policy in force stays");
             self.last_problem = Some(msg.clone());

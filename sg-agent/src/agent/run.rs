@@ -20,8 +20,10 @@ use super::{
 use crate::{
     api::{self, Snapshot},
     control,
-    datapath::{Datapath, ifname},
+    datapath::{Datapath, Programs, ifname},
+    flowlog::{self, FlowLogs},
     managed::Managed,
+    metrics,
     model::Desired,
     reload::Trigger,
     store::{StateAt, Store},
@@ -121,7 +123,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         );
     }
     // Takes the pin directory's lock: from here on this agent owns it.
-    let dp = Datapath::load(desired.conntrack.max_flows, pin_dir)?;
+    let progs = Programs::new(opts.flow_logs.is_some());
+    let dp = Datapath::load_with(desired.conntrack.max_flows, pin_dir, progs)?;
     log::debug!("datapath loaded at {}", pin_dir.display());
     let mut calls = control::serve(pin_dir)?;
     // Managed, the file only seeds: it is never watched.
@@ -173,6 +176,18 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     agent.dp.collect_garbage();
     agent.publish();
+    // An earlier agent may have left the datapath reporting flows.
+    let flow_logs = match opts.flow_logs {
+        Some(s) => Some(FlowLogs::start(pin_dir, s, snapshot.clone())?),
+        None => {
+            flowlog::disable(pin_dir)?;
+            None
+        }
+    };
+    if let Some(listen) = opts.metrics {
+        let max_flows = agent.desired.conntrack.max_flows as u64;
+        metrics::serve(listen, pin_dir.to_path_buf(), snapshot.clone(), max_flows).await?;
+    }
     let (api_tx, mut api_calls) = mpsc::channel::<api::Call>(64);
     // The API records into the store: while it has not been reached, the
     // API waits for it too.
@@ -267,6 +282,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 Err(e) => log::warn!("sweeping the tracking table: {e:#}"),
             },
         }
+    }
+    if let Some(f) = flow_logs {
+        f.stop().await;
     }
     stop(agent, pin_dir, opts.keep_on_exit);
     Ok(())

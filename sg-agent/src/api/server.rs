@@ -205,6 +205,9 @@ fn params_of(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> ApiResult<Vec<(Stri
 }
 
 fn reply(status: u16, body: String) -> Response {
+    if status >= 400 {
+        crate::metrics::api_error(status);
+    }
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         code,

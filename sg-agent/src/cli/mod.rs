@@ -156,6 +156,13 @@ enum Command {
         api: Option<std::net::SocketAddr>,
         #[command(flatten)]
         api_opts: ApiArgs,
+        /// Write flow logs as this file describes (docs/observe.md).
+        #[arg(long, value_name = "FILE")]
+        flow_logs: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics
+        /// [default when given without a value: 127.0.0.1:9733].
+        #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:9733")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Serve the EC2 API on a fleet's state in etcd, enforcing nothing here
     /// (docs/fleet.md); --config seeds an empty state.
@@ -336,9 +343,14 @@ fn dispatch(cli: Cli) -> Result<()> {
             watch_only,
             api,
             api_opts,
+            flow_logs,
+            metrics,
         } => {
             let api = api.map(|listen| api_opts.options(listen)).transpose()?;
             let state = state.at()?;
+            let flow_logs = flow_logs
+                .map(|f| crate::flowlog::Settings::load(&f))
+                .transpose()?;
             if watch_only {
                 return runtime()?.block_on(agent::follow(
                     &state,
@@ -354,6 +366,8 @@ fn dispatch(cli: Cli) -> Result<()> {
                 managed: managed || matches!(state, crate::store::StateAt::Etcd(_)),
                 state,
                 api,
+                flow_logs,
+                metrics,
             };
             runtime()?.block_on(agent::run(opts))
         }

@@ -75,6 +75,7 @@ fn stats_json(s: &IfaceStats, name: &str) -> serde_json::Value {
             "rejected_bytes": d.rejected_bytes,
             "flows_created": d.flows_created,
             "flows_refused": d.flows_refused,
+            "events_skipped": d.events_skipped,
             "drops": drops,
         })
     };

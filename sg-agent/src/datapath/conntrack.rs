@@ -140,6 +140,11 @@ impl Maps {
             .collect()
     }
 
+    /// Every tracked flow.
+    pub fn tracked(&self) -> impl Iterator<Item = (CtKey, CtVal)> + '_ {
+        self.ct.iter().filter_map(|r| r.ok())
+    }
+
     /// Tracked flows of an interface.
     pub fn flows(&self, ifindex: u32) -> Vec<(CtKey, CtVal)> {
         self.ct

@@ -43,6 +43,7 @@ impl Maps {
                     d.rejected_bytes += cpu.rejected_bytes;
                     d.flows_created += cpu.flows_created;
                     d.flows_refused += cpu.flows_refused;
+                    d.events_skipped += cpu.events_skipped;
                     for r in Reason::ALL {
                         d.drops[r as usize] += cpu.drops[r as usize];
                     }

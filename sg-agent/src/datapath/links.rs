@@ -11,7 +11,7 @@ use aya::programs::{
     xdp::XdpLink,
 };
 
-use super::{Datapath, PROG_EGRESS, PROG_INGRESS, PROG_XDP};
+use super::Datapath;
 use crate::model::IngressHook;
 
 /// A program that can be attached to an interface through a link: tcx
@@ -102,9 +102,9 @@ impl Datapath {
 
     fn attach_tc(&mut self, name: &str, ifindex: u32, hook: TcAttachType) -> Result<()> {
         let (prog_name, kind) = if hook == TcAttachType::Ingress {
-            (PROG_INGRESS, LINK_TC_INGRESS)
+            (self.progs.ingress, LINK_TC_INGRESS)
         } else {
-            (PROG_EGRESS, LINK_TC_EGRESS)
+            (self.progs.egress, LINK_TC_EGRESS)
         };
         let pin = link_pin_at(&self.maps.dir, ifindex, kind);
         let prog: &mut SchedClassifier = self
@@ -119,10 +119,10 @@ impl Datapath {
         let pin = link_pin_at(&self.maps.dir, ifindex, LINK_XDP);
         let prog: &mut Xdp = self
             .ebpf
-            .program_mut(PROG_XDP)
+            .program_mut(self.progs.xdp)
             .context("program missing")?
             .try_into()?;
-        attach_pinned(prog, name, PROG_XDP, &pin)
+        attach_pinned(prog, name, self.progs.xdp, &pin)
     }
 
     /// The ingress hook this agent attached to the interface, if any.

@@ -42,6 +42,34 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 pub use sg_common::names::{PROG_EGRESS, PROG_INGRESS, PROG_PASS, PROG_XDP};
 
+/// The programs an agent attaches: ingress, egress, XDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Programs {
+    pub ingress: &'static str,
+    pub egress: &'static str,
+    pub xdp: &'static str,
+}
+
+impl Programs {
+    /// With flow logs, the programs that report flows (docs/observe.md).
+    pub fn new(flow_logs: bool) -> Programs {
+        use sg_common::names::{PROG_EGRESS_LOG, PROG_INGRESS_LOG, PROG_XDP_LOG};
+        if flow_logs {
+            Programs {
+                ingress: PROG_INGRESS_LOG,
+                egress: PROG_EGRESS_LOG,
+                xdp: PROG_XDP_LOG,
+            }
+        } else {
+            Programs {
+                ingress: PROG_INGRESS,
+                egress: PROG_EGRESS,
+                xdp: PROG_XDP,
+            }
+        }
+    }
+}
+
 pub struct Datapath {
     /// This agent owns the pin directory for as long as it runs.
     _lock: PinLock,
@@ -56,6 +84,8 @@ pub struct Datapath {
     links: StdHashMap<u32, IngressHook>,
     /// Replaced policies' entries, with when they were replaced.
     retiring: Vec<(std::time::Instant, Vec<PolicyKey>)>,
+    /// The programs attached.
+    progs: Programs,
 }
 
 impl Datapath {
@@ -63,6 +93,12 @@ impl Datapath {
     /// pinned there (an earlier agent's) are reused with their contents, so a
     /// restarted agent carries on with the flows and policy in force.
     pub fn load(max_flows: u32, dir: &Path) -> Result<Self> {
+        Self::load_with(max_flows, dir, Programs::new(false))
+    }
+
+    /// As [`Datapath::load`], attaching `progs` (which replace whatever
+    /// programs the pinned links held).
+    pub fn load_with(max_flows: u32, dir: &Path, progs: Programs) -> Result<Self> {
         raise_memlock();
         pins::prepare(dir)?;
         let lock = PinLock::take(dir)?;
@@ -83,7 +119,7 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
-        for name in [PROG_INGRESS, PROG_EGRESS] {
+        for name in [progs.ingress, progs.egress] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
@@ -92,10 +128,11 @@ impl Datapath {
                 .with_context(|| format!("loading program {name} (verifier)"))?;
         }
         let xdp: &mut Xdp = ebpf
-            .program_mut(PROG_XDP)
-            .context("program sg_xdp missing")?
+            .program_mut(progs.xdp)
+            .with_context(|| format!("program {} missing", progs.xdp))?
             .try_into()?;
-        xdp.load().context("loading program sg_xdp (verifier)")?;
+        xdp.load()
+            .with_context(|| format!("loading program {} (verifier)", progs.xdp))?;
         let maps = Maps::build(dir, |name| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the object"))
@@ -118,6 +155,7 @@ impl Datapath {
             free_slots: Vec::new(),
             links: StdHashMap::new(),
             retiring: Vec::new(),
+            progs,
         })
     }
 
