@@ -39,6 +39,24 @@ impl crate::model::Locate for Stored {
     }
 }
 
+/// The managed state at `at`, read only (for reports).
+pub fn stored(at: &StateAt) -> Result<Desired> {
+    if let StateAt::Dir(dir) = at
+        && !dir.join(crate::store::DB_FILE).exists()
+    {
+        anyhow::bail!(
+            "{}: no managed state here (is this the agent's --state-dir?)",
+            dir.display()
+        );
+    }
+    let mut store = Store::open(at)?;
+    let raw = store
+        .load()?
+        .with_context(|| format!("{}: no state was ever stored", store.describe()))?;
+    validate(&raw, &Stored, None)
+        .map_err(|e| anyhow::anyhow!("{}: the stored state is invalid:\n{e}", store.describe()))
+}
+
 impl Managed {
     /// Opens the state in `dir`. A database without state is seeded from
     /// `seed` when that file exists, and otherwise starts as EC2 does: a

@@ -106,15 +106,33 @@ fn run<C: Frame, const LOG: bool>(ctx: &C, hook_ingress: bool) -> bool {
         return false;
     };
     // Copy what we need so that a concurrent policy swap (a new IfaceCfg
-    // element) cannot mix two policies within this packet.
-    let cfg = *cfg;
+    // element) cannot mix two policies within this packet. With flow logs
+    // the copy goes to this CPU's scratch cell: the decision's frame and the
+    // event's must fit the kernel's 512 bytes of stack together.
+    let copied;
+    let cfg: &IfaceCfg = if LOG {
+        match maps::CFG_SCRATCH.get_ptr_mut(0) {
+            // SAFETY: this CPU's scratch cell, written whole before its use.
+            Some(c) => unsafe {
+                *c = *cfg;
+                &*c
+            },
+            None => {
+                count(cfg.stats_slot, 0, len, Err(Reason::MapError));
+                return false;
+            }
+        }
+    } else {
+        copied = *cfg;
+        &copied
+    };
     let inbound = hook_ingress != (cfg.flags & IFACE_HOST_SIDE != 0);
     let dir = if inbound { DIR_INBOUND } else { DIR_OUTBOUND };
     let m = Meter {
         on: LOG,
         len: len as u32,
     };
-    let verdict = decide(ctx, ifindex, &cfg, dir, m);
+    let verdict = decide(ctx, ifindex, cfg, dir, m);
     if LOG {
         let (kind, detail) = match verdict {
             Ok(Pass::NewFlow) => (EVENT_START, 0),

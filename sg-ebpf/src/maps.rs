@@ -76,6 +76,11 @@ pub(crate) static BUCKETS: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(1
 #[map]
 pub(crate) static CT_SCRATCH: PerCpuArray<CtVal> = PerCpuArray::with_max_entries(1, 0);
 
+/// Not pinned: the interface's settings, copied per packet by the programs
+/// with flow logs (main.rs says why).
+#[map]
+pub(crate) static CFG_SCRATCH: PerCpuArray<IfaceCfg> = PerCpuArray::with_max_entries(1, 0);
+
 /// Flow events for the agent's flow logs.
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

@@ -293,7 +293,7 @@ fn a_reject_flood_is_rate_limited_and_reported_as_skipdata() {
     stream
         .finish()
         .expect("the allowed stream broke during the flood");
-    let skipped = agent.counter("eth0", "inbound.events_skipped");
+    let skipped = agent.counter("eth0", "inbound/events_skipped");
     agent.stop_with(Signal::SIGTERM).unwrap();
 
     let rows = records(&dir.0.join("default.log"));

@@ -2,6 +2,7 @@
 //! over the library (the agent, the configuration, the pinned maps).
 
 mod admin;
+mod report;
 mod stats;
 
 use std::path::PathBuf;
@@ -245,6 +246,32 @@ enum Command {
         #[arg(long, value_enum, default_value = "json")]
         output: Output,
     },
+    /// Audit a state as AWS Firewall Manager's audit policies do: unused
+    /// groups and prefix lists, redundant rules, guardrails, stale
+    /// references, quotas (docs/observe.md). Exits 2 when a finding is at or
+    /// above --fail-on.
+    Audit {
+        #[command(flatten)]
+        from: ReportFrom,
+        /// Guardrails to check instead of the defaults (YAML).
+        #[arg(long, value_name = "FILE")]
+        guardrails: Option<PathBuf>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The least severity that fails the command; `never` reports only.
+        #[arg(long, value_name = "LEVEL", default_value = "warning", value_parser = parse_fail_on)]
+        fail_on: FailOn,
+    },
+    /// Draw groups, the references between them, prefix lists and the
+    /// interfaces they are attached to, as Graphviz DOT or SVG.
+    Graph {
+        #[command(flatten)]
+        from: ReportFrom,
+        /// SVG (rendered by Graphviz's dot) instead of DOT.
+        #[arg(long)]
+        svg: bool,
+    },
     /// Print the counters of the running agent's interfaces.
     Stats {
         /// JSON instead of a table.
@@ -285,6 +312,41 @@ enum Command {
     },
 }
 
+/// The state a report reads.
+#[derive(clap::Args)]
+struct ReportFrom {
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// The managed state (the state database, or etcd with --state)
+    /// instead of the file.
+    #[arg(long)]
+    managed: bool,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+impl ReportFrom {
+    fn load(self) -> Result<model::Desired> {
+        let managed = self.managed || self.state.state.is_some();
+        let at = if managed { Some(self.state.at()?) } else { None };
+        report::load(&self.config, at.as_ref())
+    }
+}
+
+/// `--fail-on`: a severity, or never.
+#[derive(Clone, Copy)]
+struct FailOn(Option<crate::findings::Severity>);
+
+fn parse_fail_on(s: &str) -> Result<FailOn, String> {
+    use clap::ValueEnum;
+    if s == "never" {
+        return Ok(FailOn(None));
+    }
+    crate::findings::Severity::from_str(s, false)
+        .map(|v| FailOn(Some(v)))
+        .map_err(|_| format!("{s:?}: expected critical, warning, info or never"))
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Output {
     Json,
@@ -320,6 +382,9 @@ pub fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if e.is::<report::Gate>() {
+                return std::process::ExitCode::from(2);
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -426,6 +491,13 @@ fn dispatch(cli: Cli) -> Result<()> {
                 describe::rules_table(&d)
             })
         }
+        Command::Audit {
+            from,
+            guardrails,
+            json,
+            fail_on,
+        } => report::audit(&from.load()?, guardrails.as_deref(), json, fail_on.0),
+        Command::Graph { from, svg } => report::graph(&from.load()?, svg),
         Command::Stats { json } => stats::stats(&pin_dir, json),
         Command::Flush {
             interface,

@@ -2,6 +2,7 @@
 //! changes edit the canonical input form and validate it again (the
 //! validation files go through), in the agent's loop.
 
+mod findings;
 mod groups;
 mod interfaces;
 mod prefix_lists;
@@ -107,6 +108,8 @@ pub fn handler(action: &str) -> Option<Handler> {
         "DescribeNetworkAcls" => read(vpcs::network_acls),
         "DescribeNetworkInterfaces" => read(interfaces::describe),
         "ModifyNetworkInterfaceAttribute" => W(interfaces::modify),
+        // sg's own (docs/api.md, "sg's own actions").
+        "DescribeAuditFindings" => read(findings::describe),
         _ => return None,
     })
 }
