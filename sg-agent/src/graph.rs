@@ -96,12 +96,22 @@ pub fn dot(d: &Desired) -> String {
             s,
             "  {} [shape=folder, label={}];",
             q(&p.id),
-            q(&format!("{}\n{}\n{} entries", p.name, p.id, p.entries.len()))
+            q(&format!(
+                "{}\n{}\n{} entries",
+                p.name,
+                p.id,
+                p.entries.len()
+            ))
         );
     }
     for i in &d.interfaces {
         for g in &i.groups {
-            let _ = writeln!(s, "  {} -> {} [style=dashed, arrowhead=none];", q(g), q(&i.id));
+            let _ = writeln!(
+                s,
+                "  {} -> {} [style=dashed, arrowhead=none];",
+                q(g),
+                q(&i.id)
+            );
         }
     }
     edges(d, &mut s);

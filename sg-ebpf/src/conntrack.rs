@@ -209,6 +209,11 @@ pub(crate) fn create(
     }
     if replace {
         // An expired entry of the same tuple: reuse its slot, count unchanged.
+        // The value goes by reference: the scratch cell, not a stack copy.
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "by value, the 48-byte value would be copied to the stack"
+        )]
         CT.insert(key, &*val, BPF_ANY as u64)
             .map(|_| Pass::NewFlow)
             .map_err(|_| Reason::MapError)

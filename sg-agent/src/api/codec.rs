@@ -61,8 +61,8 @@ struct MemberRef {
 fn model() -> &'static ModelFile {
     static MODEL: OnceLock<ModelFile> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let mut m: ModelFile =
-            serde_json::from_str(include_str!("model.json")).expect("the embedded API model parses");
+        let mut m: ModelFile = serde_json::from_str(include_str!("model.json"))
+            .expect("the embedded API model parses");
         let sg: ModelFile = serde_json::from_str(include_str!("sg-model.json"))
             .expect("sg's own actions' model parses");
         m.operations.extend(sg.operations);

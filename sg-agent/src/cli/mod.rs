@@ -328,7 +328,11 @@ struct ReportFrom {
 impl ReportFrom {
     fn load(self) -> Result<model::Desired> {
         let managed = self.managed || self.state.state.is_some();
-        let at = if managed { Some(self.state.at()?) } else { None };
+        let at = if managed {
+            Some(self.state.at()?)
+        } else {
+            None
+        };
         report::load(&self.config, at.as_ref())
     }
 }

@@ -166,7 +166,11 @@ impl Guardrails {
                     continue;
                 }
                 let nets = peer_nets(d, &r.peer);
-                for rail in self.guardrails.iter().filter(|x| x.broken_by(dir, r, &nets)) {
+                for rail in self
+                    .guardrails
+                    .iter()
+                    .filter(|x| x.broken_by(dir, r, &nets))
+                {
                     out.push(Finding {
                         severity: rail.severity,
                         kind: Kind::Guardrail,

@@ -126,9 +126,10 @@ fn unused(d: &Desired, out: &mut Vec<Finding>) {
         });
     }
     for p in &d.prefix_lists {
-        let used = d.groups.iter().any(|g| {
-            rules(g).any(|(_, r)| matches!(&r.peer, Peer::PrefixList(id) if *id == p.id))
-        });
+        let used = d
+            .groups
+            .iter()
+            .any(|g| rules(g).any(|(_, r)| matches!(&r.peer, Peer::PrefixList(id) if *id == p.id)));
         if !used {
             out.push(Finding {
                 severity: Severity::Info,
@@ -152,9 +153,13 @@ fn stale(d: &Desired, out: &mut Vec<Finding>) {
                 ..
             } = &r.peer
             {
-                let why = match peering {
-                    Some(p) => format!("{id} across {p}, which is gone or not active"),
-                    None => format!("{id}, which no longer exists"),
+                let why = match (peering, d.group(id)) {
+                    (Some(p), _) => format!("{id} across {p}, which is gone or not active"),
+                    (None, Some(other)) => format!(
+                        "{id} ({}) in {}, a VPC not peered with {}",
+                        other.name, other.vpc, g.vpc
+                    ),
+                    (None, None) => format!("{id}, which does not exist"),
                 };
                 out.push(Finding {
                     severity: Severity::Warning,
@@ -231,12 +236,21 @@ fn quotas(d: &Desired, out: &mut Vec<Finding>) {
     }
     for g in &d.groups {
         for (dir, list) in [("inbound", &g.ingress), ("outbound", &g.egress)] {
-            // AWS counts IPv4 and IPv6 rules apart.
-            let v6 = list
-                .iter()
-                .filter(|r| matches!(r.peer, Peer::Cidr(ipnet::IpNet::V6(_))))
-                .count();
-            for (family, n) in [("IPv4", list.len() - v6), ("IPv6", v6)] {
+            // AWS counts IPv4 and IPv6 rules apart; a prefix-list reference
+            // weighs its max_entries.
+            let (mut v4, mut v6) = (0, 0);
+            for r in list {
+                match &r.peer {
+                    Peer::Cidr(ipnet::IpNet::V6(_)) => v6 += 1,
+                    Peer::PrefixList(id) => match d.prefix_list(id) {
+                        Some(p) if p.ipv6 => v6 += p.max_entries as usize,
+                        Some(p) => v4 += p.max_entries as usize,
+                        None => {}
+                    },
+                    _ => v4 += 1,
+                }
+            }
+            for (family, n) in [("IPv4", v4), ("IPv6", v6)] {
                 quota(
                     out,
                     &g.id,
@@ -297,3 +311,6 @@ pub fn table(findings: &[Finding]) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests;

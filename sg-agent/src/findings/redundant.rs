@@ -39,16 +39,20 @@ fn covers(a: &Judged, b: &Judged) -> bool {
         return false;
     }
     match (&a.rule.peer, &b.rule.peer) {
-        (Peer::Group { id: x, stale: false, .. }, Peer::Group { id: y, stale: false, .. }) => {
-            x == y
-        }
+        (
+            Peer::Group {
+                id: x,
+                stale: false,
+                ..
+            },
+            Peer::Group {
+                id: y,
+                stale: false,
+                ..
+            },
+        ) => x == y,
         (Peer::Group { .. }, _) | (_, Peer::Group { .. }) => false,
-        _ => {
-            !b.nets.is_empty()
-                && b.nets
-                    .iter()
-                    .all(|n| a.nets.iter().any(|m| m.contains(n)))
-        }
+        _ => !b.nets.is_empty() && b.nets.iter().all(|n| a.nets.iter().any(|m| m.contains(n))),
     }
 }
 
