@@ -36,7 +36,7 @@ fn admits(r: &Rule) -> String {
 /// The state as DOT.
 pub fn dot(d: &Desired) -> String {
     let mut s = String::from(
-        "digraph sg {\n  rankdir=LR;\n  node [fontname=\"Helvetica\", fontsize=10];\n  edge [fontname=\"Helvetica\", fontsize=9];\n",
+        "digraph sg {\n  rankdir=LR;\n  graph [fontname=\"Helvetica\", fontsize=11];\n  node [fontname=\"Helvetica\", fontsize=10];\n  edge [fontname=\"Helvetica\", fontsize=9];\n",
     );
     for v in &d.vpcs {
         let _ = writeln!(

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod compile;
+pub mod console;
 pub mod control;
 pub mod datapath;
 pub mod describe;

@@ -320,3 +320,232 @@ network_interfaces:
         );
     }
 }
+
+/// The console's pages as headless Chromium shows them (tests/src/cdp.py),
+/// each saved as a screenshot under `target/tmp/console/`.
+fn browse(ns: &Netns, key: Key, pages: &[(&str, &str)]) -> Value {
+    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
+    std::fs::create_dir_all(&out).unwrap();
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/cdp.py");
+    let mut c = ns.command("/usr/bin/python3");
+    c.arg(&script)
+        .arg("http://127.0.0.1:9734")
+        .args([key.id, key.secret])
+        .arg(&out)
+        .args(pages.iter().map(|(n, p)| format!("{n}={p}")));
+    let v: Value =
+        serde_json::from_str(&sh(&mut c).expect("chromium over the DevTools protocol")).unwrap();
+    for (name, _) in pages {
+        let png = std::fs::read(out.join(format!("{name}.png"))).unwrap();
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 2000,
+            "{name}.png"
+        );
+    }
+    v
+}
+
+fn rows<'a>(page: &'a Value, table: &str) -> &'a Vec<Value> {
+    page["tables"][table]
+        .as_array()
+        .unwrap_or_else(|| panic!("no table {table} in {page}"))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    let mut out: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn the_console_shows_in_chromium_what_the_api_says() {
+    if !kernel_available("observe") {
+        return;
+    }
+    let pair = Pair::new("oc").unwrap();
+    tcp_echo_server(&pair.server, addr(SERVER_V4, 8080)).unwrap();
+    let logs = TempDir::new().unwrap();
+    let settings = logs.0.join("flow-logs.yaml");
+    let log = logs.0.join("default.log");
+    std::fs::write(
+        &settings,
+        format!(
+            "flow_logs:\n  - {{destination: {}, max_aggregation_interval: 60}}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let state = TempDir::new().unwrap();
+    let s = settings.display().to_string();
+    let _agent = Agent::start_managed_with(
+        &pair.server,
+        &state.0,
+        CONFIG,
+        &["--api", "127.0.0.1:8733", "--console", "--flow-logs", &s],
+    )
+    .unwrap();
+    // Without a key, or with a wrong secret: 401.
+    let status = |auth: &str| {
+        let mut c = pair.server.command("/usr/bin/python3");
+        c.arg("-c").arg(format!(
+            "import base64, urllib.request\nh = {{'Authorization': 'Basic ' + base64.b64encode({auth:?}.encode()).decode()}} if {auth:?} else {{}}\ntry:\n    print(urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:9734/groups', headers=h)).status)\nexcept urllib.error.HTTPError as e:\n    print(e.code)"
+        ));
+        sh(&mut c).unwrap().trim().to_string()
+    };
+    assert_eq!(status(""), "401");
+    assert_eq!(status(&format!("{}:not-the-secret", ADMIN.id)), "401");
+    assert_eq!(status(&format!("{}:{}", READER.id, READER.secret)), "200");
+
+    // Traffic for the flow log: an allowed connection, a denied probe; the
+    // records appear when the minute's window closes.
+    assert_eq!(
+        tcp_probe(&pair.client, addr(SERVER_V4, 8080), Duration::from_secs(2)).unwrap(),
+        Seen::Pass
+    );
+    assert_eq!(
+        tcp_probe(
+            &pair.client,
+            addr(SERVER_V4, 9000),
+            Duration::from_millis(300)
+        )
+        .unwrap(),
+        Seen::Dropped
+    );
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(75), || read().contains(" REJECT ")),
+        "no flow records"
+    );
+    let file_before = read();
+    let seen = browse(
+        &pair.server,
+        READER,
+        &[
+            ("overview", "/"),
+            ("groups", "/groups"),
+            ("interfaces", "/interfaces"),
+            ("tiers", "/tiers"),
+            ("flows", "/flows"),
+            ("rejected-9000", "/flows?action=REJECT&port=9000"),
+            ("audit", "/audit"),
+        ],
+    );
+
+    // Groups and their rules: the ids describe-security-group-rules gives.
+    let described = aws(&pair.server, ADMIN, &["describe-security-groups"]).ok();
+    let mut want: Vec<String> = described["SecurityGroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["GroupId"].as_str().unwrap().to_string())
+        .collect();
+    want.sort();
+    let groups = rows(&seen["groups"], "groups");
+    let mut shown: Vec<String> = groups
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    shown.sort();
+    assert_eq!(shown, want);
+    let rules = aws(&pair.server, ADMIN, &["describe-security-group-rules"]).ok();
+    for g in groups {
+        let id = g["id"].as_str().unwrap();
+        let mut of: Vec<String> = rules["SecurityGroupRules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["GroupId"] == id)
+            .map(|r| r["SecurityGroupRuleId"].as_str().unwrap().to_string())
+            .collect();
+        of.sort();
+        assert_eq!(strings(&g["rules"]), of, "the rules of {id}");
+    }
+    // Interfaces and their groups, as describe-network-interfaces.
+    let enis = aws(&pair.server, ADMIN, &["describe-network-interfaces"]).ok();
+    let shown = rows(&seen["interfaces"], "interfaces");
+    assert_eq!(
+        shown.len(),
+        enis["NetworkInterfaces"].as_array().unwrap().len()
+    );
+    for e in enis["NetworkInterfaces"].as_array().unwrap() {
+        let id = e["NetworkInterfaceId"].as_str().unwrap();
+        let row = shown
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not shown"));
+        let mut g: Vec<String> = e["Groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["GroupId"].as_str().unwrap().to_string())
+            .collect();
+        g.sort();
+        assert_eq!(strings(&row["groups"]), g);
+    }
+    // The flow records: the ones the flow log file holds, field by field.
+    // (A window that closed while the browser looked may be in either.)
+    let parse = |text: &str| -> std::collections::BTreeSet<Vec<String>> {
+        text.lines()
+            .map(|l| l.split(' ').skip(2).map(String::from).collect())
+            .collect()
+    };
+    let (before, after) = (parse(&file_before), parse(&read()));
+    let file = if flow_rows(&seen, "flows") == before {
+        before
+    } else {
+        after
+    };
+    assert_eq!(flow_rows(&seen, "flows"), file);
+    let rejected = flow_rows(&seen, "rejected-9000");
+    assert!(!rejected.is_empty());
+    assert_eq!(
+        rejected,
+        file.iter()
+            .filter(|r| r[10] == "REJECT" && (r[3] == "9000" || r[4] == "9000"))
+            .cloned()
+            .collect()
+    );
+    // The audit findings, as DescribeAuditFindings gives them.
+    let mut audit: Vec<(String, String)> = rows(&seen["audit"], "findings")
+        .iter()
+        .map(|r| {
+            let kind = r["cells"][1].as_str().unwrap();
+            let (k, g) = kind.split_once(": ").unwrap_or((kind, ""));
+            (k.to_string(), g.to_string())
+        })
+        .collect();
+    audit.sort();
+    assert_eq!(Ok(audit), api_findings(&pair.server, READER));
+    // The tiers: Graphviz's SVG, inline, naming the groups.
+    let texts = strings(&seen["tiers"]["svg"]);
+    assert!(
+        texts.iter().any(|t| t == "app") && texts.iter().any(|t| t == "spare"),
+        "{texts:?}"
+    );
+    // The allowance: available + in use = the table's size.
+    let o = rows(&seen["overview"], "allowance");
+    let n = |i: usize| o[i]["cells"][1].as_str().unwrap().parse::<u64>().unwrap();
+    assert_eq!(n(0) + n(1), n(2));
+    assert_eq!(n(2), 262_144);
+}
+
+/// The flow records a page shows, as the file's fields after the account.
+fn flow_rows(seen: &Value, page: &str) -> std::collections::BTreeSet<Vec<String>> {
+    rows(&seen[page], "flows")
+        .iter()
+        .map(|r| strings_in_order(&r["cells"]))
+        .collect()
+}
+
+fn strings_in_order(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}

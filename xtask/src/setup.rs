@@ -41,9 +41,13 @@ const PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "libprotobuf-dev",
     // The metrics test checks the agent's /metrics with promtool; `sg-agent
-    // graph --format svg` renders with Graphviz's dot.
+    // graph --svg` and the console's tiers render with Graphviz's dot.
     "prometheus",
     "graphviz",
+    // The console test loads each page in headless Chromium, driven over
+    // the DevTools protocol from Python.
+    "chromium",
+    "python3-websocket",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

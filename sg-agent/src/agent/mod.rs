@@ -44,6 +44,8 @@ pub struct RunOptions {
     pub flow_logs: Option<crate::flowlog::Settings>,
     /// Serve Prometheus metrics on this address.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Serve the console on this address (needs `api`: its keys sign in).
+    pub console: Option<std::net::SocketAddr>,
 }
 
 mod calls;

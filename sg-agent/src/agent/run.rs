@@ -184,9 +184,24 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             None
         }
     };
+    let max_flows = agent.desired.conntrack.max_flows as u64;
     if let Some(listen) = opts.metrics {
-        let max_flows = agent.desired.conntrack.max_flows as u64;
         metrics::serve(listen, pin_dir.to_path_buf(), snapshot.clone(), max_flows).await?;
+    }
+    if let Some(listen) = opts.console {
+        let keys = opts
+            .api
+            .as_ref()
+            .map(|a| a.credentials.clone())
+            .context("--console needs --api: the API's access keys sign in to it")?;
+        crate::console::serve(
+            listen,
+            keys,
+            snapshot.clone(),
+            pin_dir.to_path_buf(),
+            max_flows,
+        )
+        .await?;
     }
     let (api_tx, mut api_calls) = mpsc::channel::<api::Call>(64);
     // The API records into the store: while it has not been reached, the

@@ -164,6 +164,11 @@ enum Command {
         /// [default when given without a value: 127.0.0.1:9733].
         #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:9733")]
         metrics: Option<std::net::SocketAddr>,
+        /// Serve the read-only console at http://ADDR:PORT/ (loopback only;
+        /// the API's access keys sign in) [default when given without a
+        /// value: 127.0.0.1:9734].
+        #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:9734", requires = "api")]
+        console: Option<std::net::SocketAddr>,
     },
     /// Serve the EC2 API on a fleet's state in etcd, enforcing nothing here
     /// (docs/fleet.md); --config seeds an empty state.
@@ -414,6 +419,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             api_opts,
             flow_logs,
             metrics,
+            console,
         } => {
             let api = api.map(|listen| api_opts.options(listen)).transpose()?;
             let state = state.at()?;
@@ -437,6 +443,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 api,
                 flow_logs,
                 metrics,
+                console,
             };
             runtime()?.block_on(agent::run(opts))
         }

@@ -145,7 +145,7 @@ pub enum Action {
 }
 
 /// `log-status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
     Ok,
     NoData,
@@ -154,7 +154,7 @@ pub enum Status {
 
 /// What one record says: a flow's packets in one direction over one
 /// window, or an interface's NODATA/SKIPDATA.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Record {
     pub account_id: String,
     pub interface_id: String,
@@ -167,7 +167,7 @@ pub struct Record {
     pub flow: Option<FlowPart>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FlowPart {
     pub src: IpAddr,
     pub dst: IpAddr,

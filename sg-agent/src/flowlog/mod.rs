@@ -13,9 +13,9 @@ mod sink;
 mod window;
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashSet, VecDeque},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, LazyLock, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -25,7 +25,7 @@ use serde::Deserialize;
 use sg_common::{FlowEvent, FlowLogCfg, names};
 use tokio::{io::unix::AsyncFd, sync::oneshot, sync::watch};
 
-pub use format::{DEFAULT_FORMAT, Format};
+pub use format::{Action, DEFAULT_FORMAT, FlowPart, Format, Record, Status};
 
 use crate::{
     api::Snapshot,
@@ -39,6 +39,23 @@ use window::{IfaceInfo, Seen, Tracker, Window};
 /// shortest idle timeout (10 s, a reset flow's), so a flow's last packets
 /// are counted before the sweeper can remove it.
 const WALK_EVERY: Duration = Duration::from_secs(5);
+
+/// The records written last, newest last, for the console: at most
+/// [`RECENT_MAX`], each once however many flow logs wrote it.
+pub static RECENT: LazyLock<Mutex<VecDeque<Record>>> = LazyLock::new(Mutex::default);
+pub const RECENT_MAX: usize = 5000;
+
+fn remember(records: Vec<Record>) {
+    let Ok(mut recent) = RECENT.lock() else {
+        return;
+    };
+    for r in records {
+        if recent.len() == RECENT_MAX {
+            recent.pop_front();
+        }
+        recent.push_back(r);
+    }
+}
 
 /// The flow-log settings file (`sg-agent run --flow-logs FILE`).
 #[derive(Debug, Deserialize)]
@@ -360,6 +377,8 @@ impl Worker {
     /// Writes the windows that are over (all of them when `all`).
     fn close(&mut self, all: bool) {
         let now = unix_now();
+        let mut written = Vec::new();
+        let mut seen = HashSet::new();
         let offset = now as i128 * 1_000_000_000 - flow_clock_ns() as i128;
         let to_unix = |ns: u64| ((ns as i128 + offset).max(0) / 1_000_000_000) as u64;
         for log in &mut self.logs {
@@ -386,7 +405,13 @@ impl Worker {
                 .filter(|r| r.status == format::Status::SkipData)
                 .count();
             METRICS.flowlog_skipdata.inc_by(skipped as u64);
+            for r in records {
+                if seen.insert(r.clone()) {
+                    written.push(r);
+                }
+            }
         }
+        remember(written);
     }
 }
 
