@@ -33,7 +33,7 @@ struct Settings {
 }
 
 /// A filter in force on the server, removed on drop.
-enum Filter<'a> {
+pub(crate) enum Filter<'a> {
     None,
     Sg(Child),
     Nft(&'a Netns),
@@ -89,29 +89,41 @@ fn pipe(mut cmd: Command, input: &str) -> Result<()> {
     Ok(())
 }
 
+/// sg on the server's eth0 with `rules` rules (`sg-bench enforce`), with
+/// flow logs as `flow_logs` says if given.
+pub(crate) fn enforce<'a>(
+    server: &Netns,
+    bench: &Path,
+    rules: usize,
+    flow_logs: Option<&Path>,
+) -> Result<Filter<'a>> {
+    let mut cmd = server.command(bench);
+    cmd.args([
+        "enforce",
+        "--interface",
+        "eth0",
+        "--rules",
+        &rules.to_string(),
+    ]);
+    if let Some(f) = flow_logs {
+        cmd.arg("--flow-logs").arg(f);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    if !line.starts_with("ready") {
+        bail!("sg-bench enforce did not start: {line}");
+    }
+    Ok(Filter::Sg(child))
+}
+
 fn apply<'a>(contender: &str, server: &'a Netns, bench: &Path, rules: usize) -> Result<Filter<'a>> {
     Ok(match contender {
         "none" => Filter::None,
-        "sg" => {
-            let mut child = server
-                .command(bench)
-                .args([
-                    "enforce",
-                    "--interface",
-                    "eth0",
-                    "--rules",
-                    &rules.to_string(),
-                ])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()?;
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-            if !line.starts_with("ready") {
-                bail!("sg-bench enforce did not start: {line}");
-            }
-            Filter::Sg(child)
-        }
+        "sg" => enforce(server, bench, rules, None)?,
         "nftables" => {
             // The table, then each batch of set elements in its own
             // transaction: one transaction of 10,000 overflows netlink.
@@ -229,15 +241,17 @@ pub fn run(release: &Path, quick: bool) -> Result<()> {
         "iptables": "iptables-legacy (xtables), one rule per entry, conntrack first",
         "nftables": "inet table, concatenated interval sets, ct state first",
     });
+    eprintln!("bench: flow logs off and on");
+    let flow_logs = crate::bench_flowlogs::run(release, quick)?;
     eprintln!("bench: the EC2 API (sg-api-bench)");
     let api = crate::bench_api::run(&release.join("sg-api-bench"), quick)?;
     eprintln!("bench: the fleet (etcd, agents)");
     let fleet = crate::bench_fleet::run(quick)?;
-    let all =
-        json!({"meta": meta, "end_to_end": e2e, "datapath": micro, "api": api, "fleet": fleet});
+    let all = json!({"meta": meta, "end_to_end": e2e, "datapath": micro, "flow_logs": flow_logs, "api": api, "fleet": fleet});
     let json_path = out_dir.join("bench.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&all)?)?;
     let md = markdown(&all, &s.rule_counts)
+        + &crate::bench_flowlogs::markdown(&all["flow_logs"])
         + &crate::bench_api::markdown(&all["api"])
         + &crate::bench_fleet::markdown(&all["fleet"]);
     let md_path = out_dir.join("bench.md");

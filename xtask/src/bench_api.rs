@@ -90,7 +90,7 @@ pub fn run(api_bench: &Path, quick: bool) -> Result<Value> {
 }
 
 /// The median and the range of `f` over the rounds.
-fn spread(runs: &[Value], f: impl Fn(&Value) -> Option<f64>) -> String {
+pub(crate) fn spread(runs: &[Value], f: impl Fn(&Value) -> Option<f64>) -> String {
     let mut v: Vec<f64> = runs.iter().filter_map(f).collect();
     v.sort_by(f64::total_cmp);
     match v.as_slice() {

@@ -5,6 +5,7 @@ mod api_model;
 mod bench;
 mod bench_api;
 mod bench_fleet;
+mod bench_flowlogs;
 mod bench_report;
 mod bench_traffic;
 mod demo;
@@ -50,6 +51,9 @@ enum Task {
         /// Only the fleet's part (target/bench/fleet.json).
         #[arg(long, conflicts_with = "api")]
         fleet: bool,
+        /// Only flow logs' part (target/bench/flow-logs.json).
+        #[arg(long, conflicts_with_all = ["api", "fleet"])]
+        flow_logs: bool,
     },
     /// Extract the API's shapes from botocore's service model into
     /// sg-agent/src/api/model.json (a developer task; the file is checked in).
@@ -89,7 +93,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             demo::run(&bin)
         }
-        Task::Bench { quick, api, fleet } => {
+        Task::Bench {
+            quick,
+            api,
+            fleet,
+            flow_logs,
+        } => {
             setup::run()?;
             let status = cargo()
                 .args([
@@ -114,6 +123,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if fleet {
                 return bench_fleet::only(quick);
+            }
+            if flow_logs {
+                return bench_flowlogs::only(&target_dir().join("release"), quick);
             }
             bench::run(&target_dir().join("release"), quick)
         }

@@ -121,16 +121,27 @@ async fn interfaces(State(c): State<Arc<Console>>) -> Html<String> {
     html(pages::interfaces(&c.snapshot.borrow().clone().desired))
 }
 
-async fn tiers(State(c): State<Arc<Console>>) -> Html<String> {
-    let d = c.snapshot.borrow().clone();
-    let svg = crate::graph::svg(&crate::graph::dot(&d.desired));
-    html(pages::tiers(svg))
+/// Runs `page` on the blocking pool: Graphviz and the audit take time that
+/// grows with the state, and the runtime's two workers serve the API too.
+async fn blocking(page: impl FnOnce() -> maud::Markup + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(page).await {
+        Ok(m) => html(m).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
-async fn audit(State(c): State<Arc<Console>>) -> Html<String> {
+async fn tiers(State(c): State<Arc<Console>>) -> Response {
     let d = c.snapshot.borrow().clone();
-    let found = crate::findings::audit(&d.desired, &crate::findings::Guardrails::default());
-    html(pages::audit(&found))
+    blocking(move || pages::tiers(crate::graph::svg(&crate::graph::dot(&d.desired)))).await
+}
+
+async fn audit(State(c): State<Arc<Console>>) -> Response {
+    let d = c.snapshot.borrow().clone();
+    blocking(move || {
+        let rails = crate::findings::Guardrails::default();
+        pages::audit(&crate::findings::audit(&d.desired, &rails))
+    })
+    .await
 }
 
 /// `/flows?interface=eni-…&action=ACCEPT|REJECT&port=N`.

@@ -6,21 +6,28 @@
 //!   fleet-sized state (`fleet`); prints JSON.
 //! - `enforce`: installs an N-rule policy on an interface and keeps it
 //!   attached until SIGINT/SIGTERM (AWS's quotas cap a configuration at 1,000
-//!   rules per interface; the benchmarks go past that through the same API).
+//!   rules per interface; the benchmarks go past that through the same API);
+//!   with `--flow-logs FILE`, the programs that report flows, and the agent's
+//!   flow-log worker reading them, as `sg-agent run --flow-logs` runs it.
 //! - `render`: the same N-rule policy as nftables or iptables rules.
 
 mod contention;
 mod fleet;
 mod micro;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use sg_agent::{
+    api::Snapshot,
     compile::{Compiled, Flat, Settings, compile},
     datapath::Datapath,
+    flowlog::FlowLogs,
     model::Protocol,
 };
 use sg_testkit::policies::rules_ending_with;
@@ -47,6 +54,9 @@ enum Cmd {
         rules: usize,
         #[arg(long, default_value = "/sys/fs/bpf/sg-bench-enforce")]
         pin_dir: PathBuf,
+        /// Flow logs, as this settings file says (docs/observe.md).
+        #[arg(long, value_name = "FILE")]
+        flow_logs: Option<PathBuf>,
     },
     Render {
         #[arg(long)]
@@ -85,7 +95,8 @@ fn main() -> Result<()> {
             interface,
             rules,
             pin_dir,
-        } => enforce(&interface, rules, &pin_dir),
+            flow_logs,
+        } => enforce(&interface, rules, &pin_dir, flow_logs.as_deref()),
         Cmd::Render { rules, format } => {
             print!(
                 "{}",
@@ -102,10 +113,11 @@ pub(crate) fn compiled(inbound: &[Flat], outbound: &[Flat]) -> Compiled {
     compile(inbound, outbound, &Settings::default())
 }
 
-fn enforce(interface: &str, n: usize, pin_dir: &Path) -> Result<()> {
+fn enforce(interface: &str, n: usize, pin_dir: &Path, flow_logs: Option<&Path>) -> Result<()> {
     let ifindex = nix::net::if_::if_nametoindex(interface)
         .with_context(|| format!("no interface {interface}"))?;
-    let mut dp = Datapath::load(262_144, pin_dir)?;
+    let progs = sg_agent::datapath::Programs::new(flow_logs.is_some());
+    let mut dp = Datapath::load_with(262_144, pin_dir, progs)?;
     let inbound = rules_ending_with(n, &bench_targets());
     let outbound = vec![Flat {
         net: "0.0.0.0/0".parse()?,
@@ -115,14 +127,52 @@ fn enforce(interface: &str, n: usize, pin_dir: &Path) -> Result<()> {
     }];
     dp.install("bench", ifindex, &compiled(&inbound, &outbound))?;
     dp.attach(interface, ifindex, sg_agent::model::IngressHook::Tcx)?;
+    let logs = flow_logs
+        .map(|f| start_flow_logs(interface, pin_dir, f))
+        .transpose()?;
     println!("ready: {n} rules on {interface}");
     let mut set = nix::sys::signal::SigSet::empty();
     set.add(nix::sys::signal::Signal::SIGINT);
     set.add(nix::sys::signal::Signal::SIGTERM);
     set.thread_block()?;
     set.wait()?;
+    if let Some((rt, logs)) = logs {
+        rt.block_on(logs.stop());
+    }
     dp.stop();
     Ok(())
+}
+
+/// The agent's flow-log worker on `interface`, on a runtime of its own (one
+/// thread, as the agent's share of the host), for as long as both live.
+fn start_flow_logs(
+    interface: &str,
+    pin_dir: &Path,
+    settings: &Path,
+) -> Result<(tokio::runtime::Runtime, FlowLogs)> {
+    let settings = sg_agent::flowlog::Settings::load(settings)?;
+    let desired = sg_agent::source::file::parse(
+        "sg-bench",
+        &format!("network_interfaces:\n  - {{interface: {interface}}}\n"),
+        None,
+        None,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snapshot = Snapshot {
+        desired: Arc::new(desired),
+        managed: false,
+        source: "sg-bench".into(),
+        enforced: [interface.to_string()].into(),
+        group_xml: Default::default(),
+        heartbeats: None,
+    };
+    let (_publish, snapshot) = tokio::sync::watch::channel(Arc::new(snapshot));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let logs = rt.block_on(async { FlowLogs::start(pin_dir, settings, snapshot) })?;
+    Ok((rt, logs))
 }
 
 fn proto_name(p: Protocol) -> &'static str {
