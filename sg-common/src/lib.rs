@@ -467,6 +467,9 @@ const _: () = assert!(size_of::<Bucket>() == 16);
 pub const EVENT_START: u8 = 1;
 /// A packet was rejected (within the reject rate).
 pub const EVENT_REJECT: u8 = 2;
+/// This packet ended its tracked flow (a TCP FIN both ways, or an RST): the
+/// agent reads the flow's final counts at once.
+pub const EVENT_END: u8 = 3;
 
 /// Ring buffer record (`EVENTS`). Addresses and ports as the packet
 /// carried them (source, destination).

@@ -66,6 +66,8 @@ pub(crate) fn ct_key(
 pub(crate) enum CtStatus {
     /// A live flow carries the packet; it has been refreshed in place.
     Established,
+    /// As `Established`, and this packet ended the flow (flow logs only).
+    Ended,
     /// The tuple has an entry that does not carry this packet (expired, or
     /// an ICMP type that does not fit): a new flow replaces it.
     Stale,
@@ -92,8 +94,11 @@ pub(crate) fn lookup(
     if now.wrapping_sub(ct.last_seen_ns) <= timeout_ns(cfg, ct.state, ct.flags)
         && icmp_fits(p, ct, dir)
     {
-        refresh(ct, p, dir, now, m);
-        CtStatus::Established
+        if refresh(ct, p, dir, now, m) {
+            CtStatus::Ended
+        } else {
+            CtStatus::Established
+        }
     } else {
         CtStatus::Stale
     }
@@ -113,8 +118,9 @@ pub(crate) fn icmp_fits(p: &Pkt, ct: &CtVal, dir: u8) -> bool {
 }
 
 /// Advances a tracked flow in place: no `bpf_map_update_elem` per packet.
+/// With flow logs on, says whether this packet ended the flow.
 #[inline(always)]
-pub(crate) fn refresh(ct: &mut CtVal, p: &Pkt, dir: u8, now: u64, m: Meter) {
+pub(crate) fn refresh(ct: &mut CtVal, p: &Pkt, dir: u8, now: u64, m: Meter) -> bool {
     let from_orig = (ct.flags & CT_ORIG_OUTBOUND != 0) == (dir == DIR_OUTBOUND);
     if m.on {
         flowlog::count(ct, from_orig, m.len, p.tcp_flags);
@@ -149,6 +155,7 @@ pub(crate) fn refresh(ct: &mut CtVal, p: &Pkt, dir: u8, now: u64, m: Meter) {
     } else if p.proto == PROTO_UDP && ct.flags & CT_SEEN_REPLY != 0 {
         flags |= CT_UDP_STREAM;
     }
+    let ended = m.on && state != ct.state && (state == TCP_CLOSED || state == TCP_RESET);
     if flags != ct.flags || state != ct.state {
         ct.flags = flags;
         ct.state = state;
@@ -156,6 +163,7 @@ pub(crate) fn refresh(ct: &mut CtVal, p: &Pkt, dir: u8, now: u64, m: Meter) {
     if now.wrapping_sub(ct.last_seen_ns) >= CT_REFRESH_NS {
         ct.last_seen_ns = now;
     }
+    ended
 }
 
 #[inline(always)]

@@ -1,11 +1,11 @@
 //! Flow logs' kernel half (docs/observe.md): per-flow counts in the
-//! tracking entry, and flow events (a flow's start, rejected packets)
-//! through the `EVENTS` ring buffer. A flow's end needs no event: an ended
-//! flow stays in the table for seconds (120 s closed, 10 s reset, idle
-//! timeouts), and the agent walks it more often than that. Rejects are rate-limited per
-//! CPU by a token bucket so that a flood costs the host a bounded number of
-//! events; every event not written is counted (`Stats::events_skipped`),
-//! which the agent reports as `SKIPDATA`.
+//! tracking entry, and flow events (a flow's start, its end by FIN or RST,
+//! rejected packets) through the `EVENTS` ring buffer. The agent reads an
+//! ended flow's counts at its end event, and every flow's by walking the
+//! table every 5 s (an idle flow lingers longer than that). Rejects are
+//! rate-limited per CPU by a token bucket so that a flood costs the host a
+//! bounded number of events; every event not written is counted
+//! (`Stats::events_skipped`), which the agent reports as `SKIPDATA`.
 
 use sg_common::*;
 

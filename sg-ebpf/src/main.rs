@@ -136,6 +136,7 @@ fn run<C: Frame, const LOG: bool>(ctx: &C, hook_ingress: bool) -> bool {
     if LOG {
         let (kind, detail) = match verdict {
             Ok(Pass::NewFlow) => (EVENT_START, 0),
+            Ok(Pass::EndedFlow) => (EVENT_END, 0),
             Ok(Pass::Plain) => (0, 0),
             Err(r) => (EVENT_REJECT, r as u8),
         };
@@ -205,8 +206,10 @@ fn decide_l4(ifindex: u32, cfg: &IfaceCfg, dir: u8, p: &Pkt, m: Meter) -> Result
     );
     let now = now_ns();
     let status = conntrack::lookup(&key, cfg, p, dir, now, m);
-    if status == CtStatus::Established {
-        return Ok(Pass::Plain);
+    match status {
+        CtStatus::Established => return Ok(Pass::Plain),
+        CtStatus::Ended => return Ok(Pass::EndedFlow),
+        _ => {}
     }
     // No live tracked flow: the policy decides.
     let id = policy::identity(p.family, &remote).ok_or(Reason::NoRule)?;

@@ -9,6 +9,8 @@ use crate::maps::STATS;
 pub(crate) enum Pass {
     Plain,
     NewFlow,
+    /// A packet of a tracked flow that ended it (reported with flow logs).
+    EndedFlow,
 }
 
 #[inline(always)]

@@ -145,6 +145,11 @@ impl Maps {
         self.ct.iter().filter_map(|r| r.ok())
     }
 
+    /// One tracked flow, if the table holds it.
+    pub fn tracked_flow(&self, key: &CtKey) -> Option<CtVal> {
+        self.ct.get(key, 0).ok()
+    }
+
     /// Tracked flows of an interface.
     pub fn flows(&self, ifindex: u32) -> Vec<(CtKey, CtVal)> {
         self.ct

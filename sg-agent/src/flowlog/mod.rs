@@ -302,6 +302,15 @@ impl Worker {
             }
             // SAFETY: the datapath writes whole FlowEvents (plain data).
             let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if ev.kind == sg_common::EVENT_END {
+                // Its counts now: a flush or the sweeper may remove the
+                // entry before the next walk.
+                let key = window::event_key(&ev);
+                if let Some(v) = self.maps.tracked_flow(&key) {
+                    seen.extend(self.tracker.ended(&key, &v, self.last_walk));
+                }
+                continue;
+            }
             seen.extend(self.tracker.event(&ev));
         }
         self.dispatch(&seen);

@@ -157,6 +157,14 @@ impl Tracker {
         r.bytes = v.bytes;
     }
 
+    /// A flow that ended (`EVENT_END`), read from the table at once: its
+    /// packets since the last walk, whatever becomes of its entry after.
+    pub fn ended(&mut self, k: &CtKey, v: &CtVal, since: u64) -> Vec<Seen> {
+        let mut out = Vec::new();
+        self.deltas(k, v, since, &mut out);
+        out
+    }
+
     /// One walk of the tracked flows of the logged interfaces: what each
     /// carried since the last walk. Flows gone from the table are forgotten
     /// (their last packets were reported: a flow is swept only after
@@ -211,7 +219,7 @@ fn ev_ports(ev: &FlowEvent) -> (u16, u16) {
 }
 
 /// The tracking key of an event's flow (local and remote ends).
-fn event_key(ev: &FlowEvent) -> CtKey {
+pub(super) fn event_key(ev: &FlowEvent) -> CtKey {
     let inbound = ev.dir == DIR_INBOUND;
     let (local, remote, lport, rport) = if inbound {
         (ev.dst, ev.src, ev.dport, ev.sport)
