@@ -125,10 +125,7 @@ fn traffic_makes_the_records_it_should_and_windows_close_on_time() {
     // closed (its counts come from its end event, not from a walk of the
     // table), 5 datagrams of 100 bytes each way, a ping of 3, and a probe
     // of the denied tcp/9000.
-    assert_eq!(
-        tcp_probe(&pair.client, addr(SERVER_V4, 8080), Duration::from_secs(2)).unwrap(),
-        Seen::Pass
-    );
+    assert_eq!(probe_server(&pair, 8080), Seen::Pass);
     std::thread::sleep(Duration::from_millis(100));
     let flushed = sh(pair.server.command(agent_bin()).arg("flush")).unwrap();
     assert_eq!(flushed.trim(), "flushed 1 tracked flow(s)");

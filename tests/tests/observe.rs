@@ -121,10 +121,7 @@ fn metrics_pass_promtool_and_move_with_traffic() {
     assert!(sample(&before, "sg_policy_applies_total", &[]) >= 1.0);
 
     // One allowed connection and two denied probes.
-    assert_eq!(
-        tcp_probe(&pair.client, addr(SERVER_V4, 8080), Duration::from_secs(2)).unwrap(),
-        Seen::Pass
-    );
+    assert_eq!(probe_server(&pair, 8080), Seen::Pass);
     for _ in 0..2 {
         assert_eq!(
             tcp_probe(
@@ -403,10 +400,7 @@ fn the_console_shows_in_chromium_what_the_api_says() {
 
     // Traffic for the flow log: an allowed connection, a denied probe; the
     // records appear when the minute's window closes.
-    assert_eq!(
-        tcp_probe(&pair.client, addr(SERVER_V4, 8080), Duration::from_secs(2)).unwrap(),
-        Seen::Pass
-    );
+    assert_eq!(probe_server(&pair, 8080), Seen::Pass);
     assert_eq!(
         tcp_probe(
             &pair.client,
