@@ -115,6 +115,16 @@ fn traffic_makes_the_records_it_should_and_windows_close_on_time() {
     }
     let pair = Pair::new("fl").unwrap();
     let dir = TempDir::new().unwrap();
+    // Windows end on the minute: the first window's traffic needs the
+    // minute's first seconds, not its last (or it falls in two windows).
+    let into_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        % 60.0;
+    if into_minute > 30.0 {
+        std::thread::sleep(Duration::from_secs_f64(60.5 - into_minute));
+    }
     let mut agent = start(&pair, &dir, &settings(&dir.0, 60, ""));
     let began = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
