@@ -127,7 +127,12 @@ pub fn run(release: &Path, quick: bool) -> Result<Value> {
             "seconds": flood_s,
         }));
     }
-    Ok(json!({"rules": RULES, "seconds": seconds, "rounds": runs, "flood": floods}))
+    // The cost itself, which the rates above swing more than.
+    let cost = sh(std::process::Command::new(bench).arg("flow-log-cost"))
+        .context("sg-bench flow-log-cost")?;
+    let cost: Value = serde_json::from_str(cost.trim())?;
+    eprintln!("bench: flow logs' cost per packet: {cost}");
+    Ok(json!({"rules": RULES, "seconds": seconds, "rounds": runs, "flood": floods, "cost": cost}))
 }
 
 pub fn markdown(fl: &Value) -> String {
@@ -156,6 +161,7 @@ pub fn markdown(fl: &Value) -> String {
             spread(runs, |r| r["ratio"][m].as_f64().map(|x| x * 100.0)) + " %",
         ));
     }
+    md.push_str(&cost_markdown(fl, runs));
     md.push_str("\nA flood of rejected packets with flow logs on (one sender, as fast as it goes; with the bucket open every reject tries the ring buffer, so what is not written is the ring's loss):\n\n| token bucket | rejected | events written | not written (SKIPDATA) | share not written |\n|---|---:|---:|---:|---:|\n");
     for f in fl["flood"].as_array().into_iter().flatten() {
         md.push_str(&format!(
@@ -165,6 +171,41 @@ pub fn markdown(fl: &Value) -> String {
             f["events_written"],
             f["events_skipped"],
             f["loss"].as_f64().unwrap_or(0.0) * 100.0
+        ));
+    }
+    md
+}
+
+/// What the reporting programs add per packet (`sg-bench flow-log-cost`),
+/// and what that added time is of a packet's time at off's median rate: the
+/// packet rate that this cost alone leaves, `1 / (1 + share)`.
+fn cost_markdown(fl: &Value, runs: &[Value]) -> String {
+    let c = &fl["cost"];
+    let mut off: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r["off"]["udp_pps"].as_f64())
+        .collect();
+    off.sort_by(f64::total_cmp);
+    let off_pps = off.get(off.len() / 2).copied().unwrap_or(0.0);
+    let mut md = format!(
+        "\nWhat the reporting programs add, per packet, through `BPF_PROG_TEST_RUN` at {} rules (the plain and the reporting program on the same maps, alternated over {} rounds; added: median, p10-p90 of the rounds):\n\n| packet | plain ns | reporting ns | added ns | of a packet's time at off's {off_pps:.0} pps |\n|---|---:|---:|---:|---:|\n",
+        c["rules"], c["established"]["rounds"]
+    );
+    for (k, label) in [
+        ("established", "an established flow's"),
+        ("new_flow", "a new flow's first"),
+    ] {
+        let a = &c[k]["added_ns"];
+        let share = match k {
+            "established" => {
+                let s = a["median"].as_f64().unwrap_or(0.0) * off_pps / 1e9;
+                format!("{:.1} % (on/off ≥ {:.1} %)", s * 100.0, 100.0 / (1.0 + s))
+            }
+            _ => "-".into(),
+        };
+        md.push_str(&format!(
+            "| {label} | {} | {} | {} ({}-{}) | {share} |\n",
+            c[k]["plain_ns"], c[k]["reporting_ns"], a["median"], a["lo"], a["hi"]
         ));
     }
     md

@@ -180,10 +180,14 @@ impl Datapath {
     /// Loads the benchmarks' programs: the pass-everything baseline, the
     /// one-lookup floor and the pipeline's stages.
     pub fn load_baseline(&mut self) -> Result<()> {
-        for name in [PROG_PASS, names::PROG_FLOOR]
-            .into_iter()
-            .chain(names::PROG_STAGES)
-        {
+        let baseline = [PROG_PASS, names::PROG_FLOOR];
+        self.load_programs(baseline.iter().chain(&names::PROG_STAGES).copied())
+    }
+
+    /// Loads more of the object's classifiers (the benchmarks compare
+    /// programs on the same maps).
+    pub fn load_programs<'a>(&mut self, progs: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        for name in progs {
             let prog: &mut SchedClassifier = self
                 .ebpf
                 .program_mut(name)

@@ -13,6 +13,7 @@
 
 mod contention;
 mod fleet;
+mod flowlog_cost;
 mod micro;
 
 use std::{
@@ -58,6 +59,13 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         flow_logs: Option<PathBuf>,
     },
+    /// What flow logs add to a packet, through BPF_PROG_TEST_RUN (JSON).
+    FlowLogCost {
+        #[arg(long, default_value_t = 4000)]
+        samples: usize,
+        #[arg(long, default_value = "/sys/fs/bpf/sg-bench-flow-log-cost")]
+        pin_dir: PathBuf,
+    },
     Render {
         #[arg(long)]
         rules: usize,
@@ -97,6 +105,12 @@ fn main() -> Result<()> {
             pin_dir,
             flow_logs,
         } => enforce(&interface, rules, &pin_dir, flow_logs.as_deref()),
+        Cmd::FlowLogCost { samples, pin_dir } => {
+            let cost = flowlog_cost::flow_log_cost(&pin_dir, samples);
+            let _ = std::fs::remove_dir_all(&pin_dir);
+            println!("{}", serde_json::to_string_pretty(&cost?)?);
+            Ok(())
+        }
         Cmd::Render { rules, format } => {
             print!(
                 "{}",

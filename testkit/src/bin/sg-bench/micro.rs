@@ -323,14 +323,14 @@ fn new_flows(
 const CHUNK: usize = 500;
 
 /// Median and the range of the middle 80 % of `v`.
-fn spread(mut v: Vec<f64>) -> serde_json::Value {
+pub(crate) fn spread(mut v: Vec<f64>) -> serde_json::Value {
     v.sort_by(|a, b| a.total_cmp(b));
     let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
     json!({"median": at(0.5), "lo": at(0.1), "hi": at(0.9)})
 }
 
 /// The first packet of a new flow that `r` allows, from a host in its block.
-fn new_flow_frame(r: &Flat, k: usize, rng: &mut StdRng) -> Vec<u8> {
+pub(crate) fn new_flow_frame(r: &Flat, k: usize, rng: &mut StdRng) -> Vec<u8> {
     let src = host_in(&r.net, rng);
     let dst: IpAddr = if src.is_ipv4() {
         IpAddr::V4(LOCAL)
@@ -360,7 +360,7 @@ fn deny(frame: &mut [u8]) {
     frame[l4 + 2..l4 + 4].copy_from_slice(&1u16.to_be_bytes());
 }
 
-fn median_f(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median_f(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
