@@ -6,28 +6,21 @@
 //! --flow-logs` swing more between rounds than this cost; this is the cost
 //! itself.
 
-use std::{
-    collections::HashSet,
-    net::{IpAddr, Ipv4Addr},
-    path::Path,
-};
+use std::path::Path;
 
 use anyhow::{Result, bail};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use sg_agent::{
     compile::Flat,
-    datapath::{self, Datapath, PROG_INGRESS},
+    datapath::{Datapath, PROG_INGRESS},
 };
-use sg_common::{CtKey, CtVal, FAMILY_V4, TCP_ESTABLISHED, names::PROG_INGRESS_LOG};
-use sg_testkit::{
-    frames::{L4, Spec, TCP_ACK},
-    policies::rules,
-};
+use sg_common::names::PROG_INGRESS_LOG;
+use sg_testkit::policies::rules;
 
 use crate::{
     compiled,
-    micro::{LOCAL, cost, median_f, new_flow_frame, spread},
+    micro::{cost, established_frame, median_f, new_flow_frame, spread, track_established},
 };
 
 const RULES: usize = 10_000;
@@ -42,7 +35,10 @@ pub(crate) fn flow_log_cost(pin_dir: &Path, samples: usize) -> Result<Value> {
     let inbound = rules(RULES);
     dp.install("bench", 1, &compiled(&inbound, &[]))?;
 
-    let established = established_frames(&mut dp, samples, &mut rng)?;
+    let flows = track_established(&mut dp, FLOWS, &mut rng)?;
+    let established: Vec<Vec<u8>> = (0..samples)
+        .map(|_| established_frame(flows[rng.random_range(0..flows.len())]))
+        .collect();
     for prog in [PROG_INGRESS, PROG_INGRESS_LOG] {
         if dp.test_run_named(prog, &established[0], 1)?.0 != 0 {
             bail!("{prog} dropped an established flow's packet in the benchmark");
@@ -90,50 +86,4 @@ pub(crate) fn flow_log_cost(pin_dir: &Path, samples: usize) -> Result<Value> {
         })
     };
     Ok(json!({"rules": RULES, "established": summary(&est), "new_flow": summary(&new)}))
-}
-
-/// `samples` frames of [`FLOWS`] established TCP flows, the flows entered
-/// in the tracking table.
-fn established_frames(dp: &mut Datapath, samples: usize, rng: &mut StdRng) -> Result<Vec<Vec<u8>>> {
-    // A second ago: the datapath's coarse clock may trail this one by a
-    // tick, and a flow seen "later" than now is stale to it.
-    let now = datapath::flow_clock_ns() - 1_000_000_000;
-    let mut flows = Vec::with_capacity(FLOWS);
-    let mut seen = HashSet::new();
-    while flows.len() < FLOWS {
-        let remote = Ipv4Addr::from(0x0b00_0000 | rng.random_range(0..1u32 << 24));
-        let rp = rng.random_range(1024..=65535u16);
-        if !seen.insert((remote, rp)) {
-            continue;
-        }
-        let mut key = CtKey {
-            ifindex: 1,
-            family: FAMILY_V4,
-            proto: 6,
-            ..Default::default()
-        };
-        key.local[0] = u32::from_ne_bytes(LOCAL.octets());
-        key.remote[0] = u32::from_ne_bytes(remote.octets());
-        key.local_port = u16::from_ne_bytes(443u16.to_be_bytes());
-        key.remote_port = u16::from_ne_bytes(rp.to_be_bytes());
-        let val = CtVal {
-            last_seen_ns: now,
-            state: TCP_ESTABLISHED,
-            icmp_type: 0xff,
-            ..Default::default()
-        };
-        dp.maps.insert_flow(&key, &val)?;
-        flows.push((remote, rp));
-    }
-    Ok((0..samples)
-        .map(|_| {
-            let (remote, rp) = flows[rng.random_range(0..flows.len())];
-            let l4 = L4::Tcp {
-                sport: rp,
-                dport: 443,
-                flags: TCP_ACK,
-            };
-            Spec::new(IpAddr::V4(remote), IpAddr::V4(LOCAL), l4).frame()
-        })
-        .collect())
 }

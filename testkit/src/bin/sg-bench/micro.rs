@@ -133,48 +133,9 @@ fn established_flows(
         let mut dp = Datapath::load(size.max(1024) as u32, pin_dir)?;
         dp.load_baseline()?;
         dp.install("bench", 1, &compiled(&rules(1), &[]))?;
-        let now = datapath::flow_clock_ns();
-        let mut flows = Vec::with_capacity(size);
-        let mut seen = HashSet::new();
-        while flows.len() < size {
-            let remote = Ipv4Addr::from(0x0b00_0000 | rng.random_range(0..1u32 << 24));
-            let (rp, lp) = (rng.random_range(1024..=65535u16), 443u16);
-            if !seen.insert((remote, rp)) {
-                continue;
-            }
-            let mut key = CtKey {
-                ifindex: 1,
-                family: FAMILY_V4,
-                proto: 6,
-                ..Default::default()
-            };
-            key.local[0] = u32::from_ne_bytes(LOCAL.octets());
-            key.remote[0] = u32::from_ne_bytes(remote.octets());
-            key.local_port = u16::from_ne_bytes(lp.to_be_bytes());
-            key.remote_port = u16::from_ne_bytes(rp.to_be_bytes());
-            let val = CtVal {
-                last_seen_ns: now,
-                state: TCP_ESTABLISHED,
-                icmp_type: 0xff,
-                ..Default::default()
-            };
-            dp.maps.insert_flow(&key, &val)?;
-            flows.push((remote, rp));
-        }
+        let flows = track_established(&mut dp, size, rng)?;
         let frames: Vec<Vec<u8>> = (0..samples)
-            .map(|_| {
-                let (remote, rp) = flows[rng.random_range(0..flows.len())];
-                Spec::new(
-                    IpAddr::V4(remote),
-                    IpAddr::V4(LOCAL),
-                    L4::Tcp {
-                        sport: rp,
-                        dport: 443,
-                        flags: TCP_ACK,
-                    },
-                )
-                .frame()
-            })
+            .map(|_| established_frame(flows[rng.random_range(0..flows.len())]))
             .collect();
         let (sg, base) = alternate(&dp, &frames)?;
         let (warm_sg, warm_base) = (
@@ -209,6 +170,56 @@ fn established_flows(
     }
     out["established"] = json!(established);
     Ok(())
+}
+
+/// `n` established TCP flows from distinct peers to [`LOCAL`]:443 on
+/// ifindex 1, entered in the tracking table: each flow's (peer, port).
+pub(crate) fn track_established(
+    dp: &mut Datapath,
+    n: usize,
+    rng: &mut StdRng,
+) -> Result<Vec<(Ipv4Addr, u16)>> {
+    // A second ago: the datapath's coarse clock may trail this one by a
+    // tick, and a flow seen "later" than now is stale to it.
+    let seen_ns = datapath::flow_clock_ns() - 1_000_000_000;
+    let mut flows = Vec::with_capacity(n);
+    let mut seen = HashSet::new();
+    while flows.len() < n {
+        let remote = Ipv4Addr::from(0x0b00_0000 | rng.random_range(0..1u32 << 24));
+        let rp = rng.random_range(1024..=65535u16);
+        if !seen.insert((remote, rp)) {
+            continue;
+        }
+        let mut key = CtKey {
+            ifindex: 1,
+            family: FAMILY_V4,
+            proto: 6,
+            ..Default::default()
+        };
+        key.local[0] = u32::from_ne_bytes(LOCAL.octets());
+        key.remote[0] = u32::from_ne_bytes(remote.octets());
+        key.local_port = u16::from_ne_bytes(443u16.to_be_bytes());
+        key.remote_port = u16::from_ne_bytes(rp.to_be_bytes());
+        let val = CtVal {
+            last_seen_ns: seen_ns,
+            state: TCP_ESTABLISHED,
+            icmp_type: 0xff,
+            ..Default::default()
+        };
+        dp.maps.insert_flow(&key, &val)?;
+        flows.push((remote, rp));
+    }
+    Ok(flows)
+}
+
+/// A packet of the established flow from `(remote, port)`.
+pub(crate) fn established_frame((remote, rp): (Ipv4Addr, u16)) -> Vec<u8> {
+    let l4 = L4::Tcp {
+        sport: rp,
+        dport: 443,
+        flags: TCP_ACK,
+    };
+    Spec::new(IpAddr::V4(remote), IpAddr::V4(LOCAL), l4).frame()
 }
 
 /// New flows from IPv4 peers at 1 to 10,000 rules, allowed (decision and
