@@ -89,6 +89,13 @@ pub fn run(api_bench: &Path, quick: bool) -> Result<Value> {
     Ok(out)
 }
 
+/// The median of `f` over the rounds.
+pub(crate) fn median(runs: &[Value], f: impl Fn(&Value) -> Option<f64>) -> Option<f64> {
+    let mut v: Vec<f64> = runs.iter().filter_map(f).collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
 /// The median and the range of `f` over the rounds.
 pub(crate) fn spread(runs: &[Value], f: impl Fn(&Value) -> Option<f64>) -> String {
     let mut v: Vec<f64> = runs.iter().filter_map(f).collect();

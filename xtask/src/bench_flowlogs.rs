@@ -16,7 +16,7 @@ use sg_tests::{Netns, Pair, SERVER_V4, agent_bin, sh};
 
 use crate::{
     bench::enforce,
-    bench_api::spread,
+    bench_api::{median, spread},
     bench_traffic::{connection_rate, udp_conf, udp_rate},
 };
 
@@ -181,12 +181,7 @@ pub fn markdown(fl: &Value) -> String {
 /// packet rate that this cost alone leaves, `1 / (1 + share)`.
 fn cost_markdown(fl: &Value, runs: &[Value]) -> String {
     let c = &fl["cost"];
-    let mut off: Vec<f64> = runs
-        .iter()
-        .filter_map(|r| r["off"]["udp_pps"].as_f64())
-        .collect();
-    off.sort_by(f64::total_cmp);
-    let off_pps = off.get(off.len() / 2).copied().unwrap_or(0.0);
+    let off_pps = median(runs, |r| r["off"]["udp_pps"].as_f64()).unwrap_or(0.0);
     let mut md = format!(
         "\nWhat the reporting programs add, per packet, through `BPF_PROG_TEST_RUN` at {} rules (the plain and the reporting program on the same maps, alternated over {} rounds; added: median, p10-p90 of the rounds):\n\n| packet | plain ns | reporting ns | added ns | of a packet's time at off's {off_pps:.0} pps |\n|---|---:|---:|---:|---:|\n",
         c["rules"], c["established"]["rounds"]

@@ -20,12 +20,15 @@ use sg_testkit::policies::rules;
 
 use crate::{
     compiled,
-    micro::{cost, established_frame, median_f, new_flow_frame, spread, track_established},
+    micro::{
+        cost, established_frame, median_f, new_flow_frame, spread, track_established, warm_cost,
+    },
 };
 
 const RULES: usize = 10_000;
 const FLOWS: usize = 1_000;
-const CHUNK: usize = 250;
+/// Frames per round: what `warm_cost` takes of a set.
+const CHUNK: usize = 200;
 
 pub(crate) fn flow_log_cost(pin_dir: &Path, samples: usize) -> Result<Value> {
     let mut rng = StdRng::seed_from_u64(11);
@@ -44,17 +47,13 @@ pub(crate) fn flow_log_cost(pin_dir: &Path, samples: usize) -> Result<Value> {
             bail!("{prog} dropped an established flow's packet in the benchmark");
         }
     }
-    // A packet of a busy flow: its entry warm (64 runs in a row).
-    let warm = |prog: &str, chunk: &[Vec<u8>]| -> Result<f64> {
-        let mut ns = Vec::with_capacity(chunk.len());
-        for f in chunk {
-            ns.push(dp.test_run_named(prog, f, 64)?.1.as_nanos() as f64);
-        }
-        Ok(median_f(ns))
-    };
+    // A packet of a busy flow: its entry warm.
     let mut est = Vec::new();
     for chunk in established.chunks(CHUNK) {
-        est.push((warm(PROG_INGRESS, chunk)?, warm(PROG_INGRESS_LOG, chunk)?));
+        est.push((
+            warm_cost(&dp, PROG_INGRESS, chunk)?,
+            warm_cost(&dp, PROG_INGRESS_LOG, chunk)?,
+        ));
     }
 
     // New flows: each frame once, the plain and the reporting program on

@@ -84,7 +84,7 @@ fn floor_and_stages(dp: &Datapath, frames: &[Vec<u8>]) -> Result<(f64, serde_jso
 
 /// Mean nanoseconds per run when each frame is run 64 times in a row: the
 /// flow's own entries warm, as for a packet of a busy flow.
-fn warm_cost(dp: &Datapath, prog: &str, frames: &[Vec<u8>]) -> Result<f64> {
+pub(crate) fn warm_cost(dp: &Datapath, prog: &str, frames: &[Vec<u8>]) -> Result<f64> {
     let mut ns = Vec::with_capacity(frames.len());
     for f in frames.iter().take(200) {
         let (_, d) = dp.test_run_named(prog, f, 64)?;
