@@ -141,18 +141,28 @@ impl Managed {
                 scope,
                 ..
             } = call;
+            let start = raw.as_ref().unwrap_or(&self.raw);
             let mut txn = Txn {
-                raw: raw.as_ref().unwrap_or(&self.raw).clone(),
+                raw: start.clone(),
                 before: state.as_ref().unwrap_or(before),
                 scope,
                 resources: vec![],
+                canonical: false,
             };
             let outcome = change(&mut txn);
             let resources = std::mem::take(&mut txn.resources);
             match outcome {
                 Ok((resp, after)) if !dry_run => {
                     events.push(record.finish(Ok(&resp), resources.clone()));
-                    raw = Some(canonical(&after));
+                    // Written out again only when the change did not
+                    // keep it canonical (at thousands of rules, that costs
+                    // more than the change).
+                    let next = if txn.canonical {
+                        txn.raw
+                    } else {
+                        canonical(&after)
+                    };
+                    raw = Some(next);
                     state = Some(after);
                     accepted.push((reply, resp, record, resources));
                 }

@@ -187,12 +187,16 @@ pub async fn follow(
     }
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut batcher = super::run::Batcher::default();
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             Some(seen) = changes.recv() => f.refresh(seen),
-            Some(call) = api_calls.recv() => f.api(super::run::batch(call, &mut api_calls)),
+            Some(call) = api_calls.recv() => {
+                let calls = batcher.gather(call, &mut api_calls).await;
+                f.api(calls)
+            }
         }
     }
     log::info!("stopping; bye");

@@ -34,16 +34,44 @@ use crate::{
 /// Most API changes made in one commit.
 const API_BATCH: usize = 64;
 
-/// `first` and the calls waiting behind it, made together as one commit.
-pub(super) fn batch(first: api::Call, rx: &mut mpsc::Receiver<api::Call>) -> Vec<api::Call> {
-    let mut batch = vec![first];
-    while batch.len() < API_BATCH {
-        match rx.try_recv() {
-            Ok(c) => batch.push(c),
-            Err(_) => break,
+/// How long a batch waits for the calls it expects (see [`Batcher`]).
+const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Gathers API changes into batches made as one commit (group commit: one
+/// enforcement and one transaction for the batch, which at thousands of
+/// rules cost more than the calls themselves). A batch is the first call
+/// and those waiting behind it; when the last batch held several calls
+/// (several clients at once, each waiting for its answer), it also waits
+/// up to [`BATCH_WAIT`] for as many, since their next calls are on their
+/// way. A lone client's calls never wait.
+#[derive(Default)]
+pub(super) struct Batcher {
+    last: usize,
+}
+
+impl Batcher {
+    pub(super) async fn gather(
+        &mut self,
+        first: api::Call,
+        rx: &mut mpsc::Receiver<api::Call>,
+    ) -> Vec<api::Call> {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + BATCH_WAIT;
+        while batch.len() < API_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) if batch.len() < self.last => {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(c)) => batch.push(c),
+                        _ => break,
+                    }
+                }
+                Err(_) => break,
+            }
         }
+        self.last = batch.len();
+        batch
     }
-    batch
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
@@ -233,6 +261,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut ifaces = tokio::time::interval(IFACES_EVERY);
     let mut retire = tokio::time::interval(RETIRE_EVERY);
+    let mut batcher = Batcher::default();
     loop {
         let file_change = async {
             match &mut watch {
@@ -288,7 +317,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     }
                 }
             }
-            Some(call) = api_calls.recv() => agent.api(batch(call, &mut api_calls)),
+            Some(call) = api_calls.recv() => {
+                let calls = batcher.gather(call, &mut api_calls).await;
+                agent.api(calls)
+            }
             _ = ifaces.tick() => agent.check_interfaces(),
             _ = retire.tick(), if agent.dp.retiring() => { agent.dp.retire_expired(); }
             _ = sweep.tick() => match agent.dp.maps.sweep() {

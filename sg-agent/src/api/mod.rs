@@ -80,6 +80,11 @@ pub struct Txn<'a> {
     pub scope: Scope,
     /// Ids the call names or creates, for the audit trail.
     pub resources: Vec<String>,
+    /// The change left `raw` as the canonical form of its result (it began
+    /// canonical, and the change added rules in their canonical form or
+    /// removed whole ones): the next call of a batch starts from it, and
+    /// the state need not be written out again for each call.
+    pub canonical: bool,
 }
 
 /// Where a request's own permissions sit in the state being validated:
@@ -160,11 +165,15 @@ pub fn validate_request(
     before: &Desired,
     at: Option<&Permissions>,
 ) -> ApiResult<Desired> {
-    // Each group where validation's paths say it is.
+    // Each group where validation's paths say it is, for the while.
     for (i, g) in raw.security_groups.iter_mut().enumerate() {
         g.origin.path = format!("security_groups[{i}]");
     }
-    validate(raw, &InRequest(at), Some(before)).map_err(ApiError::from)
+    let d = validate(raw, &InRequest(at), Some(before)).map_err(ApiError::from);
+    for g in &mut raw.security_groups {
+        g.origin = Default::default();
+    }
+    d
 }
 
 pub type Change = Box<dyn FnOnce(&mut Txn) -> ApiResult<(Value, Desired)> + Send>;

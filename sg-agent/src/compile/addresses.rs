@@ -67,18 +67,20 @@ pub fn address_map<'a>(
     atoms: impl IntoIterator<Item = &'a Atom>,
     members: &Members,
 ) -> HashMap<IpNet, Vec<Atom>> {
-    let mut direct: HashMap<IpNet, BTreeSet<Atom>> = HashMap::new();
+    // Lists, sorted and deduplicated once at the end: most blocks have one
+    // atom, and a set per block costs a node of its own.
+    let mut direct: HashMap<IpNet, Vec<Atom>> = HashMap::new();
     for atom in atoms {
         match atom {
             Atom::Net(n) | Atom::Kept(n, _) => {
-                direct.entry(n.trunc()).or_default().insert(atom.clone());
+                direct.entry(n.trunc()).or_default().push(atom.clone());
             }
             Atom::Group(g) => {
                 for a in members.get(g).into_iter().flatten() {
                     direct
                         .entry(IpNet::from(*a))
                         .or_default()
-                        .insert(atom.clone());
+                        .push(atom.clone());
                 }
             }
         }
@@ -94,7 +96,9 @@ pub fn address_map<'a>(
                     all.extend(up.iter().cloned());
                 }
             }
-            (*net, all.into_iter().collect())
+            all.sort_unstable();
+            all.dedup();
+            (*net, all)
         })
         .collect()
 }

@@ -22,20 +22,24 @@ pub enum Protocol {
 
 impl Protocol {
     pub fn parse(s: &str) -> Result<Self, String> {
-        Ok(match s.trim().to_ascii_lowercase().as_str() {
-            "-1" | "all" => Protocol::All,
-            "tcp" => Protocol::Number(6),
-            "udp" => Protocol::Number(17),
-            "icmp" => Protocol::Number(1),
-            "icmpv6" => Protocol::Number(58),
-            other => match other.parse::<u8>() {
-                Ok(n) => Protocol::Number(n),
-                Err(_) => {
-                    return Err(format!(
-                        "invalid ip_protocol {s:?}: expected tcp, udp, icmp, icmpv6, -1 or a number 0-255"
-                    ));
-                }
-            },
+        // Case-blind without a lowered copy: every rule of a state is
+        // parsed at each validation.
+        let t = s.trim();
+        let named = [
+            ("-1", Protocol::All),
+            ("all", Protocol::All),
+            ("tcp", Protocol::Number(6)),
+            ("udp", Protocol::Number(17)),
+            ("icmp", Protocol::Number(1)),
+            ("icmpv6", Protocol::Number(58)),
+        ];
+        if let Some((_, p)) = named.iter().find(|(n, _)| t.eq_ignore_ascii_case(n)) {
+            return Ok(*p);
+        }
+        t.parse::<u8>().map(Protocol::Number).map_err(|_| {
+            format!(
+                "invalid ip_protocol {s:?}: expected tcp, udp, icmp, icmpv6, -1 or a number 0-255"
+            )
         })
     }
 

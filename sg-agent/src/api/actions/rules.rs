@@ -17,7 +17,7 @@ use crate::{
         views::{self, Scope, is_default_vpc},
     },
     model::{
-        Desired, Group, Rule,
+        Desired, Group, Rule, canonical,
         input::{RawConfig, RawGroup, RawPeer, RawRule},
     },
 };
@@ -77,7 +77,8 @@ fn dir_mut(g: &mut RawGroup, egress: bool) -> &mut Vec<RawRule> {
 }
 
 fn authorize(txn: &mut Txn, p: &Value, egress: bool) -> ApiResult<(Value, Desired)> {
-    let g = find_group(txn.before, p)?.clone();
+    let before = txn.before;
+    let g = find_group(before, p)?;
     let mut perms = permissions(p)?;
     if perms.is_empty() {
         return Err(ApiError::missing("IpPermissions"));
@@ -99,11 +100,21 @@ fn authorize(txn: &mut Txn, p: &Value, egress: bool) -> ApiResult<(Value, Desire
     list.extend(perms);
     let dir = if egress { "egress" } else { "ingress" };
     let after = txn.validate_permissions(&Permissions { group, dir, first })?;
-    let old: HashSet<&str> = rules_of(&g, egress).iter().map(|r| r.id.as_str()).collect();
+    let old: HashSet<&str> = rules_of(g, egress).iter().map(|r| r.id.as_str()).collect();
     let ag = after.group(&g.id).expect("still there");
-    let created: Vec<Value> = rules_of(ag, egress)
+    let new: Vec<&Rule> = rules_of(ag, egress)
         .iter()
         .filter(|r| !old.contains(r.id.as_str()))
+        .collect();
+    // The request's permissions as the state keeps them, one rule per peer
+    // with its id: the new rules come last, in their order (validation
+    // keeps a direction's order), so the state is canonical again.
+    let list = dir_mut(raw_group(txn, &g.id)?, egress);
+    list.truncate(first);
+    list.extend(new.iter().map(|r| canonical::rule(r)));
+    txn.canonical = true;
+    let created: Vec<Value> = new
+        .iter()
         .map(|r| views::rule(r, ag, egress, &txn.scope))
         .collect();
     txn.resources.push(g.id.clone());
@@ -224,8 +235,9 @@ fn named(txn: &Txn, g: &Group, p: &Value, egress: bool) -> ApiResult<(Vec<Rule>,
 }
 
 fn revoke(txn: &mut Txn, p: &Value, egress: bool) -> ApiResult<(Value, Desired)> {
-    let g = find_group(txn.before, p)?.clone();
-    let (found, unknown) = named(txn, &g, p, egress)?;
+    let before = txn.before;
+    let g = find_group(before, p)?;
+    let (found, unknown) = named(txn, g, p, egress)?;
     let default_vpc = txn
         .before
         .vpcs
@@ -239,12 +251,14 @@ fn revoke(txn: &mut Txn, p: &Value, egress: bool) -> ApiResult<(Value, Desired)>
     }
     let ids: HashSet<String> = found.iter().map(|r| r.id.clone()).collect();
     remove_ids(raw_group(txn, &g.id)?, &ids);
+    // Whole rules went (one peer each, in the canonical form).
+    txn.canonical = true;
     let after = txn.validate()?;
     txn.resources.push(g.id.clone());
     txn.resources.extend(ids.iter().cloned());
     let mut out = json!({
         "Return": true,
-        "RevokedSecurityGroupRules": found.iter().map(|r| views::revoked(r, &g, egress)).collect::<Vec<_>>(),
+        "RevokedSecurityGroupRules": found.iter().map(|r| views::revoked(r, g, egress)).collect::<Vec<_>>(),
     });
     if !unknown.is_empty() {
         // The default VPC's way: what matched is revoked, the rest reported.
@@ -295,7 +309,8 @@ pub fn modify(txn: &mut Txn, p: &Value) -> ApiResult<(Value, Desired)> {
         security_group_rule: Req,
     }
     let gid = required(p, "GroupId")?;
-    let g = find_group(txn.before, p)?.clone();
+    let before = txn.before;
+    let g = find_group(before, p)?;
     let updates: Vec<Update> = member(p, "SecurityGroupRules")?;
     for u in updates {
         let id = u.security_group_rule_id;
@@ -346,7 +361,7 @@ pub fn modify(txn: &mut Txn, p: &Value) -> ApiResult<(Value, Desired)> {
         txn.resources.push(id);
     }
     let after = txn.validate()?;
-    txn.resources.push(g.id);
+    txn.resources.push(g.id.clone());
     Ok((json!({"Return": true}), after))
 }
 
@@ -357,11 +372,12 @@ fn descriptions(txn: &mut Txn, p: &Value, egress: bool) -> ApiResult<(Value, Des
         security_group_rule_id: String,
         description: Option<String>,
     }
-    let g = find_group(txn.before, p)?.clone();
+    let before = txn.before;
+    let g = find_group(before, p)?;
     let by_id: Vec<ById> = member(p, "SecurityGroupRuleDescriptions")?;
     let mut set: Vec<(String, Option<String>)> = Vec::new();
     for b in by_id {
-        if !rules_of(&g, egress)
+        if !rules_of(g, egress)
             .iter()
             .any(|r| r.id == b.security_group_rule_id)
         {
@@ -372,7 +388,7 @@ fn descriptions(txn: &mut Txn, p: &Value, egress: bool) -> ApiResult<(Value, Des
     if p.get("IpPermissions").is_some() {
         let (found, unknown) = named(
             txn,
-            &g,
+            g,
             &json!({"IpPermissions": p["IpPermissions"]}),
             egress,
         )?;
@@ -395,7 +411,7 @@ fn descriptions(txn: &mut Txn, p: &Value, egress: bool) -> ApiResult<(Value, Des
         }
     }
     let after = txn.validate()?;
-    txn.resources.push(g.id);
+    txn.resources.push(g.id.clone());
     Ok((json!({"Return": true}), after))
 }
 
@@ -458,4 +474,134 @@ pub fn describe(s: &Snapshot, p: &Value, scope: &Scope) -> ApiResult<Value> {
         ),
         ("NextToken", next.into()),
     ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{api::codec, model::canonical::canonical, source};
+
+    /// Authorize and revoke keep the state canonical, as they claim: what
+    /// the next call of a batch starts from and what is stored are
+    /// `canonical` of the result, exactly.
+    #[test]
+    fn authorize_and_revoke_leave_the_canonical_form() {
+        let text = r#"
+security_groups:
+  - name: web
+    ingress:
+      - {ip_protocol: tcp, from_port: 80, to_port: 80, ip_ranges: [10.0.0.0/8, 10.1.0.0/16]}
+  - {name: db}
+"#;
+        let mut state =
+            source::file::parse("t.yaml", text, None, None).unwrap_or_else(|e| panic!("{e}"));
+        let mut raw = canonical(&state);
+        let web = state
+            .groups
+            .iter()
+            .find(|g| g.name == "web")
+            .unwrap()
+            .id
+            .clone();
+        let db = state
+            .groups
+            .iter()
+            .find(|g| g.name == "db")
+            .unwrap()
+            .id
+            .clone();
+        let at = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("GroupId".to_string(), web.clone())];
+            all.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            all
+        };
+        let calls: Vec<(&str, Vec<(String, String)>)> = vec![
+            (
+                "AuthorizeSecurityGroupIngress",
+                at(&[
+                    ("IpPermissions.1.IpProtocol", "TCP"),
+                    ("IpPermissions.1.FromPort", "22"),
+                    ("IpPermissions.1.ToPort", "22"),
+                    ("IpPermissions.1.IpRanges.1.CidrIp", "10.2.0.1/16"),
+                    ("IpPermissions.1.IpRanges.2.CidrIp", "10.3.0.0/16"),
+                    ("IpPermissions.1.IpRanges.2.Description", "ops"),
+                    ("IpPermissions.2.IpProtocol", "-1"),
+                    ("IpPermissions.2.Groups.1.GroupId", &db),
+                    ("TagSpecification.1.ResourceType", "security-group-rule"),
+                    ("TagSpecification.1.Tag.1.Key", "team"),
+                    ("TagSpecification.1.Tag.1.Value", "ops"),
+                ]),
+            ),
+            (
+                "RevokeSecurityGroupIngress",
+                at(&[
+                    ("IpPermissions.1.IpProtocol", "tcp"),
+                    ("IpPermissions.1.FromPort", "80"),
+                    ("IpPermissions.1.ToPort", "80"),
+                    ("IpPermissions.1.IpRanges.1.CidrIp", "10.0.0.0/8"),
+                ]),
+            ),
+            (
+                "AuthorizeSecurityGroupEgress",
+                at(&[
+                    ("IpPermissions.1.IpProtocol", "udp"),
+                    ("IpPermissions.1.FromPort", "53"),
+                    ("IpPermissions.1.ToPort", "53"),
+                    ("IpPermissions.1.Ipv6Ranges.1.CidrIpv6", "::/0"),
+                ]),
+            ),
+        ];
+        for (action, params) in calls {
+            let p = codec::decode(action, &params).unwrap_or_else(|e| panic!("{}", e.message));
+            let mut txn = Txn {
+                raw: raw.clone(),
+                before: &state,
+                scope: Scope {
+                    account: "123456789012".into(),
+                    region: "us-east-1".into(),
+                },
+                resources: vec![],
+                canonical: false,
+            };
+            let (_, after) = match action {
+                "AuthorizeSecurityGroupIngress" => authorize_ingress(&mut txn, &p),
+                "AuthorizeSecurityGroupEgress" => authorize_egress(&mut txn, &p),
+                _ => revoke_ingress(&mut txn, &p),
+            }
+            .unwrap_or_else(|e| panic!("{action}: {}", e.message));
+            assert!(txn.canonical, "{action}");
+            assert_eq!(txn.raw, canonical(&after), "{action}");
+            assert_ne!(after, state, "{action} changed nothing");
+            (raw, state) = (txn.raw, after);
+        }
+        // The revoke by id too, of a rule the first call made.
+        let id = state.groups.iter().find(|g| g.id == web).unwrap().ingress[0]
+            .id
+            .clone();
+        let p = codec::decode(
+            "RevokeSecurityGroupIngress",
+            &at(&[("SecurityGroupRuleId.1", &id)]),
+        )
+        .unwrap_or_else(|e| panic!("{}", e.message));
+        let mut txn = Txn {
+            raw,
+            before: &state,
+            scope: Scope {
+                account: "123456789012".into(),
+                region: "us-east-1".into(),
+            },
+            resources: vec![],
+            canonical: false,
+        };
+        let (_, after) = revoke_ingress(&mut txn, &p).unwrap_or_else(|e| panic!("{}", e.message));
+        assert!(
+            after
+                .group(&web)
+                .unwrap()
+                .ingress
+                .iter()
+                .all(|r| r.id != id)
+        );
+        assert_eq!(txn.raw, canonical(&after));
+    }
 }

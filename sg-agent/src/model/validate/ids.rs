@@ -27,9 +27,7 @@ pub fn valid_id(prefix: &str, id: &str) -> bool {
     id.strip_prefix(prefix)
         .and_then(|r| r.strip_prefix('-'))
         .is_some_and(|h| {
-            (8..=17).contains(&h.len())
-                && h.chars()
-                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            (8..=17).contains(&h.len()) && h.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
         })
 }
 

@@ -200,7 +200,7 @@ fn rules_of(
     obj: &str,
     quota: u32,
 ) -> Vec<Rule> {
-    let mut out: Vec<Rule> = Vec::new();
+    let mut out: Vec<Rule> = Vec::with_capacity(raw.len());
     // What is already there, for the duplicate checks (a group may hold
     // thousands of rules: no pairwise scans).
     let mut seen: HashSet<(Protocol, i32, i32, Peer)> = HashSet::with_capacity(raw.len());
@@ -223,16 +223,15 @@ fn rules_of(
         let Some((from, to)) = port_range(v, protocol, r, doc, &path, obj) else {
             continue;
         };
-        let peers: Vec<(&str, usize, &RawPeer)> = [
+        let peers = [
             ("ip_ranges", &r.ip_ranges),
             ("ipv6_ranges", &r.ipv6_ranges),
             ("prefix_list_ids", &r.prefix_list_ids),
             ("user_id_group_pairs", &r.user_id_group_pairs),
         ]
         .into_iter()
-        .flat_map(|(k, list)| list.iter().enumerate().map(move |(j, p)| (k, j, p)))
-        .collect();
-        if peers.is_empty() {
+        .flat_map(|(k, list)| list.iter().enumerate().map(move |(j, p)| (k, j, p)));
+        if r.peers().next().is_none() {
             v.err(doc, &path.to_string(), obj, INVALID, "a rule needs a peer: ip_ranges, ipv6_ranges, prefix_list_ids or user_id_group_pairs");
         }
         for (kind, j, p) in peers {
@@ -314,18 +313,17 @@ fn rules_of(
                 None => rule(group, dir, protocol, from, to, peer, p.description.clone()),
             };
             new.tags = p.tags.clone();
-            if let Some(id) = &p.rule_id {
-                if !valid_id("sgr", id) {
-                    v.err(
-                        doc,
-                        &format!("{ppath}.rule_id"),
-                        obj,
-                        "InvalidSecurityGroupRuleId.Malformed",
-                        format!("{id:?} is not sgr- and 8-17 hex digits"),
-                    );
-                    continue;
-                }
-                new.id = id.clone();
+            if let Some(id) = &p.rule_id
+                && !valid_id("sgr", id)
+            {
+                v.err(
+                    doc,
+                    &format!("{ppath}.rule_id"),
+                    obj,
+                    "InvalidSecurityGroupRuleId.Malformed",
+                    format!("{id:?} is not sgr- and 8-17 hex digits"),
+                );
+                continue;
             }
             if !seen.insert((new.protocol, new.from_port, new.to_port, new.peer.clone())) {
                 v.err(
