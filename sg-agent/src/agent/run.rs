@@ -44,9 +44,18 @@ const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 /// (several clients at once, each waiting for its answer), it also waits
 /// up to [`BATCH_WAIT`] for as many, since their next calls are on their
 /// way. A lone client's calls never wait.
-#[derive(Default)]
 pub(super) struct Batcher {
     last: usize,
+    wait: std::time::Duration,
+}
+
+impl Default for Batcher {
+    fn default() -> Batcher {
+        Batcher {
+            last: 0,
+            wait: BATCH_WAIT,
+        }
+    }
 }
 
 impl Batcher {
@@ -56,7 +65,7 @@ impl Batcher {
         rx: &mut mpsc::Receiver<api::Call>,
     ) -> Vec<api::Call> {
         let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + BATCH_WAIT;
+        let deadline = tokio::time::Instant::now() + self.wait;
         while batch.len() < API_BATCH {
             match rx.try_recv() {
                 Ok(c) => batch.push(c),
@@ -368,5 +377,79 @@ fn stop(agent: Agent, pin_dir: &Path, keep_on_exit: bool) {
     } else {
         agent.dp.stop();
         log::info!("detached; bye");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn call() -> api::Call {
+        api::Call {
+            action: "AuthorizeSecurityGroupIngress".into(),
+            scope: api::views::Scope {
+                account: "123456789012".into(),
+                region: "us-east-1".into(),
+            },
+            dry_run: false,
+            change: Box::new(|_| unreachable!("not made here")),
+            record: api::audit::Draft {
+                time: String::new(),
+                name: String::new(),
+                source: String::new(),
+                region: String::new(),
+                source_ip: String::new(),
+                user_agent: String::new(),
+                access_key: None,
+                user_arn: None,
+                request_id: String::new(),
+                parameters: serde_json::Value::Null,
+                read_only: false,
+            },
+            reply: tokio::sync::oneshot::channel().0,
+        }
+    }
+
+    /// A lone client's call goes at once; after a batch of several, the
+    /// next waits (a bounded while) for as many, taking those that come.
+    #[tokio::test]
+    async fn a_batch_waits_only_for_the_calls_concurrent_clients_have_on_their_way() {
+        let (tx, mut rx) = mpsc::channel(64);
+        // A long wait, so that a slow machine cannot make a call late.
+        let wait = Duration::from_secs(2);
+        let mut b = Batcher { last: 0, wait };
+        // Clients are other threads (the API server's), as here.
+        let late = |tx: mpsc::Sender<api::Call>, after: u64| {
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(after));
+                let _ = tx.blocking_send(call());
+            })
+        };
+        // Alone: a call just behind is the next batch's.
+        let began = std::time::Instant::now();
+        let next = late(tx.clone(), 50);
+        assert_eq!(b.gather(call(), &mut rx).await.len(), 1);
+        assert!(began.elapsed() < wait / 2);
+        next.join().unwrap();
+        let first = rx.recv().await.unwrap();
+        assert_eq!(b.gather(first, &mut rx).await.len(), 1);
+        // Three at once, then: the next batch waits for the two behind.
+        for _ in 0..2 {
+            tx.send(call()).await.unwrap();
+        }
+        assert_eq!(b.gather(call(), &mut rx).await.len(), 3);
+        let (x, y) = (late(tx.clone(), 20), late(tx.clone(), 60));
+        assert_eq!(b.gather(call(), &mut rx).await.len(), 3);
+        (x.join().unwrap(), y.join().unwrap());
+        // Clients that stopped cost one bounded wait, and are forgotten.
+        b.wait = Duration::from_millis(30);
+        let began = std::time::Instant::now();
+        assert_eq!(b.gather(call(), &mut rx).await.len(), 1);
+        assert!(began.elapsed() >= b.wait);
+        b.wait = wait;
+        let began = std::time::Instant::now();
+        assert_eq!(b.gather(call(), &mut rx).await.len(), 1);
+        assert!(began.elapsed() < wait / 2);
     }
 }
