@@ -441,7 +441,8 @@ mod tests {
         assert_eq!(b.gather(call(), &mut rx).await.len(), 3);
         let (x, y) = (late(tx.clone(), 20), late(tx.clone(), 60));
         assert_eq!(b.gather(call(), &mut rx).await.len(), 3);
-        (x.join().unwrap(), y.join().unwrap());
+        x.join().unwrap();
+        y.join().unwrap();
         // Clients that stopped cost one bounded wait, and are forgotten.
         b.wait = Duration::from_millis(30);
         let began = std::time::Instant::now();
