@@ -6,7 +6,7 @@
 //! which the next start enforces: nothing acknowledged is lost, nothing
 //! unacknowledged stays.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -17,7 +17,7 @@ use crate::{
         error::{ApiError, ApiResult},
         server_dry_run,
     },
-    model::{Desired, canonical::canonical, input::RawConfig, validate},
+    model::{Desired, Prior, canonical::canonical, input::RawConfig, validate, validate_from},
     source,
     store::{Event, StateAt, Store, Watched},
 };
@@ -25,10 +25,16 @@ use crate::{
 /// Where a call's answer goes.
 pub type Reply = tokio::sync::oneshot::Sender<ApiResult<Value>>;
 
+/// What enforces a state: the agent's datapath, or a follower's
+/// computation.
+pub type Enforce<'a> = dyn FnMut(Arc<Desired>) -> Result<(), String> + 'a;
+
 pub struct Managed {
     pub store: Store,
     /// The committed state, in canonical input form.
     pub raw: RawConfig,
+    /// `raw` validated: the next change is validated from it.
+    pub desired: Arc<Desired>,
 }
 
 struct Stored;
@@ -61,7 +67,7 @@ impl Managed {
     /// Opens the state in `dir`. A database without state is seeded from
     /// `seed` when that file exists, and otherwise starts as EC2 does: a
     /// default VPC with its default group.
-    pub fn open(at: &StateAt, seed: &Path) -> Result<(Managed, Desired)> {
+    pub fn open(at: &StateAt, seed: &Path) -> Result<Managed> {
         let mut store = Store::open(at)?;
         let valid = |store: &Store, raw: RawConfig| {
             let d = validate(&raw, &Stored, None).map_err(|e| {
@@ -109,7 +115,11 @@ impl Managed {
                 }
             }
         };
-        Ok((Managed { store, raw }, desired))
+        Ok(Managed {
+            store,
+            raw,
+            desired: Arc::new(desired),
+        })
     }
 
     /// Makes a batch of API changes, one after the other as if each came
@@ -120,12 +130,8 @@ impl Managed {
     /// fails and the previous state is enforced again. The answers of the
     /// changes made are returned, for the caller to send once reads show
     /// the committed state.
-    pub fn execute(
-        &mut self,
-        calls: Vec<Call>,
-        before: &Desired,
-        enforce: &mut dyn FnMut(Desired) -> Result<(), String>,
-    ) -> Vec<(Reply, Value)> {
+    pub fn execute(&mut self, calls: Vec<Call>, enforce: &mut Enforce) -> Vec<(Reply, Value)> {
+        let before = self.desired.clone();
         // The batch's state so far, once a call changed it (whole-state
         // copies cost milliseconds at thousands of rules).
         let mut state: Option<Desired> = None;
@@ -144,7 +150,8 @@ impl Managed {
             let start = raw.as_ref().unwrap_or(&self.raw);
             let mut txn = Txn {
                 raw: start.clone(),
-                before: state.as_ref().unwrap_or(before),
+                prior: start,
+                before: state.as_ref().unwrap_or(&before),
                 scope,
                 resources: vec![],
                 canonical: false,
@@ -182,7 +189,7 @@ impl Managed {
             }
             return vec![];
         };
-        match self.take(state, raw, before, enforce, &events) {
+        match self.take(state, raw, enforce, &events) {
             Ok(()) => accepted
                 .into_iter()
                 .map(|(reply, resp, ..)| (reply, resp))
@@ -204,21 +211,22 @@ impl Managed {
     }
 
     /// Enforces `after` (whose canonical form is `raw`), then commits it
-    /// with `events`; on any failure enforces `before` again.
+    /// with `events`; on any failure enforces the committed state again.
     fn take(
         &mut self,
         after: Desired,
         raw: RawConfig,
-        before: &Desired,
-        enforce: &mut dyn FnMut(Desired) -> Result<(), String>,
+        enforce: &mut Enforce,
         events: &[Event],
     ) -> Result<(), ApiError> {
-        let restore = |enforce: &mut dyn FnMut(Desired) -> Result<(), String>| {
+        let after = Arc::new(after);
+        let before = self.desired.clone();
+        let restore = |enforce: &mut Enforce| {
             if let Err(e) = enforce(before.clone()) {
                 log::error!("restoring the previous state after a failed change: {e}");
             }
         };
-        if let Err(e) = enforce(after) {
+        if let Err(e) = enforce(after.clone()) {
             restore(enforce);
             return Err(ApiError::internal(format!(
                 "enforcing the change failed; the previous state stays: {e}"
@@ -235,6 +243,7 @@ impl Managed {
             });
         }
         self.raw = raw;
+        self.desired = after;
         Ok(())
     }
 
@@ -268,8 +277,7 @@ impl Managed {
     pub fn refresh(
         &mut self,
         seen: Watched,
-        before: &Desired,
-        enforce: &mut dyn FnMut(Desired) -> Result<(), String>,
+        enforce: &mut Enforce,
     ) -> Result<Option<String>, String> {
         let Store::Etcd(e) = &mut self.store else {
             return Ok(None);
@@ -289,32 +297,33 @@ impl Managed {
         if raw == self.raw {
             return Ok(None);
         }
-        let after = validate(&raw, &Stored, None).map_err(|e| {
+        let prior = Prior {
+            raw: &self.raw,
+            desired: &self.desired,
+        };
+        let after = validate_from(&raw, &Stored, None, Some(prior)).map_err(|e| {
             format!(
                 "{}: the stored state is invalid, the state in force stays:\n{e}",
                 self.store.describe()
             )
         })?;
-        let changed = changes(before, &after);
-        enforce(after)?;
+        let changed = changes(&self.desired, &after);
+        let after = Arc::new(after);
+        enforce(after.clone())?;
         self.raw = raw;
+        self.desired = after;
         Ok(Some(summary(&changed)))
     }
 
     /// `sg-agent apply -f FILE`: the file's state replaces the managed
     /// state, through the same validation; says what changed.
-    pub fn apply_file(
-        &mut self,
-        path: &Path,
-        before: &Desired,
-        enforce: &mut dyn FnMut(Desired) -> Result<(), String>,
-    ) -> Result<String, String> {
-        let after = source::file::load(path, Some(before)).map_err(|e| format!("{e:#}"))?;
-        let changed = changes(before, &after);
+    pub fn apply_file(&mut self, path: &Path, enforce: &mut Enforce) -> Result<String, String> {
+        let after = source::file::load(path, Some(&self.desired)).map_err(|e| format!("{e:#}"))?;
+        let changed = changes(&self.desired, &after);
         let summary = format!("applied {}: {}", path.display(), summary(&changed));
         let ev = crate::api::audit::reload(&path.display().to_string(), &summary, changed);
         let raw = canonical(&after);
-        self.take(after, raw, before, enforce, &[ev])
+        self.take(after, raw, enforce, &[ev])
             .map_err(|e| e.message)?;
         Ok(summary)
     }
@@ -324,9 +333,19 @@ impl Managed {
 /// interfaces added, removed and changed.
 pub fn changes(before: &Desired, after: &Desired) -> Value {
     fn diff<T: PartialEq>(a: &[T], b: &[T], id: impl Fn(&T) -> &str) -> Value {
-        // By id: states of thousands of objects.
-        let ia: std::collections::HashMap<&str, &T> = a.iter().map(|x| (id(x), x)).collect();
-        let ib: std::collections::HashSet<&str> = b.iter().map(&id).collect();
+        // Most changes keep every object in its place: then side by side.
+        if a.len() == b.len() && a.iter().zip(b).all(|(x, y)| id(x) == id(y)) {
+            let changed: Vec<&str> = a
+                .iter()
+                .zip(b)
+                .filter(|(x, y)| x != y)
+                .map(|(x, _)| id(x))
+                .collect();
+            return json!({"added": [], "removed": [], "changed": changed});
+        }
+        // Otherwise by id: states of thousands of objects.
+        let ia: foldhash::HashMap<&str, &T> = a.iter().map(|x| (id(x), x)).collect();
+        let ib: foldhash::HashSet<&str> = b.iter().map(&id).collect();
         let added: Vec<&str> = b.iter().map(&id).filter(|k| !ia.contains_key(k)).collect();
         let removed: Vec<&str> = a.iter().map(&id).filter(|k| !ib.contains(k)).collect();
         let changed: Vec<&str> = b
@@ -363,5 +382,39 @@ pub fn summary(changes: &Value) -> String {
         "nothing changed".into()
     } else {
         parts.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(groups: &[&str]) -> Desired {
+        let mut text = String::from("security_groups:\n");
+        for g in groups {
+            text.push_str(&format!("  - {{name: {g}, ingress: []}}\n"));
+        }
+        source::file::parse("t.yaml", &text, None, None).unwrap()
+    }
+
+    /// What changed, side by side when every object kept its place, by id
+    /// when some came or went.
+    #[test]
+    fn changes_are_found_in_place_and_by_id() {
+        let (a, b) = (state(&["web", "db"]), state(&["web", "db"]));
+        assert_eq!(summary(&changes(&a, &b)), "nothing changed");
+        let mut c = b.clone();
+        c.groups[1].description = "changed".into();
+        let id =
+            |d: &Desired, name: &str| d.groups.iter().find(|g| g.name == name).unwrap().id.clone();
+        assert_eq!(
+            summary(&changes(&a, &c)),
+            format!("security_groups changed: {}", id(&a, "db"))
+        );
+        let d = state(&["db", "cache"]);
+        let diff = changes(&a, &d);
+        assert_eq!(diff["security_groups"]["added"], json!([id(&d, "cache")]));
+        assert_eq!(diff["security_groups"]["removed"], json!([id(&a, "web")]));
+        assert_eq!(diff["security_groups"]["changed"], json!([]));
     }
 }

@@ -66,7 +66,7 @@ fn verdict(dp: &Datapath, src: &str, dport: u16) -> u32 {
 }
 
 fn members(addrs: impl IntoIterator<Item = IpAddr>) -> Members {
-    let mut m = Members::new();
+    let mut m = Members::default();
     m.insert(GROUP.into(), addrs.into_iter().collect());
     m
 }

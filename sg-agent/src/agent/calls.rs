@@ -7,7 +7,7 @@ use super::Agent;
 use crate::{
     api::{self, Snapshot},
     control::Reply,
-    managed::Managed,
+    managed::{Enforce, Managed},
     model::Desired,
 };
 
@@ -41,16 +41,15 @@ impl Agent {
         &mut self,
         what: &str,
         report: bool,
-        change: impl FnOnce(&mut Managed, &Desired, &mut dyn FnMut(Desired) -> Result<(), String>) -> R,
+        change: impl FnOnce(&mut Managed, &mut Enforce) -> R,
     ) -> Option<R> {
         let mut m = self.managed.take()?;
-        let before = self.desired.clone();
         self.holding = true;
-        let mut enforce = |d: Desired| {
+        let mut enforce = |d: Arc<Desired>| {
             let r = self.adopt(d, what, report);
             if r.ok { Ok(()) } else { Err(r.message) }
         };
-        let out = change(&mut m, &before, &mut enforce);
+        let out = change(&mut m, &mut enforce);
         self.holding = false;
         self.managed = Some(m);
         self.publish();
@@ -69,9 +68,7 @@ impl Agent {
         let names: Vec<&str> = calls.iter().map(|c| c.action.as_str()).collect();
         let what = format!("API {}", names.join(", "));
         let answers = self
-            .change_managed(&what, false, |m, before, enforce| {
-                m.execute(calls, before, enforce)
-            })
+            .change_managed(&what, false, |m, enforce| m.execute(calls, enforce))
             .unwrap_or_default();
         // Reads show the committed state (published above) before any
         // client hears of it.
@@ -82,8 +79,8 @@ impl Agent {
 
     /// Another writer changed the stored state (a fleet): take it.
     pub(super) fn take_stored(&mut self, seen: crate::store::Watched) {
-        let r = self.change_managed("the store's change", false, |m, before, enforce| {
-            m.refresh(seen, before, enforce)
+        let r = self.change_managed("the store's change", false, |m, enforce| {
+            m.refresh(seen, enforce)
         });
         match r {
             Some(Ok(Some(what))) => log::info!("took the store's change: {what}"),
@@ -94,17 +91,18 @@ impl Agent {
 
     /// The store answered at last (the agent started while it was away):
     /// its state replaces what the pins held.
-    pub(super) fn reconnected(&mut self, m: Managed, d: Desired) {
+    pub(super) fn reconnected(&mut self, m: Managed) {
         log::info!("{} answers: taking its state", self.file);
         self.heartbeats = m.heartbeat(true);
+        let d = m.desired.clone();
         self.managed = Some(m);
         self.adopt(d, "the store's state", true);
     }
 
     /// `sg-agent apply -f FILE` in managed mode.
     pub(super) fn apply_file(&mut self, path: &Path) -> Reply {
-        let r = self.change_managed("sg-agent apply -f", true, |m, before, enforce| {
-            m.apply_file(path, before, enforce)
+        let r = self.change_managed("sg-agent apply -f", true, |m, enforce| {
+            m.apply_file(path, enforce)
         });
         match r {
             Some(Ok(message)) => Reply { ok: true, message },

@@ -36,7 +36,7 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// Opens the managed state, trying again every [`RETRY`] while it cannot
 /// be opened (etcd away, an invalid state), saying so once per reason.
-pub async fn open_when_reachable(at: &StateAt, seed: &Path) -> (Managed, Desired) {
+pub async fn open_when_reachable(at: &StateAt, seed: &Path) -> Managed {
     let mut said = String::new();
     loop {
         let (at, seed) = (at.clone(), seed.to_path_buf());
@@ -85,10 +85,10 @@ fn compute(role: Follow, d: &Desired) -> (usize, usize) {
 
 impl Follower {
     /// Takes `d` as the state this follower follows.
-    fn take(&mut self, d: Desired, what: &str) {
+    fn take(&mut self, d: Arc<Desired>, what: &str) {
         let t = std::time::Instant::now();
         let (ifaces, blocks) = compute(self.role, &d);
-        self.desired = Arc::new(d);
+        self.desired = d;
         self.publish();
         match self.role {
             Follow::Api => log::info!("{what}: serving it"),
@@ -113,9 +113,8 @@ impl Follower {
     fn refresh(&mut self, seen: crate::store::Watched) {
         let reread = matches!(seen, crate::store::Watched::Reread);
         let t = std::time::Instant::now();
-        let before = self.desired.clone();
         let mut taken = None;
-        let r = self.managed.refresh(seen, &before, &mut |d| {
+        let r = self.managed.refresh(seen, &mut |d| {
             taken = Some(d);
             Ok(())
         });
@@ -133,9 +132,8 @@ impl Follower {
     }
 
     fn api(&mut self, calls: Vec<api::Call>) {
-        let before = self.desired.clone();
         let mut taken = None;
-        let answers = self.managed.execute(calls, &before, &mut |d| {
+        let answers = self.managed.execute(calls, &mut |d| {
             taken = Some(d);
             Ok(())
         });
@@ -158,7 +156,8 @@ pub async fn follow(
     role: Follow,
     api: Option<ApiOptions>,
 ) -> Result<()> {
-    let (managed, desired) = open_when_reachable(at, seed).await;
+    let managed = open_when_reachable(at, seed).await;
+    let desired = managed.desired.clone();
     let source = format!("the managed state {}", managed.store.describe());
     let mut changes = managed
         .watch()

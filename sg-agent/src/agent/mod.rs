@@ -319,7 +319,7 @@ impl Agent {
             };
         }
         let changed = managed::changes(&self.desired, &d);
-        let reply = self.adopt(d, "configuration applied", true);
+        let reply = self.adopt(Arc::new(d), "configuration applied", true);
         if reply.ok
             && let Some(store) = &mut self.audit
         {
@@ -334,7 +334,7 @@ impl Agent {
     /// Enforces `d` in place of what is in force, reporting what it widens
     /// when `report` (an API call's change is what it says, and in the
     /// audit trail: the pairwise comparison is not worth its milliseconds).
-    fn adopt(&mut self, d: Desired, what: &str, report: bool) -> Reply {
+    fn adopt(&mut self, d: Arc<Desired>, what: &str, report: bool) -> Reply {
         let after = widen::after(&self.enforced, &d);
         let wider = if report {
             widen::widenings(&self.enforced, &after)
@@ -355,7 +355,7 @@ impl Agent {
                 d.conntrack.max_flows
             );
         }
-        self.desired = Arc::new(d);
+        self.desired = d;
         self.enforced = after;
         self.reconcile(what)
     }

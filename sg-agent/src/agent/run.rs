@@ -24,7 +24,6 @@ use crate::{
     flowlog::{self, FlowLogs},
     managed::Managed,
     metrics,
-    model::Desired,
     reload::Trigger,
     store::{StateAt, Store},
     watch::{Change, Watch},
@@ -91,9 +90,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut reopen = None;
     let (desired, managed, file) = if opts.managed {
         match Managed::open(&opts.state, config) {
-            Ok((m, d)) => {
+            Ok(m) => {
                 let file = format!("the managed state {}", m.store.describe());
-                (d, Some(m), file)
+                (m.desired.clone(), Some(m), file)
             }
             Err(e) if pinned && let StateAt::Etcd(etcd) = &opts.state => {
                 log::error!(
@@ -106,7 +105,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 });
                 reopen = Some(rx);
                 let file = format!("the managed state {}", etcd.describe());
-                (Desired::default(), None, file)
+                (Arc::default(), None, file)
             }
             Err(e) => return Err(e),
         }
@@ -121,7 +120,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         let d = load(config, trigger, None, None)
             .await
             .map_err(anyhow::Error::msg)?;
-        (d, None, config.display().to_string())
+        (Arc::new(d), None, config.display().to_string())
     };
     log::debug!("state taken from {file}");
     // File mode records its reloads; managed mode records in its store.
@@ -194,7 +193,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         dp,
         path: config.to_path_buf(),
         file,
-        desired: Arc::new(desired.clone()),
+        desired: desired.clone(),
         enforced,
         applied: HashMap::new(),
         retained,
@@ -307,7 +306,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     None => std::future::pending().await,
                 }
             } => agent.take_stored(seen),
-            Ok((m, d)) = async {
+            Ok(m) = async {
                 match &mut reopen {
                     Some(rx) => rx.await,
                     None => std::future::pending().await,
@@ -315,7 +314,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             } => {
                 reopen = None;
                 store_changes = m.watch();
-                agent.reconnected(m, d);
+                agent.reconnected(m);
                 if let Some(a) = api_opts.take() {
                     let served = match Store::open(&opts.state) {
                         Ok(audit) => api::serve(a, snapshot.clone(), api_tx.clone(), audit).await,

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 pub use server::{ApiOptions, dry_run_ok as server_dry_run, serve};
 
-use crate::model::{Desired, input::RawConfig, validate};
+use crate::model::{Desired, Prior, input::RawConfig, validate_from};
 use error::{ApiError, ApiResult};
 use views::Scope;
 
@@ -76,6 +76,8 @@ impl Snapshot {
 /// and the state it starts from.
 pub struct Txn<'a> {
     pub raw: RawConfig,
+    /// The state the change started from, and `before` its validation.
+    pub prior: &'a RawConfig,
     pub before: &'a Desired,
     pub scope: Scope,
     /// Ids the call names or creates, for the audit trail.
@@ -154,14 +156,16 @@ impl Txn<'_> {
     }
 
     fn check(&mut self, at: Option<&Permissions>) -> ApiResult<Desired> {
-        validate_request(&mut self.raw, self.before, at)
+        validate_request(&mut self.raw, self.prior, self.before, at)
     }
 }
 
-/// Validates `raw`, a state a request made from `before`, placing problems
-/// in the request's permissions `at` by their parameters.
+/// Validates `raw`, a state a request made from `prior` (validated as
+/// `before`), placing problems in the request's permissions `at` by their
+/// parameters.
 pub fn validate_request(
     raw: &mut RawConfig,
+    prior: &RawConfig,
     before: &Desired,
     at: Option<&Permissions>,
 ) -> ApiResult<Desired> {
@@ -169,7 +173,11 @@ pub fn validate_request(
     for (i, g) in raw.security_groups.iter_mut().enumerate() {
         g.origin.path = format!("security_groups[{i}]");
     }
-    let d = validate(raw, &InRequest(at), Some(before)).map_err(ApiError::from);
+    let prior = Prior {
+        raw: prior,
+        desired: before,
+    };
+    let d = validate_from(raw, &InRequest(at), Some(before), Some(prior)).map_err(ApiError::from);
     for g in &mut raw.security_groups {
         g.origin = Default::default();
     }

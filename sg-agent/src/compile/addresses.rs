@@ -1,10 +1,7 @@
 //! The shared address map: every address block some rule's peer stands
 //! for, with the identity it gets — the atoms that contain it.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use foldhash::{HashMap, HashMapExt};
 
@@ -14,8 +11,9 @@ use super::{Atom, truncate};
 use crate::model::{Desired, Interface};
 
 /// The private addresses of each group's members (both families), by
-/// group id: what a group atom stands for.
-pub type Members = BTreeMap<String, Vec<IpAddr>>;
+/// group id: what a group atom stands for. Hashed: a fleet's state has
+/// thousands of groups and tens of thousands of memberships.
+pub type Members = HashMap<String, Vec<IpAddr>>;
 
 /// Every interface of `d` counts, wherever it runs: a reference matches
 /// the members' addresses, not only the local ones.
@@ -23,7 +21,13 @@ pub fn members(d: &Desired) -> Members {
     let mut out = Members::new();
     for i in &d.interfaces {
         for g in &i.groups {
-            out.entry(g.clone()).or_default().extend(of(i));
+            // The id copied once per group, not once per membership.
+            match out.get_mut(g) {
+                Some(list) => list.extend(of(i)),
+                None => {
+                    out.insert(g.clone(), of(i).collect());
+                }
+            }
         }
     }
     out

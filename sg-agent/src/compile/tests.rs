@@ -15,7 +15,7 @@ const TCP: Protocol = Protocol::Number(6);
 /// The flags the datapath would find for `addr`: the longest block's
 /// atoms in the address map, then the policy's segments for them.
 fn lookup(c: &Compiled, dir: u8, addr: &str, proto: u8, port: u16) -> Option<u32> {
-    lookup_with(c, &Members::new(), dir, addr, proto, port)
+    lookup_with(c, &Members::default(), dir, addr, proto, port)
 }
 
 fn lookup_with(

@@ -56,7 +56,7 @@ impl Datapath {
                 ifindex,
                 compiled,
             }],
-            &Members::new(),
+            &Members::default(),
         )
     }
 

@@ -12,4 +12,4 @@ pub mod validate;
 
 pub use issues::{Collector, INVALID, Issue, Issues, Locate};
 pub use types::*;
-pub use validate::validate;
+pub use validate::{Prior, validate, validate_from};

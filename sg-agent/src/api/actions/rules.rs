@@ -171,7 +171,7 @@ fn resolve(txn: &Txn, g: &Group, egress: bool, perms: Vec<RawRule>) -> ApiResult
         dir,
         first: 0,
     };
-    let d = validate_request(&mut probe, txn.before, Some(&at))?;
+    let d = validate_request(&mut probe, txn.prior, txn.before, Some(&at))?;
     Ok(rules_of(d.group(&g.id).expect("kept"), egress).to_vec())
 }
 
@@ -555,6 +555,7 @@ security_groups:
             let p = codec::decode(action, &params).unwrap_or_else(|e| panic!("{}", e.message));
             let mut txn = Txn {
                 raw: raw.clone(),
+                prior: &raw,
                 before: &state,
                 scope: Scope {
                     account: "123456789012".into(),
@@ -584,7 +585,8 @@ security_groups:
         )
         .unwrap_or_else(|e| panic!("{}", e.message));
         let mut txn = Txn {
-            raw,
+            raw: raw.clone(),
+            prior: &raw,
             before: &state,
             scope: Scope {
                 account: "123456789012".into(),

@@ -28,6 +28,31 @@ pub fn validate(
     locate: &dyn Locate,
     previous: Option<&Desired>,
 ) -> Result<Desired, Issues> {
+    validate_from(raw, locate, previous, None)
+}
+
+/// A state that validated, and the input it was validated from.
+#[derive(Clone, Copy)]
+pub struct Prior<'a> {
+    pub raw: &'a RawConfig,
+    pub desired: &'a Desired,
+}
+
+/// As [`validate`], taking from `prior` what cannot have changed: a
+/// group's rules when the group's written rules and everything they are
+/// resolved against (VPCs, prefix lists, quotas, the groups' ids, names and
+/// VPCs) are as they were, and the interfaces when they and what they are
+/// resolved against are. Validation is a function of its input, so the
+/// parts taken are the ones validating again would give, and without
+/// issues, since `prior` had none. A fleet's agent validates a state of
+/// tens of thousands of objects at every change; this keeps it to the
+/// objects the change touched (docs/fleet.md, "Where it bends").
+pub fn validate_from(
+    raw: &RawConfig,
+    locate: &dyn Locate,
+    previous: Option<&Desired>,
+    prior: Option<Prior>,
+) -> Result<Desired, Issues> {
     let mut c = Collector::new(locate);
     let v = &mut c;
     let q = raw.quotas;
@@ -41,6 +66,7 @@ pub fn validate(
     let (mut groups, mut group_src) = groups::identities(v, raw, &vpcs, &account);
     groups::defaults(&mut groups, &mut group_src, &vpcs, &account);
     quotas::groups_per_vpc(v, &groups, q.groups_per_vpc);
+    let same = prior.filter(|p| same_context(raw, p, &groups));
     rules::resolve(
         v,
         &mut groups,
@@ -49,8 +75,14 @@ pub fn validate(
         &pls,
         previous,
         q.rules_per_group,
+        same,
     );
-    let ifaces = interfaces::resolve(v, raw, &vpcs, &groups);
+    let ifaces = match same {
+        Some(p) if p.raw.network_interfaces == raw.network_interfaces => {
+            p.desired.interfaces.clone()
+        }
+        _ => interfaces::resolve(v, raw, &vpcs, &groups),
+    };
     let (warnings, errors): (Vec<Issue>, Vec<Issue>) =
         c.issues.into_iter().partition(|i| i.warning);
     if !errors.is_empty() {
@@ -68,4 +100,19 @@ pub fn validate(
         quotas: q,
         warnings,
     })
+}
+
+/// Whether what rules and interfaces are resolved against is as it was in
+/// `prior`: the same written VPCs, prefix lists, quotas and account, and
+/// the same groups (id, name, VPC, default or not) in the same order.
+fn same_context(raw: &RawConfig, prior: &Prior, groups: &[super::Group]) -> bool {
+    let p = prior.raw;
+    raw.vpcs == p.vpcs
+        && raw.prefix_lists == p.prefix_lists
+        && raw.quotas == p.quotas
+        && raw.account_id == p.account_id
+        && groups.len() == prior.desired.groups.len()
+        && groups.iter().zip(&prior.desired.groups).all(|(a, b)| {
+            a.id == b.id && a.name == b.name && a.vpc == b.vpc && a.is_default == b.is_default
+        })
 }

@@ -6,6 +6,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{
+    Prior,
     ids::{make_id, parse_v4, parse_v6, valid_id, valid_text},
     vpcs::Vpcs,
 };
@@ -15,7 +16,13 @@ use crate::model::{
 };
 
 /// Resolves every written group's rules; a group without written egress gets
-/// AWS's default.
+/// AWS's default. `same`: a prior state resolved against the same context
+/// (`validate_from`), whose groups' rules are taken where they were written
+/// alike.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the context rules are resolved against"
+)]
 pub fn resolve(
     v: &mut Collector,
     groups: &mut [Group],
@@ -24,7 +31,19 @@ pub fn resolve(
     pls: &[PrefixList],
     previous: Option<&Desired>,
     rules_per_group: u32,
+    same: Option<Prior>,
 ) {
+    // The prior state's written groups, in the order their resolved ones
+    // stand (it validated, so none was left out).
+    let prior_src: Vec<&RawGroup> = same
+        .map(|p| {
+            p.raw
+                .security_groups
+                .iter()
+                .chain(&p.raw.aws_security_groups)
+                .collect()
+        })
+        .unwrap_or_default();
     // Rules.
     let previous_groups: HashSet<&str> = previous
         .map(|p| p.groups.iter().map(|g| g.id.as_str()).collect())
@@ -42,6 +61,17 @@ pub fn resolve(
     }
     for gi in 0..groups.len() {
         let Some(src) = group_src[gi] else { continue };
+        if let (Some(p), Some(was)) = (same, prior_src.get(gi))
+            && let Some(old) = p.desired.groups.get(gi)
+            && was.ingress == src.ingress
+            && was.egress == src.egress
+            // Stale references are warned of at each validation.
+            && !old.ingress.iter().chain(&old.egress).any(|r| matches!(r.peer, Peer::Group { stale: true, .. }))
+        {
+            groups[gi].ingress = old.ingress.clone();
+            groups[gi].egress = old.egress.clone();
+            continue;
+        }
         let (doc, gpath) = (src.origin.doc, src.origin.path.clone());
         let obj = format!("security group {:?} ({})", groups[gi].name, groups[gi].id);
         let vpc = vpcs

@@ -455,3 +455,134 @@ network_interfaces:
             .any(|f| f.lo == 5432 && f.net.to_string() == "10.0.0.9/32")
     );
 }
+
+/// Validating from a prior state takes its unchanged parts: every edit
+/// gives what validating the whole state gives, issues and warnings
+/// included, and the parts taken are the prior's (a prior whose unchanged
+/// group was tampered with shows through, which proves they were taken).
+#[test]
+fn validating_from_a_prior_state_gives_what_validating_gives() {
+    use crate::model::{Prior, canonical::canonical, input::RawConfig, validate_from};
+    let text = "vpcs:\n  - {name: main, cidr_blocks: [10.0.0.0/16]}\n  - {name: other, cidr_blocks: [10.1.0.0/16]}\n\
+prefix_lists:\n  - {name: office, max_entries: 5, entries: [{cidr: 192.0.2.0/24}]}\n\
+security_groups:\n\
+  - {name: web, vpc: main, ingress: [{ip_protocol: tcp, from_port: 443, to_port: 443, ip_ranges: [0.0.0.0/0]}]}\n\
+  - {name: db, vpc: main, ingress: [{ip_protocol: tcp, from_port: 5432, to_port: 5432, user_id_group_pairs: [web], prefix_list_ids: [office]}]}\n\
+  - {name: far, vpc: main, ingress: [{ip_protocol: tcp, from_port: 22, to_port: 22, user_id_group_pairs: [{group_name: ops, vpc_id: other}]}]}\n\
+  - {name: ops, vpc: other, ingress: []}\n\
+network_interfaces:\n\
+  - {interface: w0, vpc: main, private_ipv4: [10.0.0.2], groups: [web]}\n\
+  - {interface: d0, vpc: main, private_ipv4: [10.0.0.3], groups: [db, far]}\n";
+    struct Nowhere;
+    impl crate::model::Locate for Nowhere {
+        fn locate(&self, _: usize, path: &str) -> (String, Option<usize>) {
+            (path.to_string(), None)
+        }
+    }
+    let whole = |raw: &RawConfig| crate::model::validate(raw, &Nowhere, None);
+    let mut prior_raw = canonical(&ok(text));
+    let mut prior = whole(&prior_raw).unwrap();
+    type Edit = fn(&mut RawConfig);
+    let edits: Vec<(&str, Edit)> = vec![
+        ("a rule added", |r| {
+            let mut rule = r.security_groups[0].ingress[0].clone();
+            rule.from_port = Some(80);
+            rule.to_port = Some(80);
+            rule.ip_ranges[0].rule_id = None;
+            r.security_groups[0].ingress.push(rule);
+        }),
+        ("a rule removed", |r| {
+            r.security_groups[1].ingress.clear();
+        }),
+        ("a duplicate rule", |r| {
+            let rule = r.security_groups[0].ingress[0].clone();
+            r.security_groups[0].ingress.push(rule);
+        }),
+        ("a rule naming a group that is not there", |r| {
+            let mut rule = r.security_groups[0].ingress[0].clone();
+            rule.ip_ranges.clear();
+            rule.user_id_group_pairs = vec![crate::model::input::RawPeer {
+                value: "nope".into(),
+                ..Default::default()
+            }];
+            r.security_groups[0].ingress.push(rule);
+        }),
+        ("a prefix list grown past the quota", |r| {
+            r.prefix_lists[0].max_entries = 70;
+        }),
+        ("a prefix list resized", |r| {
+            r.prefix_lists[0].max_entries = 7
+        }),
+        ("the VPCs peered", |r| {
+            r.vpcs[0].peerings = vec!["other".into()];
+        }),
+        ("a group renamed", |r| {
+            r.security_groups[0].name = "front".into()
+        }),
+        ("a group added", |r| {
+            let mut g = r.security_groups[3].clone();
+            g.id = None;
+            g.name = "new".into();
+            r.security_groups.push(g);
+        }),
+        ("an interface moved", |r| {
+            r.network_interfaces[0].groups = Some(vec!["db".into()]);
+        }),
+        ("an interface outside its VPC", |r| {
+            r.network_interfaces[1].private_ipv4 = vec!["10.9.0.1".into()];
+        }),
+        ("an interface added", |r| {
+            let mut i = r.network_interfaces[0].clone();
+            i.id = None;
+            i.interface = "w1".into();
+            i.private_ipv4 = vec!["10.0.0.9".into()];
+            r.network_interfaces.push(i);
+        }),
+        ("quotas changed", |r| r.quotas.rules_per_group = 1),
+    ];
+    let mut taken_from = 0;
+    for (what, edit) in edits {
+        let mut raw = prior_raw.clone();
+        edit(&mut raw);
+        let from = validate_from(
+            &raw,
+            &Nowhere,
+            None,
+            Some(Prior {
+                raw: &prior_raw,
+                desired: &prior,
+            }),
+        );
+        match (whole(&raw), from) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a, b, "{what}");
+                (prior_raw, prior) = (canonical(&b), b);
+                taken_from += 1;
+            }
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{what}"),
+            (a, b) => panic!("{what}: whole {a:?}, from the prior {b:?}"),
+        }
+    }
+    assert!(taken_from >= 8, "only {taken_from} edits were accepted");
+    // The parts taken are the prior's own.
+    let mut tampered = prior.clone();
+    let db = tampered.groups.iter().position(|g| g.name == "db").unwrap();
+    tampered.groups[db].ingress.clear();
+    let mut raw = prior_raw.clone();
+    raw.network_interfaces[0].private_ipv4 = vec!["10.0.0.7".into()];
+    let from = validate_from(
+        &raw,
+        &Nowhere,
+        None,
+        Some(Prior {
+            raw: &prior_raw,
+            desired: &tampered,
+        }),
+    )
+    .unwrap();
+    assert!(
+        from.groups[db].ingress.is_empty(),
+        "the unchanged group was validated again"
+    );
+    assert_eq!(from.interfaces[0].ipv4[0].to_string(), "10.0.0.7");
+}

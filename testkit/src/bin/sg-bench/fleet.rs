@@ -77,7 +77,7 @@ pub(crate) fn fleet(pin_dir: &Path) -> Result<serde_json::Value> {
             compiled: c,
         })
         .collect();
-    let mut members = Members::new();
+    let mut members = Members::default();
     members.insert(GROUP.into(), (0..MEMBERS).map(member).collect());
     let t = Instant::now();
     let first = dp.commit(&changes, &members)?;
