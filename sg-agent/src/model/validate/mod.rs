@@ -45,8 +45,9 @@ pub struct Prior<'a> {
 /// resolved against are. Validation is a function of its input, so the
 /// parts taken are the ones validating again would give, and without
 /// issues, since `prior` had none. A fleet's agent validates a state of
-/// tens of thousands of objects at every change; this keeps it to the
-/// objects the change touched (docs/fleet.md, "Where it bends").
+/// tens of thousands of objects at every change; this keeps resolving to
+/// the objects the change touched (docs/fleet.md, "What an agent does per
+/// change").
 pub fn validate_from(
     raw: &RawConfig,
     locate: &dyn Locate,
