@@ -63,6 +63,9 @@ pub fn resolve(
         let Some(src) = group_src[gi] else { continue };
         if let (Some(p), Some(was)) = (same, prior_src.get(gi))
             && let Some(old) = p.desired.groups.get(gi)
+            // The written group `old` was resolved from (a stored state
+            // writes every group's id).
+            && was.id.as_deref() == Some(old.id.as_str())
             && was.ingress == src.ingress
             && was.egress == src.egress
             // Stale references are warned of at each validation.
