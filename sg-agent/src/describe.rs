@@ -122,7 +122,7 @@ pub fn security_group_rules(d: &Desired) -> Value {
     let mut out = vec![];
     for g in &d.groups {
         for (egress, rules) in [(false, &g.ingress), (true, &g.egress)] {
-            for r in rules {
+            for r in rules.iter() {
                 let (from, to) = port(r);
                 let mut v = json!({
                     "SecurityGroupRuleId": r.id,
@@ -162,7 +162,7 @@ pub fn rules_table(d: &Desired) -> String {
     );
     for g in &d.groups {
         for (dir, rules) in [("inbound", &g.ingress), ("outbound", &g.egress)] {
-            for r in rules {
+            for r in rules.iter() {
                 let ports = match port(r) {
                     (Some(f), Some(t)) if f == t => f.to_string(),
                     (Some(f), Some(t)) => format!("{f}-{t}"),

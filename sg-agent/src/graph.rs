@@ -104,7 +104,7 @@ pub fn dot(d: &Desired) -> String {
             ))
         );
     }
-    for i in &d.interfaces {
+    for i in d.interfaces.iter() {
         for g in &i.groups {
             let _ = writeln!(
                 s,
@@ -124,7 +124,7 @@ fn edges(d: &Desired, s: &mut String) {
     let mut cidrs = Vec::new();
     for g in &d.groups {
         let mut by_peer: BTreeMap<String, (Vec<String>, bool)> = BTreeMap::new();
-        for r in &g.ingress {
+        for r in g.ingress.iter() {
             let (node, stale) = match &r.peer {
                 Peer::Group { id, stale, .. } => (id.clone(), *stale),
                 Peer::PrefixList(id) => (id.clone(), false),

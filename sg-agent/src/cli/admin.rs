@@ -42,7 +42,7 @@ pub fn check(path: &Path, pin_dir: &Path) -> Result<()> {
         d.prefix_lists.len(),
         d.interfaces.len()
     );
-    for i in &d.interfaces {
+    for i in d.interfaces.iter() {
         let names: Vec<&str> = i
             .groups
             .iter()

@@ -19,7 +19,7 @@ pub type Members = HashMap<String, Vec<IpAddr>>;
 /// the members' addresses, not only the local ones.
 pub fn members(d: &Desired) -> Members {
     let mut out = Members::new();
-    for i in &d.interfaces {
+    for i in d.interfaces.iter() {
         for g in &i.groups {
             // The id copied once per group, not once per membership.
             match out.get_mut(g) {

@@ -98,7 +98,7 @@ pub fn interfaces(d: &Desired) -> Markup {
         html! {
             table #interfaces {
                 tr { th { "Interface ID" } th { "Name" } th { "Host" } th { "VPC" } th { "Addresses" } th { "Security groups" } }
-                @for i in &d.interfaces {
+                @for i in d.interfaces.iter() {
                     tr data-id=(i.id) {
                         td { (i.id) } td { (i.name) } td { (i.host.as_deref().unwrap_or("-")) } td { (i.vpc) }
                         td { @for a in &i.ipv4 { (a) " " } @for a in &i.ipv6 { (a) " " } }

@@ -206,7 +206,7 @@ fn quota(
 
 fn quotas(d: &Desired, out: &mut Vec<Finding>) {
     let q = d.quotas;
-    for i in &d.interfaces {
+    for i in d.interfaces.iter() {
         quota(
             out,
             &i.id,
@@ -239,7 +239,7 @@ fn quotas(d: &Desired, out: &mut Vec<Finding>) {
             // AWS counts IPv4 and IPv6 rules apart; a prefix-list reference
             // weighs its max_entries.
             let (mut v4, mut v6) = (0, 0);
-            for r in list {
+            for r in list.iter() {
                 match &r.peer {
                     Peer::Cidr(ipnet::IpNet::V6(_)) => v6 += 1,
                     Peer::PrefixList(id) => match d.prefix_list(id) {

@@ -6,6 +6,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::{Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -197,8 +198,10 @@ pub struct Group {
     pub vpc: String,
     pub owner: String,
     pub tags: BTreeMap<String, String>,
-    pub ingress: Vec<Rule>,
-    pub egress: Vec<Rule>,
+    /// Shared, as `Desired::interfaces`, with the state before when the
+    /// group's rules did not change.
+    pub ingress: Arc<[Rule]>,
+    pub egress: Arc<[Rule]>,
     pub is_default: bool,
 }
 
@@ -231,7 +234,10 @@ pub struct Desired {
     pub vpcs: Vec<Vpc>,
     pub prefix_lists: Vec<PrefixList>,
     pub groups: Vec<Group>,
-    pub interfaces: Vec<Interface>,
+    /// Shared between a state and the next when no interface changed (a
+    /// fleet's state holds tens of thousands, and every change makes a new
+    /// state; an `Arc` compares equal to itself at once).
+    pub interfaces: Arc<[Interface]>,
     pub conntrack: ConntrackTable,
     pub quotas: Quotas,
     /// Problems that do not stop the configuration (stale references).

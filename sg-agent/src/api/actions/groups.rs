@@ -86,7 +86,7 @@ pub fn delete(txn: &mut Txn, p: &Value) -> ApiResult<(Value, Desired)> {
             && o.vpc == g.vpc
             && o.ingress
                 .iter()
-                .chain(&o.egress)
+                .chain(o.egress.iter())
                 .any(|r| matches!(&r.peer, Peer::Group { id: x, .. } if *x == id))
     }) {
         return Err(ApiError::client(
@@ -298,7 +298,7 @@ pub fn references(s: &Snapshot, p: &Value, _scope: &Scope) -> ApiResult<Value> {
             if let Some(Peer::Group { peering, .. }) = other
                 .ingress
                 .iter()
-                .chain(&other.egress)
+                .chain(other.egress.iter())
                 .map(|r| &r.peer)
                 .find(|peer| matches!(peer, Peer::Group { id: x, .. } if x == id))
             {

@@ -140,7 +140,7 @@ pub fn delete(txn: &mut Txn, p: &Value) -> ApiResult<(Value, Desired)> {
     if let Some(g) = txn.before.groups.iter().find(|g| {
         g.ingress
             .iter()
-            .chain(&g.egress)
+            .chain(g.egress.iter())
             .any(|r| r.peer == Peer::PrefixList(id.clone()))
     }) {
         return Err(ApiError::client(

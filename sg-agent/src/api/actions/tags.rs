@@ -220,7 +220,7 @@ pub fn describe(s: &Snapshot, p: &Value, _scope: &Scope) -> ApiResult<Value> {
     let mut all: Vec<(String, &'static str, &BTreeMap<String, String>)> = Vec::new();
     for g in &d.groups {
         all.push((g.id.clone(), "security-group", &g.tags));
-        for r in g.ingress.iter().chain(&g.egress) {
+        for r in g.ingress.iter().chain(g.egress.iter()) {
             all.push((r.id.clone(), "security-group-rule", &r.tags));
         }
     }

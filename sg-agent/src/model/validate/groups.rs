@@ -1,7 +1,10 @@
 //! Security groups: their identity first (name, description, VPC, id), so
 //! that rules can refer to any of them; then every VPC's default group.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use super::{
     ids::{make_id, object_id, valid_text},
@@ -108,8 +111,8 @@ pub fn identities<'r>(
             vpc,
             owner: g.owner_id.clone().unwrap_or_else(|| account.to_string()),
             tags: g.tags.clone(),
-            ingress: vec![],
-            egress: vec![],
+            ingress: Arc::default(),
+            egress: Arc::default(),
             is_default: name == "default",
         });
         group_src.push(Some(g));
@@ -128,18 +131,7 @@ pub fn defaults(
     for vpc in &vpcs.list {
         if !groups.iter().any(|g| g.vpc == vpc.id && g.is_default) {
             let id = make_id("sg", &[&vpc.id, "default"]);
-            let mut g = Group {
-                id: id.clone(),
-                name: "default".into(),
-                description: "default VPC security group".into(),
-                vpc: vpc.id.clone(),
-                owner: account.to_string(),
-                tags: BTreeMap::new(),
-                ingress: vec![],
-                egress: default_egress(&id, vpc),
-                is_default: true,
-            };
-            g.ingress.push(rule(
+            let all = rule(
                 &id,
                 "ingress",
                 Protocol::All,
@@ -152,7 +144,18 @@ pub fn defaults(
                     stale: false,
                 },
                 None,
-            ));
+            );
+            let g = Group {
+                id: id.clone(),
+                name: "default".into(),
+                description: "default VPC security group".into(),
+                vpc: vpc.id.clone(),
+                owner: account.to_string(),
+                tags: BTreeMap::new(),
+                ingress: Arc::new([all]),
+                egress: default_egress(&id, vpc).into(),
+                is_default: true,
+            };
             groups.push(g);
             group_src.push(None);
         }

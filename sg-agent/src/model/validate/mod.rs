@@ -82,7 +82,7 @@ pub fn validate_from(
         Some(p) if p.raw.network_interfaces == raw.network_interfaces => {
             p.desired.interfaces.clone()
         }
-        _ => interfaces::resolve(v, raw, &vpcs, &groups),
+        _ => interfaces::resolve(v, raw, &vpcs, &groups).into(),
     };
     let (warnings, errors): (Vec<Issue>, Vec<Issue>) =
         c.issues.into_iter().partition(|i| i.warning);

@@ -69,7 +69,8 @@ pub fn resolve(
             && was.ingress == src.ingress
             && was.egress == src.egress
             // Stale references are warned of at each validation.
-            && !old.ingress.iter().chain(&old.egress).any(|r| matches!(r.peer, Peer::Group { stale: true, .. }))
+            && !old.ingress.iter().chain(old.egress.iter())
+                .any(|r| matches!(r.peer, Peer::Group { stale: true, .. }))
         {
             groups[gi].ingress = old.ingress.clone();
             groups[gi].egress = old.egress.clone();
@@ -116,8 +117,8 @@ pub fn resolve(
             ),
             None => default_egress(&groups[gi].id, &vpc),
         };
-        groups[gi].ingress = ingress;
-        groups[gi].egress = egress;
+        groups[gi].ingress = ingress.into();
+        groups[gi].egress = egress.into();
     }
 }
 

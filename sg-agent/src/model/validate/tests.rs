@@ -567,7 +567,7 @@ network_interfaces:\n\
     // The parts taken are the prior's own.
     let mut tampered = prior.clone();
     let db = tampered.groups.iter().position(|g| g.name == "db").unwrap();
-    tampered.groups[db].ingress.clear();
+    tampered.groups[db].ingress = Default::default();
     let mut raw = prior_raw.clone();
     raw.network_interfaces[0].private_ipv4 = vec!["10.0.0.7".into()];
     let from = validate_from(
@@ -585,4 +585,23 @@ network_interfaces:\n\
         "the unchanged group was validated again"
     );
     assert_eq!(from.interfaces[0].ipv4[0].to_string(), "10.0.0.7");
+    // Taken, not copied: an unchanged group's rules and unchanged
+    // interfaces are the prior's own.
+    let mut raw = prior_raw.clone();
+    raw.security_groups[0].description = Some("new words".into());
+    let from = validate_from(
+        &raw,
+        &Nowhere,
+        None,
+        Some(Prior {
+            raw: &prior_raw,
+            desired: &prior,
+        }),
+    )
+    .unwrap();
+    assert!(std::sync::Arc::ptr_eq(&from.interfaces, &prior.interfaces));
+    assert!(std::sync::Arc::ptr_eq(
+        &from.groups[db].ingress,
+        &prior.groups[db].ingress
+    ));
 }
