@@ -259,16 +259,17 @@ impl Managed {
         Some(rx)
     }
 
-    /// In a fleet's store, follows the hosts' heartbeats, and when `beat`
-    /// (an agent, not an API server) starts this host's.
-    pub fn heartbeat(&self, beat: bool) -> Option<crate::store::etcd::Heartbeats> {
+    /// In a fleet's store, when `beat` (an agent, not an API server)
+    /// starts this host's heartbeat, and when `read` (it serves the API)
+    /// follows every host's.
+    pub fn heartbeat(&self, beat: bool, read: bool) -> Option<crate::store::etcd::Heartbeats> {
         let Store::Etcd(e) = &self.store else {
             return None;
         };
-        let beats = crate::store::etcd::Heartbeats::default();
+        let beats = read.then(crate::store::etcd::Heartbeats::default);
         let host = beat.then(|| crate::model::host::this().to_string());
         e.heartbeat(host, beats.clone());
-        Some(beats)
+        beats
     }
 
     /// Takes what the store's watch saw (another API server's change) if it

@@ -90,10 +90,11 @@ impl Agent {
     }
 
     /// The store answered at last (the agent started while it was away):
-    /// its state replaces what the pins held.
-    pub(super) fn reconnected(&mut self, m: Managed) {
+    /// its state replaces what the pins held. `api`: the agent is to serve
+    /// the API, which shows every host's heartbeat.
+    pub(super) fn reconnected(&mut self, m: Managed, api: bool) {
         log::info!("{} answers: taking its state", self.file);
-        self.heartbeats = m.heartbeat(true);
+        self.heartbeats = m.heartbeat(true, api);
         let d = m.desired.clone();
         self.managed = Some(m);
         self.adopt(d, "the store's state", true);

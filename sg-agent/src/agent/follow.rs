@@ -162,7 +162,7 @@ pub async fn follow(
     let mut changes = managed
         .watch()
         .context("a follower needs a fleet's store")?;
-    let heartbeats = managed.heartbeat(role == Follow::WatchOnly);
+    let heartbeats = managed.heartbeat(role == Follow::WatchOnly, api.is_some());
     let (publish, snapshot) = watch::channel(Arc::new(Snapshot::default()));
     let mut f = Follower {
         role,

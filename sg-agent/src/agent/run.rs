@@ -187,7 +187,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
         }
     }
-    let heartbeats = managed.as_ref().and_then(|m| m.heartbeat(true));
+    let heartbeats = managed
+        .as_ref()
+        .and_then(|m| m.heartbeat(true, opts.api.is_some()));
     let (publish, snapshot) = watch::channel(Arc::new(Snapshot::default()));
     let mut agent = Agent {
         dp,
@@ -314,7 +316,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             } => {
                 reopen = None;
                 store_changes = m.watch();
-                agent.reconnected(m);
+                agent.reconnected(m, api_opts.is_some());
                 if let Some(a) = api_opts.take() {
                     let served = match Store::open(&opts.state) {
                         Ok(audit) => api::serve(a, snapshot.clone(), api_tx.clone(), audit).await,

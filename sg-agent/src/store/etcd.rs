@@ -501,12 +501,20 @@ impl Etcd {
     }
 }
 
-/// The request did not reach a member: the connection was refused or is
-/// gone.
+/// The request did not reach a member (the connection was refused or is
+/// gone), or the member did not answer in time (killed mid-request, or
+/// waiting for an election after the leader went): another member may.
+/// Trying again is safe for every request this store makes: reads, puts
+/// of keys of their own (audit records), and commits guarded by the
+/// generation's revision, which, if the first try did apply, fail as a
+/// `Conflict` rather than apply twice (the watch then brings the change).
 fn unreachable(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        ),
         _ => false,
     }
 }

@@ -22,9 +22,12 @@ impl Etcd {
     /// Writes `host`'s heartbeat, when given: `{prefix}/v1/hosts/{host}`
     /// under a lease that expires `BEAT_TTL` s after the last beat (a host
     /// that vanishes drops out by itself), and its time at
-    /// `{prefix}/v1/beats/{host}`, which stays; keeps `seen` filled with
-    /// every host's; until the store goes.
-    pub fn heartbeat(&self, host: Option<String>, seen: Heartbeats) {
+    /// `{prefix}/v1/beats/{host}`, which stays; keeps `seen`, when given,
+    /// filled with every host's (what the API shows: an agent that serves
+    /// none does not read them, which in a fleet of hundreds would be
+    /// hundreds of reads of every host's beat per beat); until the store
+    /// goes.
+    pub fn heartbeat(&self, host: Option<String>, seen: Option<Heartbeats>) {
         let clients = self.clients.clone();
         let keys = host.map(|h| {
             (
@@ -61,6 +64,9 @@ impl Etcd {
                         c.put(live.clone(), now.clone(), Some(opts)).await?;
                         c.put(last.clone(), now, None).await?;
                     }
+                    if seen.is_none() {
+                        return Ok(None);
+                    }
                     let prefix = Some(GetOptions::new().with_prefix());
                     let alive = c.get(lives.clone(), prefix.clone()).await?;
                     let alive: Vec<&str> = alive
@@ -76,10 +82,15 @@ impl Etcd {
                             hosts.insert(h.to_string(), (t, alive.contains(&h)));
                         }
                     }
-                    Ok::<_, etcd_client::Error>(hosts)
+                    Ok::<_, etcd_client::Error>(Some(hosts))
                 };
                 match beat.await {
-                    Ok(hosts) => *seen.write().expect("heartbeats") = hosts,
+                    Ok(Some(hosts)) => {
+                        if let Some(seen) = &seen {
+                            *seen.write().expect("heartbeats") = hosts;
+                        }
+                    }
+                    Ok(None) => {}
                     Err(e) => {
                         log::warn!("heartbeat to etcd: {e}");
                         lease = None;
