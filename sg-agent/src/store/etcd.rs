@@ -547,3 +547,30 @@ fn block<F: Future>(rt: &tokio::runtime::Runtime, f: F) -> F::Output {
         Err(_) => rt.block_on(f),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::unreachable;
+    use etcd_client::Error;
+    use tonic::Status;
+
+    /// What is tried on another member: a member that is gone or did not
+    /// answer in time; never a refusal, which every member would repeat.
+    #[test]
+    fn a_member_gone_or_late_is_tried_again_a_refusal_is_not() {
+        assert!(unreachable(&Error::GRpcStatus(Status::unavailable("gone"))));
+        assert!(unreachable(&Error::GRpcStatus(Status::cancelled(
+            "Timeout expired"
+        ))));
+        assert!(unreachable(&Error::GRpcStatus(Status::deadline_exceeded(
+            "late"
+        ))));
+        assert!(!unreachable(&Error::GRpcStatus(Status::permission_denied(
+            "no"
+        ))));
+        assert!(!unreachable(&Error::GRpcStatus(Status::invalid_argument(
+            "bad"
+        ))));
+        assert!(!unreachable(&Error::InvalidArgs("bad".into())));
+    }
+}
