@@ -137,14 +137,10 @@ pub fn interface(i: &Interface) -> RawIface {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::validate, source};
-
-    struct Nowhere;
-    impl crate::model::Locate for Nowhere {
-        fn locate(&self, _: usize, path: &str) -> (String, Option<usize>) {
-            (path.into(), None)
-        }
-    }
+    use crate::{
+        model::{Nowhere, validate},
+        source,
+    };
 
     /// Every construct of the file format survives the trip through the
     /// canonical form unchanged: ids, defaults, references, lists, tags.

@@ -10,6 +10,8 @@ mod issues;
 mod types;
 pub mod validate;
 
+#[cfg(test)]
+pub use issues::Nowhere;
 pub use issues::{Collector, INVALID, Issue, Issues, Locate};
 pub use types::*;
 pub use validate::{Prior, validate, validate_from};

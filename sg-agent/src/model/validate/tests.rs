@@ -462,7 +462,9 @@ network_interfaces:
 /// group was tampered with shows through, which proves they were taken).
 #[test]
 fn validating_from_a_prior_state_gives_what_validating_gives() {
-    use crate::model::{Prior, canonical::canonical, input::RawConfig, validate_from};
+    use crate::model::{
+        Desired, Nowhere, Prior, canonical::canonical, input::RawConfig, validate_from,
+    };
     let text = "vpcs:\n  - {name: main, cidr_blocks: [10.0.0.0/16]}\n  - {name: other, cidr_blocks: [10.1.0.0/16]}\n\
 prefix_lists:\n  - {name: office, max_entries: 5, entries: [{cidr: 192.0.2.0/24}]}\n\
 security_groups:\n\
@@ -473,13 +475,18 @@ security_groups:\n\
 network_interfaces:\n\
   - {interface: w0, vpc: main, private_ipv4: [10.0.0.2], groups: [web]}\n\
   - {interface: d0, vpc: main, private_ipv4: [10.0.0.3], groups: [db, far]}\n";
-    struct Nowhere;
-    impl crate::model::Locate for Nowhere {
-        fn locate(&self, _: usize, path: &str) -> (String, Option<usize>) {
-            (path.to_string(), None)
-        }
-    }
     let whole = |raw: &RawConfig| crate::model::validate(raw, &Nowhere, None);
+    let from = |raw: &RawConfig, prior_raw: &RawConfig, prior: &Desired| {
+        validate_from(
+            raw,
+            &Nowhere,
+            None,
+            Some(Prior {
+                raw: prior_raw,
+                desired: prior,
+            }),
+        )
+    };
     let mut prior_raw = canonical(&ok(text));
     let mut prior = whole(&prior_raw).unwrap();
     type Edit = fn(&mut RawConfig);
@@ -544,16 +551,7 @@ network_interfaces:\n\
     for (what, edit) in edits {
         let mut raw = prior_raw.clone();
         edit(&mut raw);
-        let from = validate_from(
-            &raw,
-            &Nowhere,
-            None,
-            Some(Prior {
-                raw: &prior_raw,
-                desired: &prior,
-            }),
-        );
-        match (whole(&raw), from) {
+        match (whole(&raw), from(&raw, &prior_raw, &prior)) {
             (Ok(a), Ok(b)) => {
                 assert_eq!(a, b, "{what}");
                 (prior_raw, prior) = (canonical(&b), b);
@@ -570,38 +568,20 @@ network_interfaces:\n\
     tampered.groups[db].ingress = Default::default();
     let mut raw = prior_raw.clone();
     raw.network_interfaces[0].private_ipv4 = vec!["10.0.0.7".into()];
-    let from = validate_from(
-        &raw,
-        &Nowhere,
-        None,
-        Some(Prior {
-            raw: &prior_raw,
-            desired: &tampered,
-        }),
-    )
-    .unwrap();
+    let taken = from(&raw, &prior_raw, &tampered).unwrap();
     assert!(
-        from.groups[db].ingress.is_empty(),
+        taken.groups[db].ingress.is_empty(),
         "the unchanged group was validated again"
     );
-    assert_eq!(from.interfaces[0].ipv4[0].to_string(), "10.0.0.7");
+    assert_eq!(taken.interfaces[0].ipv4[0].to_string(), "10.0.0.7");
     // Taken, not copied: an unchanged group's rules and unchanged
     // interfaces are the prior's own.
     let mut raw = prior_raw.clone();
     raw.security_groups[0].description = Some("new words".into());
-    let from = validate_from(
-        &raw,
-        &Nowhere,
-        None,
-        Some(Prior {
-            raw: &prior_raw,
-            desired: &prior,
-        }),
-    )
-    .unwrap();
-    assert!(std::sync::Arc::ptr_eq(&from.interfaces, &prior.interfaces));
+    let taken = from(&raw, &prior_raw, &prior).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&taken.interfaces, &prior.interfaces));
     assert!(std::sync::Arc::ptr_eq(
-        &from.groups[db].ingress,
+        &taken.groups[db].ingress,
         &prior.groups[db].ingress
     ));
 }
