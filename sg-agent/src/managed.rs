@@ -17,7 +17,10 @@ use crate::{
         error::{ApiError, ApiResult},
         server_dry_run,
     },
-    model::{Desired, Prior, canonical::canonical, input::RawConfig, validate, validate_from},
+    model::{
+        Desired, Prior, Since, Touched, canonical::canonical, input::RawConfig, validate,
+        validate_from,
+    },
     source,
     store::{Event, StateAt, Store, Watched},
 };
@@ -31,10 +34,16 @@ pub type Enforce<'a> = dyn FnMut(Arc<Desired>) -> Result<(), String> + 'a;
 
 pub struct Managed {
     pub store: Store,
-    /// The committed state, in canonical input form.
+    /// The committed state, in canonical input form: in a fleet, the
+    /// store's latest, patched with each commit the watch sees.
     pub raw: RawConfig,
-    /// `raw` validated: the next change is validated from it.
+    /// The state in force: `raw` validated, unless `pending`. The next
+    /// change is validated from it.
     pub desired: Arc<Desired>,
+    /// What `raw` has had changed since `desired` was validated from it
+    /// (a fleet's store moved on to a state that did not validate, or
+    /// could not be enforced): `None` when `desired` is `raw` validated.
+    pending: Option<Touched>,
 }
 
 struct Stored;
@@ -119,6 +128,7 @@ impl Managed {
             store,
             raw,
             desired: Arc::new(desired),
+            pending: None,
         })
     }
 
@@ -148,9 +158,12 @@ impl Managed {
                 ..
             } = call;
             let start = raw.as_ref().unwrap_or(&self.raw);
+            // Validated from the state before unless that is not `start`
+            // validated (the store's latest did not validate).
+            let validated = raw.is_some() || self.pending.is_none();
             let mut txn = Txn {
                 raw: start.clone(),
-                prior: start,
+                prior: validated.then_some(start),
                 before: state.as_ref().unwrap_or(&before),
                 scope,
                 resources: vec![],
@@ -244,6 +257,7 @@ impl Managed {
         }
         self.raw = raw;
         self.desired = after;
+        self.pending = None;
         Ok(())
     }
 
@@ -272,9 +286,11 @@ impl Managed {
         beats
     }
 
-    /// Takes what the store's watch saw (another API server's change) if it
-    /// changes the state in force: validated as at start, then enforced. A
-    /// state that cannot be read or is invalid changes nothing here.
+    /// Takes what the store's watch saw (another API server's change) into
+    /// `raw`, and if it changes anything, validates it from the state in
+    /// force (only the objects the change touched are resolved again), then
+    /// enforces it. A state that cannot be read or is invalid changes
+    /// nothing enforced: the next change is validated with this one's.
     pub fn refresh(
         &mut self,
         seen: Watched,
@@ -283,26 +299,27 @@ impl Managed {
         let Store::Etcd(e) = &mut self.store else {
             return Ok(None);
         };
-        let raw = match e.follow(seen) {
-            Ok(Some(raw)) => raw,
+        match e.follow(seen, &mut self.raw) {
             // This store's own commit.
-            Ok(None) if e.has_state() => return Ok(None),
-            Ok(None) => {
+            Ok(None) => return Ok(None),
+            Ok(Some(t)) => self.pending.get_or_insert_default().merge(t),
+            Err(err) => {
                 return Err(format!(
-                    "{}: the state is gone; the state in force stays",
+                    "{}: {err:#}; the state in force stays",
                     self.store.describe()
                 ));
             }
-            Err(e) => return Err(format!("{e:#}")),
-        };
-        if raw == self.raw {
+        }
+        let touched = self.pending.as_ref().expect("merged");
+        if touched.is_empty() {
+            self.pending = None;
             return Ok(None);
         }
         let prior = Prior {
-            raw: &self.raw,
             desired: &self.desired,
+            since: Since::Touched(touched),
         };
-        let after = validate_from(&raw, &Stored, None, Some(prior)).map_err(|e| {
+        let after = validate_from(&self.raw, &Stored, None, Some(prior)).map_err(|e| {
             format!(
                 "{}: the stored state is invalid, the state in force stays:\n{e}",
                 self.store.describe()
@@ -311,8 +328,8 @@ impl Managed {
         let changed = changes(&self.desired, &after);
         let after = Arc::new(after);
         enforce(after.clone())?;
-        self.raw = raw;
         self.desired = after;
+        self.pending = None;
         Ok(Some(summary(&changed)))
     }
 
@@ -360,7 +377,13 @@ pub fn changes(before: &Desired, after: &Desired) -> Value {
         "security_groups": diff(&before.groups, &after.groups, |g| &g.id),
         "prefix_lists": diff(&before.prefix_lists, &after.prefix_lists, |p| &p.id),
         "vpcs": diff(&before.vpcs, &after.vpcs, |v| &v.id),
-        "network_interfaces": diff(&before.interfaces, &after.interfaces, |i| &i.id),
+        // Unchanged interfaces are the prior state's own (validation takes
+        // them whole): thousands not compared.
+        "network_interfaces": if Arc::ptr_eq(&before.interfaces, &after.interfaces) {
+            json!({"added": [], "removed": [], "changed": []})
+        } else {
+            diff(&before.interfaces, &after.interfaces, |i| &i.id)
+        },
     })
 }
 

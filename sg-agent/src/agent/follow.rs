@@ -15,7 +15,7 @@ use tokio::{
 
 use crate::{
     api::{self, ApiOptions, Snapshot},
-    compile::{address_map, compile_interface, members},
+    compile::{Compiler, address_map, members},
     managed::Managed,
     model::Desired,
     store::{StateAt, Store},
@@ -63,19 +63,17 @@ struct Follower {
     publish: watch::Sender<Arc<Snapshot>>,
     heartbeats: Option<crate::store::etcd::Heartbeats>,
     source: String,
+    compiler: Compiler,
 }
 
-/// What this host would write for `d`, computed and dropped: every local
-/// interface's policy and the address map of all of them.
-fn compute(role: Follow, d: &Desired) -> (usize, usize) {
+/// What this host would write for `d`, computed: every local interface's
+/// policy (kept by `compiler` while its inputs are, as an enforcing agent
+/// keeps it) and the address map of all of them (dropped).
+fn compute(role: Follow, d: &Desired, compiler: &mut Compiler) -> (usize, usize) {
     if role == Follow::Api {
         return (0, 0);
     }
-    let compiled: Vec<_> = d
-        .local()
-        .filter(|i| !i.detached)
-        .map(|i| compile_interface(d, i))
-        .collect();
+    let compiled = compiler.compile(d, d.local().filter(|i| !i.detached));
     let atoms = compiled
         .iter()
         .flat_map(|c| c.dirs.iter())
@@ -87,7 +85,7 @@ impl Follower {
     /// Takes `d` as the state this follower follows.
     fn take(&mut self, d: Arc<Desired>, what: &str) {
         let t = std::time::Instant::now();
-        let (ifaces, blocks) = compute(self.role, &d);
+        let (ifaces, blocks) = compute(self.role, &d, &mut self.compiler);
         self.desired = d;
         self.publish();
         match self.role {
@@ -171,6 +169,7 @@ pub async fn follow(
         publish,
         heartbeats,
         source,
+        compiler: Compiler::default(),
     };
     f.take(desired, "state taken");
     let (api_tx, mut api_calls) = mpsc::channel::<api::Call>(64);

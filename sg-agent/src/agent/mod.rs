@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::{
     api::{self, ApiOptions, Snapshot},
-    compile::{Compiled, compile_interface, members},
+    compile::{Compiled, Compiler, members},
     control::{Reply, Request},
     datapath::{Change, Datapath, ifname},
     file,
@@ -71,24 +71,29 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Plan {
     pub iface: Interface,
     pub ifindex: u32,
-    pub compiled: Compiled,
+    pub compiled: Arc<Compiled>,
 }
 
-/// Compiles every interface of `d` that exists here and is not `detached`;
-/// returns the plans and the interfaces that do not exist. Touches nothing.
-pub fn plan(d: &Desired) -> (Vec<Plan>, Vec<&Interface>) {
-    let mut plans = Vec::new();
+/// Compiles every interface of `d` that exists here and is not `detached`
+/// (through `compiler`, which keeps what did not change); returns the plans
+/// and the interfaces that do not exist. Touches nothing.
+pub fn plan<'d>(d: &'d Desired, compiler: &mut Compiler) -> (Vec<Plan>, Vec<&'d Interface>) {
+    let mut here = Vec::new();
     let mut absent = Vec::new();
     for iface in d.local().filter(|i| !i.detached) {
         match nix::net::if_::if_nametoindex(iface.name.as_str()) {
-            Ok(ifindex) => plans.push(Plan {
-                iface: iface.clone(),
-                ifindex,
-                compiled: compile_interface(d, iface),
-            }),
+            Ok(ifindex) => here.push((iface, ifindex)),
             Err(_) => absent.push(iface),
         }
     }
+    let compiled = compiler.compile(d, here.iter().map(|(i, _)| *i));
+    let plans = (here.into_iter().zip(compiled))
+        .map(|((iface, ifindex), compiled)| Plan {
+            iface: iface.clone(),
+            ifindex,
+            compiled,
+        })
+        .collect();
     (plans, absent)
 }
 
@@ -155,6 +160,8 @@ struct Agent {
     heartbeats: Option<crate::store::etcd::Heartbeats>,
     /// An API change is being made: reads keep seeing the committed state.
     holding: bool,
+    /// Each interface's compiled policy, kept while its inputs are.
+    compiler: Compiler,
 }
 
 fn iface_exists(ifindex: u32) -> bool {
@@ -362,7 +369,7 @@ impl Agent {
 
     fn reconcile(&mut self, what: &str) -> Reply {
         let desired = self.desired.clone();
-        let (plans, absent) = plan(&desired);
+        let (plans, absent) = plan(&desired, &mut self.compiler);
         let absent: HashSet<String> = absent.iter().map(|a| a.name.clone()).collect();
         // Said once per absence, not at every change of the state.
         for a in absent.difference(&self.absent) {

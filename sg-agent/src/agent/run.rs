@@ -19,6 +19,7 @@ use super::{
 };
 use crate::{
     api::{self, Snapshot},
+    compile::Compiler,
     control,
     datapath::{Datapath, Programs, ifname},
     flowlog::{self, FlowLogs},
@@ -140,7 +141,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     for w in &desired.warnings {
         log::warn!("{w}");
     }
-    let (plans, absent) = plan(&desired);
+    let mut compiler = Compiler::default();
+    let (plans, absent) = plan(&desired, &mut compiler);
     // At start an absent interface is most likely a typo: refuse, unless the
     // configuration says it may come later.
     let missing: Vec<String> = absent
@@ -207,6 +209,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         absent: absent.iter().map(|a| a.name.clone()).collect(),
         heartbeats,
         holding: false,
+        compiler,
     };
     agent.apply(plans)?;
     if let Some(note) = agent.retained_note() {

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 pub use server::{ApiOptions, dry_run_ok as server_dry_run, serve};
 
-use crate::model::{Desired, Prior, input::RawConfig, validate_from};
+use crate::model::{Desired, Prior, Since, input::RawConfig, validate_from};
 use error::{ApiError, ApiResult};
 use views::Scope;
 
@@ -76,8 +76,10 @@ impl Snapshot {
 /// and the state it starts from.
 pub struct Txn<'a> {
     pub raw: RawConfig,
-    /// The state the change started from, and `before` its validation.
-    pub prior: &'a RawConfig,
+    /// The state the change started from, when `before` is its
+    /// validation (`None`: a fleet's store moved on to a state that did not
+    /// validate, and the change is validated whole).
+    pub prior: Option<&'a RawConfig>,
     pub before: &'a Desired,
     pub scope: Scope,
     /// Ids the call names or creates, for the audit trail.
@@ -161,11 +163,11 @@ impl Txn<'_> {
 }
 
 /// Validates `raw`, a state a request made from `prior` (validated as
-/// `before`), placing problems in the request's permissions `at` by their
-/// parameters.
+/// `before`, when given), placing problems in the request's permissions
+/// `at` by their parameters.
 pub fn validate_request(
     raw: &mut RawConfig,
-    prior: &RawConfig,
+    prior: Option<&RawConfig>,
     before: &Desired,
     at: Option<&Permissions>,
 ) -> ApiResult<Desired> {
@@ -173,11 +175,11 @@ pub fn validate_request(
     for (i, g) in raw.security_groups.iter_mut().enumerate() {
         g.origin.path = format!("security_groups[{i}]");
     }
-    let prior = Prior {
-        raw: prior,
+    let prior = prior.map(|raw| Prior {
         desired: before,
-    };
-    let d = validate_from(raw, &InRequest(at), Some(before), Some(prior)).map_err(ApiError::from);
+        since: Since::Raw(raw),
+    });
+    let d = validate_from(raw, &InRequest(at), Some(before), prior).map_err(ApiError::from);
     for g in &mut raw.security_groups {
         g.origin = Default::default();
     }

@@ -16,10 +16,12 @@
 //! `keys`. The datapath allocates ids and writes what it is given.
 
 mod addresses;
+mod kept;
 mod keys;
 mod ports;
 
 pub use addresses::{Members, address_map, covering, members, prefix_lengths};
+pub use kept::Compiler;
 pub use keys::{AddrKey, addr_key, lens_value, policy_entries};
 use std::collections::BTreeSet;
 

@@ -14,4 +14,4 @@ pub mod validate;
 pub use issues::Nowhere;
 pub use issues::{Collector, INVALID, Issue, Issues, Locate};
 pub use types::*;
-pub use validate::{Prior, validate, validate_from};
+pub use validate::{Prior, Since, Touched, validate, validate_from};

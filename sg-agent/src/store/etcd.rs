@@ -29,6 +29,7 @@ use super::{
 };
 use crate::model::input::RawConfig;
 
+mod follow;
 mod heartbeat;
 
 pub use heartbeat::Heartbeats;
@@ -99,19 +100,19 @@ pub struct Etcd {
     /// The generation key's revision in the state last read or written:
     /// what a commit requires it still to be.
     base: i64,
-    /// The state at `base`, as stored: each object by key, and the
-    /// settings. A watch's changes are applied to it, so that a follower
-    /// does not read the whole state at every change.
-    objects: HashMap<String, Object>,
+    /// Each stored object's place at `base` (the revision that created it,
+    /// then its place among those its commit created: `[seq, body]` is
+    /// what a value holds), so that a state comes back in its own order
+    /// and an object rewritten keeps its place. The objects themselves are
+    /// the follower's copy of the state (`follow`), not kept twice.
+    places: HashMap<String, (i64, u64)>,
     settings: Option<String>,
-}
-
-/// A stored object: its place (the revision that created it, then its
-/// place among those its commit created: `[seq, body]` is what a value
-/// holds), so that a state comes back in its own order; and the object.
-struct Object {
-    at: (i64, u64),
-    row: Row,
+    /// Where the follower's copy holds each group and interface, once
+    /// looked for (`follow::Index`); dropped when the copy is replaced.
+    index: Option<follow::Index>,
+    /// A commit could not be taken in place: the next one reads the whole
+    /// state, so that the copy never misses a commit.
+    broken: bool,
 }
 
 /// What a watch tells the store's follower.
@@ -176,8 +177,10 @@ impl Etcd {
             pinned: AtomicUsize::new(0),
             rt,
             base: 0,
-            objects: HashMap::new(),
+            places: HashMap::new(),
             settings: None,
+            index: None,
+            broken: false,
         })
     }
 
@@ -210,16 +213,30 @@ impl Etcd {
         let [generation, objects_resp, settings] = gets.as_slice() else {
             bail!("etcd answered a read of three ranges with {}", gets.len());
         };
-        self.base = generation.kvs().first().map_or(0, |kv| kv.mod_revision());
-        self.objects.clear();
-        self.settings = match settings.kvs().first() {
+        let settings = match settings.kvs().first() {
             Some(kv) => Some(kv.value_str()?.to_string()),
             None => None,
         };
+        let mut places = HashMap::with_capacity(objects_resp.kvs().len());
+        let mut rows = Vec::with_capacity(objects_resp.kvs().len());
         for kv in objects_resp.kvs() {
-            self.put(kv.key_str()?, kv.value_str()?, kv.create_revision())?;
+            let key = kv.key_str()?;
+            let (at, row) = self.parse(key, kv.value_str()?, kv.create_revision())?;
+            places.insert(key.to_string(), at);
+            rows.push((at, row));
         }
-        self.assemble()
+        // The state held, in the order objects were first written (as the
+        // SQLite store keeps them).
+        rows.sort_by_key(|(at, _)| *at);
+        let raw = match &settings {
+            Some(s) => Some(rows::assemble_rows(s, rows.into_iter().map(|(_, r)| r))?),
+            None => None,
+        };
+        self.base = generation.kvs().first().map_or(0, |kv| kv.mod_revision());
+        (self.places, self.settings) = (places, settings);
+        self.index = None;
+        self.broken = false;
+        Ok(raw)
     }
 
     /// Whether a state was ever committed, as this store last saw it.
@@ -227,68 +244,20 @@ impl Etcd {
         self.settings.is_some()
     }
 
-    /// Takes a stored value of `key` (created at `created`) into the state.
-    fn put(&mut self, key: &str, value: &str, created: i64) -> Result<()> {
-        if key == self.at.key("settings") {
-            self.settings = Some(value.to_string());
-            return Ok(());
-        }
-        let objects = self.at.key("objects/");
-        let Some((kind, id)) = key
-            .strip_prefix(objects.as_str())
-            .and_then(|k| k.split_once('/'))
-        else {
-            bail!("an etcd key {key:?} that is not an object's");
-        };
+    /// The object stored at `key` (created at `created`), and its place.
+    fn parse(&self, key: &str, value: &str, created: i64) -> Result<((i64, u64), Row)> {
+        let (kind, id) = self.kind_id(key)?;
         let (seq, body): (u64, &RawValue) =
             serde_json::from_str(value).with_context(|| format!("the stored object {key}"))?;
-        let object = Object {
-            at: (created, seq),
-            row: Row::parse(kind, id, body.get())?,
-        };
-        self.objects.insert(key.to_string(), object);
-        Ok(())
+        Ok(((created, seq), Row::parse(kind, id, body.get())?))
     }
 
-    /// The state held, in the order objects were first written (as the
-    /// SQLite store keeps them).
-    fn assemble(&self) -> Result<Option<RawConfig>> {
-        let Some(settings) = &self.settings else {
-            return Ok(None);
-        };
-        let mut objects: Vec<&Object> = self.objects.values().collect();
-        objects.sort_by_key(|o| o.at);
-        rows::assemble_rows(settings, objects.into_iter().map(|o| o.row.clone())).map(Some)
-    }
-
-    /// Applies what a watch saw; the state after it, or `None` when it
-    /// holds nothing new for this store (its own commit).
-    pub fn follow(&mut self, w: Watched) -> Result<Option<RawConfig>> {
-        match w {
-            Watched::Reread => self.load(),
-            Watched::Commit { revision, .. } if revision <= self.base => Ok(None),
-            Watched::Commit { revision, changes } => {
-                self.apply(revision, changes)?;
-                self.assemble()
-            }
-        }
-    }
-
-    fn apply(
-        &mut self,
-        revision: i64,
-        changes: Vec<(String, Option<(String, i64)>)>,
-    ) -> Result<()> {
-        for (key, value) in changes {
-            match value {
-                Some((v, created)) => self.put(&key, &v, created)?,
-                None => {
-                    self.objects.remove(&key);
-                }
-            }
-        }
-        self.base = revision;
-        Ok(())
+    /// The kind and id of an object's key.
+    fn kind_id<'k>(&self, key: &'k str) -> Result<(&'k str, &'k str)> {
+        let objects = self.at.key("objects/");
+        key.strip_prefix(objects.as_str())
+            .and_then(|k| k.split_once('/'))
+            .with_context(|| format!("an etcd key {key:?} that is not an object's"))
     }
 
     /// Writes the change from `before` to `after` and its audit records in
@@ -301,16 +270,16 @@ impl Etcd {
         events: &[Event],
     ) -> Result<()> {
         let mut ops = Vec::new();
-        // What the state held becomes, once committed.
+        // Each object's place once committed (`None`: deleted).
         let mut written = Vec::new();
         for (i, w) in rows::writes(before, after)?.into_iter().enumerate() {
             ops.push(match w {
                 Write::Put { kind, id, body } => {
                     let key = self.at.key(&format!("objects/{kind}/{id}"));
                     // An object rewritten keeps its place.
-                    let (created, seq) = self.objects.get(&key).map_or((0, i as u64), |o| o.at);
+                    let (created, seq) = self.places.get(&key).copied().unwrap_or((0, i as u64));
                     let value = format!("[{seq},{body}]");
-                    written.push((key.clone(), Some((value.clone(), created))));
+                    written.push((key.clone(), Some((created, seq))));
                     TxnOp::put(key, value, None)
                 }
                 Write::Delete { kind, id } => {
@@ -321,8 +290,7 @@ impl Etcd {
             });
         }
         let settings = rows::settings(after)?;
-        written.push((self.at.key("settings"), Some((settings.clone(), 0))));
-        ops.push(TxnOp::put(self.at.key("settings"), settings, None));
+        ops.push(TxnOp::put(self.at.key("settings"), settings.clone(), None));
         ops.push(TxnOp::put(self.at.key("generation"), "", None));
         for e in events {
             ops.push(self.event_op(e)?);
@@ -339,15 +307,24 @@ impl Etcd {
             return Err(Conflict.into());
         }
         let revision = resp.header().map_or(self.base, |h| h.revision());
-        // New objects were created by this revision.
-        for (_, value) in &mut written {
-            if let Some((_, created)) = value
-                && *created == 0
-            {
-                *created = revision;
+        for (key, value) in written {
+            match value {
+                // New objects were created by this revision.
+                Some((created, seq)) => {
+                    let created = if created == 0 { revision } else { created };
+                    self.places.insert(key, (created, seq));
+                }
+                None => {
+                    self.places.remove(&key);
+                }
             }
         }
-        self.apply(revision, written)
+        self.settings = Some(settings);
+        self.base = revision;
+        // The caller's copy is now `after`.
+        self.index = None;
+        self.broken = false;
+        Ok(())
     }
 
     fn event_op(&self, e: &Event) -> Result<TxnOp> {

@@ -267,7 +267,7 @@ struct Same<'a> {
 }
 
 /// A rule's id: the one its peer keeps.
-fn rule_id(r: &RawRule) -> Option<&str> {
+pub(super) fn rule_id(r: &RawRule) -> Option<&str> {
     r.peers().find_map(|p| p.rule_id.as_deref())
 }
 

@@ -555,7 +555,7 @@ security_groups:
             let p = codec::decode(action, &params).unwrap_or_else(|e| panic!("{}", e.message));
             let mut txn = Txn {
                 raw: raw.clone(),
-                prior: &raw,
+                prior: Some(&raw),
                 before: &state,
                 scope: Scope {
                     account: "123456789012".into(),
@@ -586,7 +586,7 @@ security_groups:
         .unwrap_or_else(|e| panic!("{}", e.message));
         let mut txn = Txn {
             raw: raw.clone(),
-            prior: &raw,
+            prior: Some(&raw),
             before: &state,
             scope: Scope {
                 account: "123456789012".into(),

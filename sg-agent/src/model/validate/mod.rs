@@ -31,11 +31,59 @@ pub fn validate(
     validate_from(raw, locate, previous, None)
 }
 
-/// A state that validated, and the input it was validated from.
+/// A state that validated, and how the input now validated differs from
+/// the one it was validated from.
 #[derive(Clone, Copy)]
 pub struct Prior<'a> {
-    pub raw: &'a RawConfig,
     pub desired: &'a Desired,
+    pub since: Since<'a>,
+}
+
+/// How an input differs from the one a prior state was validated from.
+#[derive(Clone, Copy)]
+pub enum Since<'a> {
+    /// Found by comparing with that input (an API call: the state before
+    /// it, at hand).
+    Raw(&'a RawConfig),
+    /// As its source tracked it, by object (a fleet's follower, which
+    /// patches its copy of the stored state with each commit it sees).
+    Touched(&'a Touched),
+}
+
+/// What changed in an input since a state was validated from it, by
+/// object: enough to say which resolved parts can be taken unchanged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// The settings (account, quotas), a VPC or a prefix list: what every
+    /// rule and interface is resolved against.
+    pub context: bool,
+    /// Groups (ids) whose own object or rules were written, added or
+    /// removed.
+    pub groups: foldhash::HashSet<String>,
+    /// An interface was written, added or removed.
+    pub interfaces: bool,
+}
+
+impl Touched {
+    /// Everything: an input read whole.
+    pub fn all() -> Touched {
+        Touched {
+            context: true,
+            interfaces: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.context && !self.interfaces && self.groups.is_empty()
+    }
+
+    /// What `self` and then `later` touched.
+    pub fn merge(&mut self, later: Touched) {
+        self.context |= later.context;
+        self.interfaces |= later.interfaces;
+        self.groups.extend(later.groups);
+    }
 }
 
 /// As [`validate`], taking from `prior` what cannot have changed: a
@@ -78,10 +126,12 @@ pub fn validate_from(
         q.rules_per_group,
         same,
     );
+    let ifaces_same = same.is_some_and(|p| match p.since {
+        Since::Raw(was) => was.network_interfaces == raw.network_interfaces,
+        Since::Touched(t) => !t.interfaces,
+    });
     let ifaces = match same {
-        Some(p) if p.raw.network_interfaces == raw.network_interfaces => {
-            p.desired.interfaces.clone()
-        }
+        Some(p) if ifaces_same => p.desired.interfaces.clone(),
         _ => interfaces::resolve(v, raw, &vpcs, &groups).into(),
     };
     let (warnings, errors): (Vec<Issue>, Vec<Issue>) =
@@ -107,11 +157,16 @@ pub fn validate_from(
 /// `prior`: the same written VPCs, prefix lists, quotas and account, and
 /// the same groups (id, name, VPC, default or not) in the same order.
 fn same_context(raw: &RawConfig, prior: &Prior, groups: &[super::Group]) -> bool {
-    let p = prior.raw;
-    raw.vpcs == p.vpcs
-        && raw.prefix_lists == p.prefix_lists
-        && raw.quotas == p.quotas
-        && raw.account_id == p.account_id
+    let written = match prior.since {
+        Since::Raw(p) => {
+            raw.vpcs == p.vpcs
+                && raw.prefix_lists == p.prefix_lists
+                && raw.quotas == p.quotas
+                && raw.account_id == p.account_id
+        }
+        Since::Touched(t) => !t.context,
+    };
+    written
         && groups.len() == prior.desired.groups.len()
         && groups.iter().zip(&prior.desired.groups).all(|(a, b)| {
             a.id == b.id && a.name == b.name && a.vpc == b.vpc && a.is_default == b.is_default

@@ -6,7 +6,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{
-    Prior,
+    Prior, Since,
     ids::{make_id, parse_v4, parse_v6, valid_id, valid_text},
     vpcs::Vpcs,
 };
@@ -34,16 +34,29 @@ pub fn resolve(
     same: Option<Prior>,
 ) {
     // The prior state's written groups, in the order their resolved ones
-    // stand (it validated, so none was left out).
-    let prior_src: Vec<&RawGroup> = same
-        .map(|p| {
-            p.raw
-                .security_groups
-                .iter()
-                .chain(&p.raw.aws_security_groups)
-                .collect()
-        })
-        .unwrap_or_default();
+    // stand (it validated, so none was left out), when it is at hand.
+    let prior_src: Vec<&RawGroup> = match same.map(|p| p.since) {
+        Some(Since::Raw(raw)) => raw
+            .security_groups
+            .iter()
+            .chain(&raw.aws_security_groups)
+            .collect(),
+        _ => vec![],
+    };
+    // Whether group `gi`, `old` in the prior state, has the rules written
+    // as they were.
+    let written_alike = |gi: usize, src: &RawGroup, old: &Group| match same.map(|p| p.since) {
+        Some(Since::Raw(_)) => prior_src.get(gi).is_some_and(|was| {
+            // The written group `old` was resolved from (a stored state
+            // writes every group's id).
+            was.id.as_deref() == Some(old.id.as_str())
+                && was.ingress == src.ingress
+                && was.egress == src.egress
+        }),
+        // The groups are the prior's, in its order (`same_context`).
+        Some(Since::Touched(t)) => !t.groups.contains(&old.id),
+        None => false,
+    };
     // Rules.
     let previous_groups: HashSet<&str> = previous
         .map(|p| p.groups.iter().map(|g| g.id.as_str()).collect())
@@ -61,13 +74,9 @@ pub fn resolve(
     }
     for gi in 0..groups.len() {
         let Some(src) = group_src[gi] else { continue };
-        if let (Some(p), Some(was)) = (same, prior_src.get(gi))
+        if let Some(p) = same
             && let Some(old) = p.desired.groups.get(gi)
-            // The written group `old` was resolved from (a stored state
-            // writes every group's id).
-            && was.id.as_deref() == Some(old.id.as_str())
-            && was.ingress == src.ingress
-            && was.egress == src.egress
+            && written_alike(gi, src, old)
             // Stale references are warned of at each validation.
             && !old.ingress.iter().chain(old.egress.iter())
                 .any(|r| matches!(r.peer, Peer::Group { stale: true, .. }))

@@ -463,7 +463,8 @@ network_interfaces:
 #[test]
 fn validating_from_a_prior_state_gives_what_validating_gives() {
     use crate::model::{
-        Desired, Nowhere, Prior, canonical::canonical, input::RawConfig, validate_from,
+        Desired, Nowhere, Prior, Since, Touched, canonical::canonical, input::RawConfig,
+        validate_from,
     };
     let text = "vpcs:\n  - {name: main, cidr_blocks: [10.0.0.0/16]}\n  - {name: other, cidr_blocks: [10.1.0.0/16]}\n\
 prefix_lists:\n  - {name: office, max_entries: 5, entries: [{cidr: 192.0.2.0/24}]}\n\
@@ -482,8 +483,8 @@ network_interfaces:\n\
             &Nowhere,
             None,
             Some(Prior {
-                raw: prior_raw,
                 desired: prior,
+                since: Since::Raw(prior_raw),
             }),
         )
     };
@@ -551,14 +552,29 @@ network_interfaces:\n\
     for (what, edit) in edits {
         let mut raw = prior_raw.clone();
         edit(&mut raw);
-        match (whole(&raw), from(&raw, &prior_raw, &prior)) {
-            (Ok(a), Ok(b)) => {
+        // What a store that tracks its objects would say was touched.
+        let touched = touched_between(&prior_raw, &raw);
+        let by_objects = validate_from(
+            &raw,
+            &Nowhere,
+            None,
+            Some(Prior {
+                desired: &prior,
+                since: Since::Touched(&touched),
+            }),
+        );
+        match (whole(&raw), from(&raw, &prior_raw, &prior), by_objects) {
+            (Ok(a), Ok(b), Ok(c)) => {
                 assert_eq!(a, b, "{what}");
+                assert_eq!(a, c, "{what}, by objects touched");
                 (prior_raw, prior) = (canonical(&b), b);
                 taken_from += 1;
             }
-            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{what}"),
-            (a, b) => panic!("{what}: whole {a:?}, from the prior {b:?}"),
+            (Err(a), Err(b), Err(c)) => {
+                assert_eq!(a.to_string(), b.to_string(), "{what}");
+                assert_eq!(a.to_string(), c.to_string(), "{what}, by objects touched");
+            }
+            (a, b, c) => panic!("{what}: whole {a:?}, from the prior {b:?}, by objects {c:?}"),
         }
     }
     assert!(taken_from >= 8, "only {taken_from} edits were accepted");
@@ -575,13 +591,74 @@ network_interfaces:\n\
     );
     assert_eq!(taken.interfaces[0].ipv4[0].to_string(), "10.0.0.7");
     // Taken, not copied: an unchanged group's rules and unchanged
-    // interfaces are the prior's own.
+    // interfaces are the prior's own, both ways.
     let mut raw = prior_raw.clone();
     raw.security_groups[0].description = Some("new words".into());
-    let taken = from(&raw, &prior_raw, &prior).unwrap();
-    assert!(std::sync::Arc::ptr_eq(&taken.interfaces, &prior.interfaces));
-    assert!(std::sync::Arc::ptr_eq(
-        &taken.groups[db].ingress,
-        &prior.groups[db].ingress
-    ));
+    let touched = touched_between(&prior_raw, &raw);
+    let by_objects = Prior {
+        desired: &prior,
+        since: Since::Touched(&touched),
+    };
+    for taken in [
+        from(&raw, &prior_raw, &prior).unwrap(),
+        validate_from(&raw, &Nowhere, None, Some(by_objects)).unwrap(),
+    ] {
+        assert!(std::sync::Arc::ptr_eq(&taken.interfaces, &prior.interfaces));
+        assert!(std::sync::Arc::ptr_eq(
+            &taken.groups[db].ingress,
+            &prior.groups[db].ingress
+        ));
+    }
+    // A group said to be touched is resolved again; one not, taken.
+    // The first group, "web" renamed by an edit above.
+    let web = 0;
+    assert!(!prior.groups[web].ingress.is_empty());
+    let mut tampered = prior.clone();
+    tampered.groups[web].ingress = Default::default();
+    for (touched, resolved) in [(true, true), (false, false)] {
+        let t = Touched {
+            groups: touched
+                .then(|| prior.groups[web].id.clone())
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let prior = Prior {
+            desired: &tampered,
+            since: Since::Touched(&t),
+        };
+        let again = validate_from(&prior_raw, &Nowhere, None, Some(prior)).unwrap();
+        assert_eq!(!again.groups[web].ingress.is_empty(), resolved);
+    }
+}
+
+/// The objects that differ between two inputs, as a store tracking its
+/// objects would report them.
+pub(crate) fn touched_between(
+    a: &crate::model::input::RawConfig,
+    b: &crate::model::input::RawConfig,
+) -> crate::model::Touched {
+    use crate::model::input::RawGroup;
+    let key = |g: &RawGroup| g.id.clone().unwrap_or_else(|| g.name.clone());
+    let of = |r: &crate::model::input::RawConfig| -> std::collections::HashMap<String, RawGroup> {
+        r.security_groups
+            .iter()
+            .map(|g| (key(g), g.clone()))
+            .collect()
+    };
+    let (ga, gb) = (of(a), of(b));
+    let groups = ga
+        .keys()
+        .chain(gb.keys())
+        .filter(|k| ga.get(*k) != gb.get(*k))
+        .cloned()
+        .collect();
+    crate::model::Touched {
+        context: a.vpcs != b.vpcs
+            || a.prefix_lists != b.prefix_lists
+            || a.quotas != b.quotas
+            || a.account_id != b.account_id,
+        groups,
+        interfaces: a.network_interfaces != b.network_interfaces,
+    }
 }
