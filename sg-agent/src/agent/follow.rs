@@ -15,9 +15,9 @@ use tokio::{
 
 use crate::{
     api::{self, ApiOptions, Snapshot},
-    compile::{Compiler, address_map, members},
+    compile::{Compiled, Compiler, address_map, members},
     managed::Managed,
-    model::Desired,
+    model::{Desired, Interface},
     store::{StateAt, Store},
 };
 
@@ -64,28 +64,57 @@ struct Follower {
     heartbeats: Option<crate::store::etcd::Heartbeats>,
     source: String,
     compiler: Compiler,
+    /// What the address map was last computed from, and its size.
+    computed: Option<Computed>,
 }
 
-/// What this host would write for `d`, computed: every local interface's
-/// policy (kept by `compiler` while its inputs are, as an enforcing agent
-/// keeps it) and the address map of all of them (dropped).
-fn compute(role: Follow, d: &Desired, compiler: &mut Compiler) -> (usize, usize) {
-    if role == Follow::Api {
-        return (0, 0);
+struct Computed {
+    interfaces: Arc<[Interface]>,
+    compiled: Vec<Arc<Compiled>>,
+    blocks: usize,
+}
+
+impl Follower {
+    /// What this host would write for `d`: every local interface's policy
+    /// (kept while its inputs are) and the address map of all of them
+    /// (computed again, and dropped, unless its inputs are those of the
+    /// last: as an enforcing agent writes, docs/fleet.md).
+    fn compute(&mut self, d: &Desired) -> (usize, usize) {
+        if self.role == Follow::Api {
+            return (0, 0);
+        }
+        let compiled = self.compiler.compile(d, d.local().filter(|i| !i.detached));
+        let n = compiled.len();
+        if let Some(c) = &self.computed
+            && Arc::ptr_eq(&c.interfaces, &d.interfaces)
+            && c.compiled.len() == n
+            && c.compiled
+                .iter()
+                .zip(&compiled)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+        {
+            return (n, c.blocks);
+        }
+        // Each atom once, as the datapath gathers them.
+        let atoms: std::collections::BTreeSet<_> = (compiled.iter())
+            .flat_map(|c| c.dirs.iter())
+            .flat_map(|p| p.atoms())
+            .collect();
+        let blocks = address_map(atoms, &members(d)).len();
+        self.computed = Some(Computed {
+            interfaces: d.interfaces.clone(),
+            compiled,
+            blocks,
+        });
+        (n, blocks)
     }
-    let compiled = compiler.compile(d, d.local().filter(|i| !i.detached));
-    let atoms = compiled
-        .iter()
-        .flat_map(|c| c.dirs.iter())
-        .flat_map(|p| p.atoms());
-    (compiled.len(), address_map(atoms, &members(d)).len())
 }
 
 impl Follower {
     /// Takes `d` as the state this follower follows.
     fn take(&mut self, d: Arc<Desired>, what: &str) {
         let t = std::time::Instant::now();
-        let (ifaces, blocks) = compute(self.role, &d, &mut self.compiler);
+        let (ifaces, blocks) = self.compute(&d);
         self.desired = d;
         self.publish();
         match self.role {
@@ -170,6 +199,7 @@ pub async fn follow(
         heartbeats,
         source,
         compiler: Compiler::default(),
+        computed: None,
     };
     f.take(desired, "state taken");
     let (api_tx, mut api_calls) = mpsc::channel::<api::Call>(64);

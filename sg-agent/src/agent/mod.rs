@@ -162,6 +162,8 @@ struct Agent {
     holding: bool,
     /// Each interface's compiled policy, kept while its inputs are.
     compiler: Compiler,
+    /// The interfaces whose groups' members the datapath holds.
+    committed: Option<Arc<[Interface]>>,
 }
 
 fn iface_exists(ifindex: u32) -> bool {
@@ -190,13 +192,21 @@ impl Agent {
                 compiled: &p.compiled,
             })
             .collect();
-        let began = std::time::Instant::now();
-        let writes = self.dp.commit(&changes, &members(&self.desired))?;
-        log::debug!("policy change written: {writes:?}");
-        let m = &crate::metrics::METRICS;
-        m.policy_applies.inc();
-        m.policy_apply_seconds
-            .observe(began.elapsed().as_secs_f64());
+        // No policy changed and the members are those the datapath holds
+        // (validation kept every interface): nothing to write, and the
+        // address map of a fleet of thousands not computed again.
+        let same_members =
+            (self.committed.as_ref()).is_some_and(|c| Arc::ptr_eq(c, &self.desired.interfaces));
+        if !changes.is_empty() || !same_members {
+            let began = std::time::Instant::now();
+            let writes = self.dp.commit(&changes, &members(&self.desired))?;
+            log::debug!("policy change written: {writes:?}");
+            let m = &crate::metrics::METRICS;
+            m.policy_applies.inc();
+            m.policy_apply_seconds
+                .observe(began.elapsed().as_secs_f64());
+            self.committed = Some(self.desired.interfaces.clone());
+        }
         for p in &plans {
             self.retained.remove(&p.ifindex);
             self.applied.insert(p.ifindex, p.clone());

@@ -210,6 +210,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         heartbeats,
         holding: false,
         compiler,
+        committed: None,
     };
     agent.apply(plans)?;
     if let Some(note) = agent.retained_note() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use foldhash::{HashMap, HashMapExt};
 
 use super::{Compiled, compile_interface};
-use crate::model::{Desired, Interface, PrefixList, Rule};
+use crate::model::{Desired, Group, Interface, PrefixList, Rule};
 
 /// Compiles interfaces, keeping each one's policy while what it was
 /// compiled from is unchanged: the interface, its groups' resolved rules
@@ -40,9 +40,13 @@ impl Compiler {
         }
         let mut kept = HashMap::with_capacity(self.kept.len());
         let mut out = Vec::new();
+        let groups: HashMap<&str, &Group> = d.groups.iter().map(|g| (g.id.as_str(), g)).collect();
         for iface in ifaces {
             let rules: Vec<_> = (iface.groups.iter())
-                .map(|g| d.group(g).map(|g| [g.ingress.clone(), g.egress.clone()]))
+                .map(|g| {
+                    let g = groups.get(g.as_str())?;
+                    Some([g.ingress.clone(), g.egress.clone()])
+                })
                 .collect();
             let k = match self.kept.remove(&iface.id) {
                 Some(k) if k.iface == *iface && same(&k.rules, &rules) => k,

@@ -1,10 +1,9 @@
 //! Security groups: their identity first (name, description, VPC, id), so
 //! that rules can refer to any of them; then every VPC's default group.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
+
+use foldhash::{HashMap, HashMapExt};
 
 use super::{
     ids::{make_id, object_id, valid_text},
@@ -58,7 +57,7 @@ pub fn identities<'r>(
                 "a group name may hold only a-z A-Z 0-9, spaces and ._-:/()#,@[]+=&;{}!$*",
             );
             ok = false;
-        } else if name.to_ascii_lowercase().starts_with("sg-") {
+        } else if name.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("sg-")) {
             v.err(
                 doc,
                 &format!("{path}.name"),

@@ -2,10 +2,11 @@
 //! to five groups of that VPC, idle timeouts within AWS's ranges.
 
 use std::{
-    collections::{HashMap, HashSet},
     fmt,
     net::{Ipv4Addr, Ipv6Addr},
 };
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::{ids::object_id, vpcs::Vpcs};
 use crate::model::{

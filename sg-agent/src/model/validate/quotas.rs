@@ -1,6 +1,6 @@
 //! Quota settings, and the quotas that span a VPC.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use crate::model::{Collector, Group, INVALID, input::RawConfig};
 

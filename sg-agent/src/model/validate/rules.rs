@@ -1,6 +1,8 @@
 //! Rules: protocol, ports, peers and descriptions, one rule per peer; AWS's
 //! default egress; references to groups and prefix lists.
 
+use std::sync::Arc;
+
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -61,73 +63,71 @@ pub fn resolve(
     let previous_groups: HashSet<&str> = previous
         .map(|p| p.groups.iter().map(|g| g.id.as_str()).collect())
         .unwrap_or_default();
-    let snapshot: Vec<(String, String, String)> = groups
-        .iter()
-        .map(|g| (g.id.clone(), g.name.clone(), g.vpc.clone()))
-        .collect();
-    // (VPC, id or name) → the first such group: thousands of groups, each
-    // rule's references looked up.
-    let mut by_key = HashMap::new();
-    for (i, (id, name, vpc)) in snapshot.iter().enumerate().rev() {
-        by_key.insert((vpc.as_str(), id.as_str()), i);
-        by_key.insert((vpc.as_str(), name.as_str()), i);
-    }
-    for gi in 0..groups.len() {
-        let Some(src) = group_src[gi] else { continue };
-        if let Some(p) = same
-            && let Some(old) = p.desired.groups.get(gi)
-            && written_alike(gi, src, old)
+    // Each group's rules: the prior's where they were written alike, else
+    // resolved (with the groups borrowed as they stand, then set).
+    let mut rules: Vec<Option<[Arc<[Rule]>; 2]>> = (0..groups.len())
+        .map(|gi| {
+            let (p, src) = (same?, group_src[gi]?);
+            let old = p.desired.groups.get(gi)?;
             // Stale references are warned of at each validation.
-            && !old.ingress.iter().chain(old.egress.iter())
-                .any(|r| matches!(r.peer, Peer::Group { stale: true, .. }))
-        {
-            groups[gi].ingress = old.ingress.clone();
-            groups[gi].egress = old.egress.clone();
-            continue;
+            let stale = (old.ingress.iter().chain(old.egress.iter()))
+                .any(|r| matches!(r.peer, Peer::Group { stale: true, .. }));
+            (written_alike(gi, src, old) && !stale)
+                .then(|| [old.ingress.clone(), old.egress.clone()])
+        })
+        .collect();
+    let to_resolve: Vec<usize> = (0..groups.len())
+        .filter(|&gi| rules[gi].is_none() && group_src[gi].is_some())
+        .collect();
+    if !to_resolve.is_empty() {
+        // (VPC, id or name) → the first such group: thousands of groups,
+        // each rule's references looked up.
+        let mut by_key = HashMap::new();
+        for (i, g) in groups.iter().enumerate().rev() {
+            by_key.insert((g.vpc.as_str(), g.id.as_str()), i);
+            by_key.insert((g.vpc.as_str(), g.name.as_str()), i);
         }
-        let (doc, gpath) = (src.origin.doc, src.origin.path.clone());
-        let obj = format!("security group {:?} ({})", groups[gi].name, groups[gi].id);
-        let vpc = vpcs
-            .list
-            .iter()
-            .find(|x| x.id == groups[gi].vpc)
-            .expect("resolved")
-            .clone();
-        let ctx = RuleCtx {
-            vpc: &vpc,
-            vpcs: &vpcs.list,
-            groups: &snapshot,
-            by_key: &by_key,
-            pls,
-            previous: &previous_groups,
-        };
-        let ingress = rules_of(
-            v,
-            &ctx,
-            &groups[gi].id,
-            "ingress",
-            &src.ingress,
-            doc,
-            &gpath,
-            &obj,
-            rules_per_group,
-        );
-        let egress = match &src.egress {
-            Some(rs) => rules_of(
-                v,
-                &ctx,
-                &groups[gi].id,
-                "egress",
-                rs,
-                doc,
-                &gpath,
-                &obj,
-                rules_per_group,
-            ),
-            None => default_egress(&groups[gi].id, &vpc),
-        };
-        groups[gi].ingress = ingress.into();
-        groups[gi].egress = egress.into();
+        for gi in to_resolve {
+            let src = group_src[gi].expect("written");
+            let g = &groups[gi];
+            let (doc, gpath) = (src.origin.doc, src.origin.path.as_str());
+            let obj = format!("security group {:?} ({})", g.name, g.id);
+            let vpc = (vpcs.list.iter())
+                .find(|x| x.id == g.vpc)
+                .expect("resolved");
+            let ctx = RuleCtx {
+                vpc,
+                vpcs: &vpcs.list,
+                groups,
+                by_key: &by_key,
+                pls,
+                previous: &previous_groups,
+            };
+            let of = |v: &mut Collector, dir, written| {
+                rules_of(
+                    v,
+                    &ctx,
+                    &g.id,
+                    dir,
+                    written,
+                    doc,
+                    gpath,
+                    &obj,
+                    rules_per_group,
+                )
+            };
+            let ingress = of(v, "ingress", &src.ingress);
+            let egress = match &src.egress {
+                Some(rs) => of(v, "egress", rs),
+                None => default_egress(&g.id, vpc),
+            };
+            rules[gi] = Some([ingress.into(), egress.into()]);
+        }
+    }
+    for (g, r) in groups.iter_mut().zip(rules) {
+        if let Some([ingress, egress]) = r {
+            (g.ingress, g.egress) = (ingress, egress);
+        }
     }
 }
 
@@ -154,8 +154,8 @@ impl std::fmt::Display for At<'_> {
 struct RuleCtx<'a> {
     vpc: &'a Vpc,
     vpcs: &'a [Vpc],
-    /// (id, name, vpc) of every group.
-    groups: &'a [(String, String, String)],
+    /// Every group.
+    groups: &'a [Group],
     /// Where in `groups` a (VPC, id or name) is first.
     by_key: &'a HashMap<(&'a str, &'a str), usize>,
     pls: &'a [PrefixList],
@@ -164,7 +164,7 @@ struct RuleCtx<'a> {
 
 impl RuleCtx<'_> {
     /// The first group of `vpc` whose id or name is `value`.
-    fn group(&self, vpc: &str, value: &str) -> Option<&(String, String, String)> {
+    fn group(&self, vpc: &str, value: &str) -> Option<&Group> {
         self.by_key.get(&(vpc, value)).map(|&i| &self.groups[i])
     }
 }
@@ -427,8 +427,8 @@ fn group_peer(
         .filter(|x| **x != ctx.vpc.id && **x != ctx.vpc.name);
     match other_vpc {
         None => match ctx.group(&ctx.vpc.id, &p.value) {
-            Some((id, ..)) => Some(Peer::Group {
-                id: id.clone(),
+            Some(g) => Some(Peer::Group {
+                id: g.id.clone(),
                 vpc: ctx.vpc.id.clone(),
                 peering: None,
                 stale: false,
@@ -459,7 +459,7 @@ fn group_peer(
                 .map_or(vpc.clone(), |x| x.id.clone());
             let peered = ctx.vpc.peers.contains(&vpc_id);
             let found = ctx.group(&vpc_id, &p.value);
-            let id = found.map_or(p.value.clone(), |(id, ..)| id.clone());
+            let id = found.map_or(p.value.clone(), |g| g.id.clone());
             let stale = !peered || found.is_none();
             if stale {
                 let why = if found.is_none() {
