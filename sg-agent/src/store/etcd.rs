@@ -383,7 +383,8 @@ impl Etcd {
         let mut pinned = self.pinned.load(Ordering::Relaxed);
         let mut next = self.base + 1;
         self.rt.spawn(async move {
-            // Quick at first (another member is likely up), then slower.
+            // Quick at first (another member is likely up), then every
+            // second.
             let mut pause = Duration::from_millis(100);
             let mut changes = Vec::new();
             loop {
@@ -447,7 +448,10 @@ impl Etcd {
                 // The member went away, or never answered: the next one.
                 pinned += 1;
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
+                // At most a second between tries: an agent cut off catches
+                // up within about a second of its link's return (a resync
+                // after compaction is due within 2 s, docs/fleet.md).
+                pause = (pause * 2).min(Duration::from_secs(1));
             }
         });
     }
