@@ -106,7 +106,6 @@ pub struct Etcd {
     /// and an object rewritten keeps its place. The objects themselves are
     /// the follower's copy of the state (`follow`), not kept twice.
     places: HashMap<String, (i64, u64)>,
-    settings: Option<String>,
     /// Where the follower's copy holds each group and interface, once
     /// looked for (`follow::Index`); dropped when the copy is replaced.
     index: Option<follow::Index>,
@@ -178,7 +177,6 @@ impl Etcd {
             rt,
             base: 0,
             places: HashMap::new(),
-            settings: None,
             index: None,
             broken: false,
         })
@@ -233,15 +231,10 @@ impl Etcd {
             None => None,
         };
         self.base = generation.kvs().first().map_or(0, |kv| kv.mod_revision());
-        (self.places, self.settings) = (places, settings);
+        self.places = places;
         self.index = None;
         self.broken = false;
         Ok(raw)
-    }
-
-    /// Whether a state was ever committed, as this store last saw it.
-    pub fn has_state(&self) -> bool {
-        self.settings.is_some()
     }
 
     /// The object stored at `key` (created at `created`), and its place.
@@ -290,7 +283,7 @@ impl Etcd {
             });
         }
         let settings = rows::settings(after)?;
-        ops.push(TxnOp::put(self.at.key("settings"), settings.clone(), None));
+        ops.push(TxnOp::put(self.at.key("settings"), settings, None));
         ops.push(TxnOp::put(self.at.key("generation"), "", None));
         for e in events {
             ops.push(self.event_op(e)?);
@@ -319,7 +312,6 @@ impl Etcd {
                 }
             }
         }
-        self.settings = Some(settings);
         self.base = revision;
         // The caller's copy is now `after`.
         self.index = None;

@@ -105,8 +105,7 @@ impl Etcd {
         for (key, value) in changes {
             if key == settings_key {
                 let v = value.context("the settings were deleted")?.0;
-                let s: RawConfig = serde_json::from_str(&v).context("the stored settings")?;
-                settings = Some((v, s));
+                settings = Some(serde_json::from_str(&v).context("the stored settings")?);
                 continue;
             }
             let (kind, id) = self.kind_id(&key)?;
@@ -128,29 +127,16 @@ impl Etcd {
                 held,
             });
         }
-        let (text, settings) = settings.context("a commit without its settings")?;
-        let index = match self.index.take() {
-            Some(i) => i,
-            None => Index::of(raw),
-        };
-        let mut index = index;
-        let touched = patch_copy(&mut written, settings, raw, &mut index);
-        // An index kept only with the copy it describes.
-        let touched = match touched {
-            Ok(t) => t,
-            Err(e) => {
-                self.index = Some(index);
-                return Err(e);
-            }
-        };
+        let settings: RawConfig = settings.context("a commit without its settings")?;
+        let index = self.index.get_or_insert_with(|| Index::of(raw));
+        // Unchanged, with the copy, when the commit does not fit.
+        let touched = patch_copy(&mut written, settings, raw, index)?;
         for w in written {
             match w.at {
                 Some(at) => self.places.insert(w.key, at),
                 None => self.places.remove(&w.key),
             };
         }
-        self.index = Some(index);
-        self.settings = Some(text);
         self.base = revision;
         Ok(touched)
     }
