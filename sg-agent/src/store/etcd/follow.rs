@@ -239,6 +239,17 @@ fn check(written: &[Written], raw: &RawConfig, index: &Index) -> Result<()> {
     Ok(())
 }
 
+/// Puts `now` at `at` in `list`, after every other when `at` is `None`,
+/// or removes what is at `at` when `now` is `None`.
+fn place<T>(list: &mut Vec<T>, at: Option<usize>, now: Option<T>) {
+    match (at, now) {
+        (Some(i), Some(x)) => list[i] = x,
+        (None, Some(x)) => list.push(x),
+        (Some(i), None) => drop(list.remove(i)),
+        (None, None) => {}
+    }
+}
+
 /// Puts each written object in its place (checked by [`check`]): groups,
 /// interfaces, VPCs and prefix lists first, then the rules, whose groups
 /// a commit may create after them.
@@ -250,11 +261,10 @@ fn apply(written: &mut [Written], raw: &mut RawConfig, index: &mut Index, touche
             ("vpc", row) => {
                 touched.context = true;
                 let at = raw.vpcs.iter().position(|v| v.id.as_ref() == Some(&w.id));
-                match (at, row) {
-                    (Some(i), Some(Row::Vpc(v))) => raw.vpcs[i] = v,
-                    (None, Some(Row::Vpc(v))) => raw.vpcs.push(v),
-                    (Some(i), None) => drop(raw.vpcs.remove(i)),
-                    _ => {}
+                match row {
+                    Some(Row::Vpc(v)) => place(&mut raw.vpcs, at, Some(v)),
+                    None => place(&mut raw.vpcs, at, None),
+                    Some(_) => {}
                 }
             }
             ("prefix_list", row) => {
@@ -263,11 +273,10 @@ fn apply(written: &mut [Written], raw: &mut RawConfig, index: &mut Index, touche
                     .prefix_lists
                     .iter()
                     .position(|p| p.id.as_ref() == Some(&w.id));
-                match (at, row) {
-                    (Some(i), Some(Row::PrefixList(p))) => raw.prefix_lists[i] = p,
-                    (None, Some(Row::PrefixList(p))) => raw.prefix_lists.push(p),
-                    (Some(i), None) => drop(raw.prefix_lists.remove(i)),
-                    _ => {}
+                match row {
+                    Some(Row::PrefixList(p)) => place(&mut raw.prefix_lists, at, Some(p)),
+                    None => place(&mut raw.prefix_lists, at, None),
+                    Some(_) => {}
                 }
             }
             ("security_group", row) => {
@@ -327,11 +336,10 @@ fn apply(written: &mut [Written], raw: &mut RawConfig, index: &mut Index, touche
         } else {
             &mut g.ingress
         };
-        match (at, w.row.take()) {
-            (Some(i), Some(Row::Rule { rule, .. })) => list[i] = rule,
-            (None, Some(Row::Rule { rule, .. })) => list.push(rule),
-            (Some(i), None) => drop(list.remove(i)),
-            _ => {}
+        match w.row.take() {
+            Some(Row::Rule { rule, .. }) => place(list, at, Some(rule)),
+            None => place(list, at, None),
+            Some(_) => {}
         }
     }
     // Deleted groups and interfaces last: the places of the others move.
